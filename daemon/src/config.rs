@@ -1,0 +1,1064 @@
+//! Node configuration (DESIGN §5), in two stages.
+//!
+//! [`RawConfig`] mirrors the TOML file one to one and is deserialized without side effects;
+//! [`Config::from_raw`] validates it and builds the typed objects the node runs on. Every
+//! problem found is collected as a [`ConfigError`] that names its key, so `check-config` can list
+//! them all at once. Unknown keys are errors too (a mistyped key must never be silently ignored).
+//!
+//! This module must never print a secret: errors name keys, never values.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::Deserialize;
+
+/// Default SMTP `SIZE`: what common MX providers accept.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 25 * 1024 * 1024;
+/// Default concurrent SMTP sessions across all clients.
+pub const DEFAULT_MAX_SESSIONS: usize = 1000;
+/// Default concurrent SMTP sessions from one client IP address.
+pub const DEFAULT_MAX_SESSIONS_PER_IP: usize = 20;
+/// Default recipients per transaction (RFC 5321 §4.5.3.1.8 asks for at least 100).
+pub const DEFAULT_MAX_RECIPIENTS: usize = 100;
+/// Default message bytes held in memory across all sessions.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 512 * 1024 * 1024;
+/// RFC 5321 §4.5.3.2.7: the server waits at least 5 minutes for the next command.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// RFC 5321 §4.5.3.2.5: data block timeout of 3 minutes.
+pub const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(3 * 60);
+/// DESIGN §4: the webhook retry budget inside one SMTP transaction.
+pub const DEFAULT_WEBHOOK_BUDGET: Duration = Duration::from_secs(30);
+/// Upper bound for the webhook budget: the sending MTA waits at most 10 minutes for the reply
+/// after end of data (RFC 5321 §4.5.3.2.6); stay well inside it.
+pub const MAX_WEBHOOK_BUDGET: Duration = Duration::from_secs(5 * 60);
+/// DESIGN §5 retention defaults.
+pub const DEFAULT_METADATA_RETENTION: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Standard Webhooks secrets decode to 24..64 bytes; below 16 bytes an HMAC key is too weak.
+const MIN_WEBHOOK_KEY_BYTES: usize = 16;
+
+/// One problem in a configuration, named by its dotted key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the offending key, e.g. `route[0].webhook`, or `""` for the whole file.
+    pub key: String,
+    /// What is wrong, never the value itself (it may be a secret).
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigErrors {
+    fn one(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigErrors(vec![ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }])
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stage 1: the file as written.
+
+/// The TOML file, field for field. Every key is optional here; defaults and requirements are
+/// applied in [`Config::from_raw`].
+#[derive(Debug, Default, Deserialize)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub node: RawNode,
+    #[serde(default)]
+    pub smtp: RawSmtp,
+    #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
+    pub retention: RawRetention,
+    #[serde(default)]
+    pub route: Vec<RawRoute>,
+    #[serde(default)]
+    pub s3: BTreeMap<String, RawS3>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawNode {
+    pub hostname: Option<String>,
+    pub data_dir: Option<String>,
+    pub master_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSmtp {
+    pub listen: Option<Vec<String>>,
+    pub max_message_size: Option<SizeValue>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub max_sessions: Option<usize>,
+    pub max_sessions_per_ip: Option<usize>,
+    pub max_recipients: Option<usize>,
+    pub max_in_flight: Option<SizeValue>,
+    pub command_timeout: Option<String>,
+    pub data_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawHttp {
+    pub listen: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRetention {
+    pub metadata: Option<String>,
+    pub audit: Option<String>,
+    pub store_subject: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRoute {
+    #[serde(rename = "match")]
+    pub pattern: Option<String>,
+    pub webhook: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub webhook_ca: Option<String>,
+    pub webhook_budget: Option<String>,
+    pub attachments: Option<String>,
+    pub s3: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawS3 {
+    pub endpoint: Option<String>,
+    pub bucket: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub path_style: Option<bool>,
+}
+
+/// A byte size: a plain integer, or a string such as `"25MiB"`, `"10MB"`, `"512k"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+impl RawConfig {
+    /// Parses TOML text. Reports a syntax or type error with its line, and every unknown key.
+    pub fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
+        let de = toml::Deserializer::parse(text).map_err(|e| toml_error(text, &e))?;
+        let mut unknown = Vec::new();
+        let raw: RawConfig = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))
+            .map_err(|e| toml_error(text, &e))?;
+        if !unknown.is_empty() {
+            return Err(ConfigErrors(
+                unknown
+                    .into_iter()
+                    .map(|path| ConfigError {
+                        key: index_style(&path),
+                        message: "unknown key".into(),
+                    })
+                    .collect(),
+            ));
+        }
+        Ok(raw)
+    }
+}
+
+/// Writes array indices the way validation errors do: `route.0.x` becomes `route[0].x`.
+fn index_style(path: &str) -> String {
+    let mut out = String::new();
+    for segment in path.split('.') {
+        if !out.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(&format!("[{segment}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(segment);
+        }
+    }
+    out
+}
+
+/// Renders a TOML error as "line N: message" without quoting the offending line, which could
+/// hold a literal secret.
+fn toml_error(text: &str, e: &toml::de::Error) -> ConfigErrors {
+    let line = e
+        .span()
+        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    let message = match line {
+        Some(line) => format!("line {line}: {}", e.message().trim()),
+        None => e.message().trim().to_string(),
+    };
+    ConfigErrors::one("", message)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stage 2: validated, typed configuration.
+
+/// The validated configuration the node runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub smtp: SmtpConfig,
+    pub http: HttpConfig,
+    pub retention: RetentionConfig,
+    pub routes: Vec<Route>,
+    pub s3: BTreeMap<String, S3Config>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// SMTP greeting and EHLO name.
+    pub hostname: String,
+    /// RocksDB and node state; never message content.
+    pub data_dir: PathBuf,
+    /// 32-byte node master key, when configured.
+    pub master_key: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub listen: Vec<SocketAddr>,
+    pub max_message_size: usize,
+    pub tls: Option<TlsFiles>,
+    pub max_sessions: usize,
+    pub max_sessions_per_ip: usize,
+    pub max_recipients: usize,
+    pub max_in_flight: usize,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+}
+
+/// PEM certificate chain and private key files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: Option<SocketAddr>,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    pub metadata: Duration,
+    pub audit: Duration,
+    pub store_subject: bool,
+}
+
+/// Where attachments go for a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachmentMode {
+    /// Base64 inside the webhook payload.
+    Inline,
+    /// PUT to the route's S3 connection before the webhook.
+    S3,
+}
+
+/// One `[[route]]`: which recipients it takes and where their mail goes.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The `match` pattern as written; names the route in logs and ids.
+    pub name: String,
+    pub pattern: Pattern,
+    /// `https://…` (or `http://` to a loopback address, for development).
+    pub webhook: String,
+    /// HMAC key: the base64-decoded part of `whsec_…`.
+    pub webhook_key: Secret,
+    /// Extra trust anchors (PEM) besides the system roots.
+    pub webhook_ca: Option<PathBuf>,
+    /// Total time for webhook attempts inside one SMTP transaction.
+    pub webhook_budget: Duration,
+    pub attachments: AttachmentMode,
+    pub s3: Option<String>,
+}
+
+/// Recipient pattern of a route: an exact address or every address of a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    /// `user@domain`, compared case-insensitively.
+    Exact(String),
+    /// `*@domain`, compared case-insensitively.
+    Domain(String),
+}
+
+impl Pattern {
+    pub fn parse(text: &str) -> Result<Pattern, String> {
+        let text = text.trim();
+        let (local, domain) = text
+            .rsplit_once('@')
+            .ok_or_else(|| "expected `user@domain` or `*@domain`".to_string())?;
+        if domain.is_empty()
+            || local.is_empty()
+            || domain.contains(['@', '*', ' ', '<', '>'])
+            || local.contains([' ', '<', '>'])
+        {
+            return Err("expected `user@domain` or `*@domain`".into());
+        }
+        if local == "*" {
+            Ok(Pattern::Domain(domain.to_lowercase()))
+        } else if local.contains('*') {
+            Err("`*` is only allowed as the whole local part (`*@domain`)".into())
+        } else {
+            Ok(Pattern::Exact(text.to_lowercase()))
+        }
+    }
+
+    /// Whether an envelope address (without `<>`) belongs to this pattern.
+    pub fn matches(&self, address: &str) -> bool {
+        let Some((_, domain)) = address.rsplit_once('@') else {
+            return false;
+        };
+        match self {
+            Pattern::Exact(exact) => address.to_lowercase() == *exact,
+            Pattern::Domain(d) => domain.to_lowercase() == *d,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub path_style: bool,
+}
+
+/// Secret bytes. `Debug` never shows them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Secret(bytes)
+    }
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// Resolves a secret reference: a literal, `file:/path` (trailing newline trimmed) or
+/// `env:NAME`.
+pub fn resolve_secret(value: &str) -> Result<Vec<u8>, String> {
+    if let Some(path) = value.strip_prefix("file:") {
+        let mut bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            bytes.pop();
+        }
+        Ok(bytes)
+    } else if let Some(name) = value.strip_prefix("env:") {
+        std::env::var(name)
+            .map(String::into_bytes)
+            .map_err(|_| format!("environment variable {name} is not set"))
+    } else {
+        Ok(value.as_bytes().to_vec())
+    }
+}
+
+/// Parses `"25MiB"`-style sizes (binary and decimal units, case-insensitive) or plain bytes.
+pub fn parse_size(value: &SizeValue) -> Result<usize, String> {
+    let text = match value {
+        SizeValue::Bytes(n) => return usize::try_from(*n).map_err(|_| "too large".to_string()),
+        SizeValue::Text(t) => t.trim(),
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("expected a size such as \"25MiB\", got {text:?}"))?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KiB, MiB, GiB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(multiplier)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| "too large".to_string())
+}
+
+/// Parses `"30s"`, `"5m"`, `"24h"`, `"90d"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("expected a duration such as \"30s\" or \"24h\": {e}"))
+}
+
+/// Collects problems while building a [`Config`].
+struct Validator {
+    errors: Vec<ConfigError>,
+}
+
+impl Validator {
+    fn error(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn size(&mut self, key: &str, value: &Option<SizeValue>, default: usize) -> usize {
+        match value.as_ref().map(parse_size) {
+            None => default,
+            Some(Ok(0)) => {
+                self.error(key, "must be greater than zero");
+                default
+            }
+            Some(Ok(n)) => n,
+            Some(Err(e)) => {
+                self.error(key, e);
+                default
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, value: &Option<String>, default: Duration) -> Duration {
+        match value.as_deref().map(parse_duration) {
+            None => default,
+            Some(Ok(d)) if d.is_zero() => {
+                self.error(key, "must be greater than zero");
+                default
+            }
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.error(key, e);
+                default
+            }
+        }
+    }
+
+    fn count(&mut self, key: &str, value: Option<usize>, default: usize) -> usize {
+        match value {
+            None => default,
+            Some(0) => {
+                self.error(key, "must be greater than zero");
+                default
+            }
+            Some(n) => n,
+        }
+    }
+
+    fn existing_file(&mut self, key: &str, value: &Option<String>) -> Option<PathBuf> {
+        let path = PathBuf::from(value.as_ref()?);
+        if !path.is_file() {
+            self.error(key, format!("file {} does not exist", path.display()));
+        }
+        Some(path)
+    }
+
+    fn tls(
+        &mut self,
+        section: &str,
+        cert: &Option<String>,
+        key: &Option<String>,
+    ) -> Option<TlsFiles> {
+        let cert_path = self.existing_file(&format!("{section}.tls_cert"), cert);
+        let key_path = self.existing_file(&format!("{section}.tls_key"), key);
+        match (cert_path, key_path) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (Some(_), None) => {
+                self.error(
+                    format!("{section}.tls_key"),
+                    "required when tls_cert is set",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                self.error(
+                    format!("{section}.tls_cert"),
+                    "required when tls_key is set",
+                );
+                None
+            }
+            (None, None) => None,
+        }
+    }
+
+    fn secret(&mut self, key: &str, value: &str) -> Option<Vec<u8>> {
+        match resolve_secret(value) {
+            Ok(bytes) if bytes.is_empty() => {
+                self.error(key, "is empty");
+                None
+            }
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                self.error(key, e);
+                None
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors::one("", format!("cannot read {}: {e}", path.display())))?;
+        Config::from_raw(RawConfig::parse(&text)?)
+    }
+
+    /// Validates a raw config, collecting every problem.
+    pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigErrors> {
+        let mut v = Validator { errors: Vec::new() };
+
+        let hostname = raw
+            .node
+            .hostname
+            .clone()
+            .unwrap_or_else(|| "localhost".into());
+        if hostname.is_empty()
+            || !hostname
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
+            v.error(
+                "node.hostname",
+                "must be a DNS name (letters, digits, '-', '.')",
+            );
+        }
+        let data_dir = PathBuf::from(
+            raw.node
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| "/var/lib/mxnode".into()),
+        );
+        let master_key = raw.node.master_key.as_deref().and_then(|value| {
+            let bytes = v.secret("node.master_key", value)?;
+            match decode_master_key(&bytes) {
+                Some(key) => Some(Secret(key)),
+                None => {
+                    v.error(
+                        "node.master_key",
+                        "must be 32 bytes, raw or as 64 hex digits",
+                    );
+                    None
+                }
+            }
+        });
+
+        let listen_text = raw
+            .smtp
+            .listen
+            .clone()
+            .unwrap_or_else(|| vec!["0.0.0.0:25".into()]);
+        if listen_text.is_empty() {
+            v.error("smtp.listen", "needs at least one address");
+        }
+        let mut listen = Vec::new();
+        for (i, text) in listen_text.iter().enumerate() {
+            match text.parse::<SocketAddr>() {
+                Ok(addr) => listen.push(addr),
+                Err(_) => v.error(
+                    format!("smtp.listen[{i}]"),
+                    "expected IP:port, e.g. \"0.0.0.0:25\"",
+                ),
+            }
+        }
+        let smtp = SmtpConfig {
+            listen,
+            max_message_size: v.size(
+                "smtp.max_message_size",
+                &raw.smtp.max_message_size,
+                DEFAULT_MAX_MESSAGE_SIZE,
+            ),
+            tls: v.tls("smtp", &raw.smtp.tls_cert, &raw.smtp.tls_key),
+            max_sessions: v.count(
+                "smtp.max_sessions",
+                raw.smtp.max_sessions,
+                DEFAULT_MAX_SESSIONS,
+            ),
+            max_sessions_per_ip: v.count(
+                "smtp.max_sessions_per_ip",
+                raw.smtp.max_sessions_per_ip,
+                DEFAULT_MAX_SESSIONS_PER_IP,
+            ),
+            max_recipients: v.count(
+                "smtp.max_recipients",
+                raw.smtp.max_recipients,
+                DEFAULT_MAX_RECIPIENTS,
+            ),
+            max_in_flight: v.size(
+                "smtp.max_in_flight",
+                &raw.smtp.max_in_flight,
+                DEFAULT_MAX_IN_FLIGHT,
+            ),
+            command_timeout: v.duration(
+                "smtp.command_timeout",
+                &raw.smtp.command_timeout,
+                DEFAULT_COMMAND_TIMEOUT,
+            ),
+            data_timeout: v.duration(
+                "smtp.data_timeout",
+                &raw.smtp.data_timeout,
+                DEFAULT_DATA_TIMEOUT,
+            ),
+        };
+        if smtp.max_in_flight < smtp.max_message_size {
+            v.error(
+                "smtp.max_in_flight",
+                "must be at least smtp.max_message_size, or no maximum-size message could be received",
+            );
+        }
+
+        let http = HttpConfig {
+            listen: raw
+                .http
+                .listen
+                .as_deref()
+                .and_then(|text| match text.parse() {
+                    Ok(addr) => Some(addr),
+                    Err(_) => {
+                        v.error("http.listen", "expected IP:port, e.g. \"0.0.0.0:443\"");
+                        None
+                    }
+                }),
+            tls: v.tls("http", &raw.http.tls_cert, &raw.http.tls_key),
+        };
+
+        let retention = RetentionConfig {
+            metadata: v.duration(
+                "retention.metadata",
+                &raw.retention.metadata,
+                DEFAULT_METADATA_RETENTION,
+            ),
+            audit: v.duration(
+                "retention.audit",
+                &raw.retention.audit,
+                DEFAULT_AUDIT_RETENTION,
+            ),
+            store_subject: raw.retention.store_subject.unwrap_or(true),
+        };
+
+        let mut s3 = BTreeMap::new();
+        for (name, raw_s3) in &raw.s3 {
+            let key = |field: &str| format!("s3.{name}.{field}");
+            let required = |field: &str, value: &Option<String>, v: &mut Validator| match value {
+                Some(s) if !s.is_empty() => s.clone(),
+                _ => {
+                    v.error(key(field), "is required");
+                    String::new()
+                }
+            };
+            let endpoint = required("endpoint", &raw_s3.endpoint, &mut v);
+            let bucket = required("bucket", &raw_s3.bucket, &mut v);
+            let access_key_id = required("access_key_id", &raw_s3.access_key_id, &mut v);
+            let secret_text = required("secret_access_key", &raw_s3.secret_access_key, &mut v);
+            let secret = if secret_text.is_empty() {
+                Vec::new()
+            } else {
+                v.secret(&key("secret_access_key"), &secret_text)
+                    .unwrap_or_default()
+            };
+            if !endpoint.is_empty() {
+                if let Err(e) = check_url(&endpoint) {
+                    v.error(key("endpoint"), e);
+                }
+            }
+            s3.insert(
+                name.clone(),
+                S3Config {
+                    endpoint,
+                    bucket,
+                    region: raw_s3.region.clone().unwrap_or_else(|| "us-east-1".into()),
+                    access_key_id,
+                    secret_access_key: Secret(secret),
+                    path_style: raw_s3.path_style.unwrap_or(true),
+                },
+            );
+        }
+
+        let mut routes = Vec::new();
+        for (i, r) in raw.route.iter().enumerate() {
+            let key = |field: &str| format!("route[{i}].{field}");
+            let name = r.pattern.clone().unwrap_or_default();
+            let pattern = match r.pattern.as_deref().map(Pattern::parse) {
+                None => {
+                    v.error(key("match"), "is required");
+                    None
+                }
+                Some(Err(e)) => {
+                    v.error(key("match"), e);
+                    None
+                }
+                Some(Ok(p)) => Some(p),
+            };
+            let webhook = match &r.webhook {
+                None => {
+                    v.error(key("webhook"), "is required");
+                    String::new()
+                }
+                Some(url) => {
+                    if let Err(e) = check_url(url) {
+                        v.error(key("webhook"), e);
+                    }
+                    url.clone()
+                }
+            };
+            let webhook_key = match &r.webhook_secret {
+                None => {
+                    v.error(key("webhook_secret"), "is required");
+                    None
+                }
+                Some(value) => v.secret(&key("webhook_secret"), value).and_then(|bytes| {
+                    match decode_webhook_secret(&bytes) {
+                        Ok(k) => Some(k),
+                        Err(e) => {
+                            v.error(key("webhook_secret"), e);
+                            None
+                        }
+                    }
+                }),
+            };
+            let webhook_ca = v.existing_file(&key("webhook_ca"), &r.webhook_ca);
+            let webhook_budget = v.duration(
+                &key("webhook_budget"),
+                &r.webhook_budget,
+                DEFAULT_WEBHOOK_BUDGET,
+            );
+            if webhook_budget > MAX_WEBHOOK_BUDGET {
+                v.error(
+                    key("webhook_budget"),
+                    "must be at most 5m: the sending MTA waits 10 minutes at most for the reply",
+                );
+            }
+            let attachments = match r.attachments.as_deref() {
+                None | Some("inline") => AttachmentMode::Inline,
+                Some("s3") => AttachmentMode::S3,
+                Some(_) => {
+                    v.error(key("attachments"), "must be \"inline\" or \"s3\"");
+                    AttachmentMode::Inline
+                }
+            };
+            match (&r.s3, attachments) {
+                (Some(name), _) if !raw.s3.contains_key(name) => {
+                    v.error(key("s3"), format!("no [s3.{name}] table is defined"));
+                }
+                (None, AttachmentMode::S3) => {
+                    v.error(key("s3"), "required when attachments = \"s3\"");
+                }
+                _ => {}
+            }
+            if attachments == AttachmentMode::S3 {
+                v.error(
+                    key("attachments"),
+                    "\"s3\" is not supported by this version yet; use \"inline\"",
+                );
+            }
+            if let (Some(pattern), Some(webhook_key)) = (pattern, webhook_key) {
+                routes.push(Route {
+                    name,
+                    pattern,
+                    webhook,
+                    webhook_key: Secret(webhook_key),
+                    webhook_ca,
+                    webhook_budget,
+                    attachments,
+                    s3: r.s3.clone(),
+                });
+            }
+        }
+        for (i, a) in routes.iter().enumerate() {
+            if routes[..i].iter().any(|b| b.pattern == a.pattern) {
+                v.error(
+                    format!("route[{i}].match"),
+                    "duplicates an earlier route's pattern (the first match wins)",
+                );
+            }
+        }
+
+        if !v.errors.is_empty() {
+            return Err(ConfigErrors(v.errors));
+        }
+        Ok(Config {
+            node: NodeConfig {
+                hostname,
+                data_dir,
+                master_key,
+            },
+            smtp,
+            http,
+            retention,
+            routes,
+            s3,
+        })
+    }
+}
+
+/// A master key is 32 raw bytes or 64 hex digits.
+fn decode_master_key(bytes: &[u8]) -> Option<Vec<u8>> {
+    if bytes.len() == 32 {
+        return Some(bytes.to_vec());
+    }
+    if bytes.len() == 64 {
+        let text = std::str::from_utf8(bytes).ok()?;
+        return (0..32)
+            .map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect();
+    }
+    None
+}
+
+/// Standard Webhooks: the key is the base64-decoded part after `whsec_`.
+pub fn decode_webhook_secret(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "must be text".to_string())?;
+    let encoded = text
+        .strip_prefix("whsec_")
+        .ok_or_else(|| "must start with `whsec_` (Standard Webhooks format)".to_string())?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| "the part after `whsec_` must be base64".to_string())?;
+    if key.len() < MIN_WEBHOOK_KEY_BYTES {
+        return Err(format!(
+            "the key after `whsec_` must decode to at least {MIN_WEBHOOK_KEY_BYTES} bytes"
+        ));
+    }
+    Ok(key)
+}
+
+/// Accepts `https://host[:port]/…`, and `http://` only to a loopback host (development and
+/// tests on one machine; nothing crosses a network in the clear).
+pub fn check_url(url: &str) -> Result<(), String> {
+    let uri: ureq::http::Uri = url.parse().map_err(|_| "is not a valid URL".to_string())?;
+    let host = uri
+        .host()
+        .ok_or_else(|| "needs a host, e.g. https://hooks.example/email".to_string())?;
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if is_loopback_host(host) => Ok(()),
+        Some("http") => {
+            Err("must use https:// (http:// is allowed only to a loopback address)".into())
+        }
+        _ => Err("must start with https://".into()),
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn minimal() -> String {
+        format!(
+            r#"
+[node]
+hostname = "mx1.example.test"
+data_dir = "/tmp/mxnode-config-test"
+
+[smtp]
+listen = ["127.0.0.1:2525"]
+
+[[route]]
+match = "*@in.example.test"
+webhook = "https://hooks.example.test/email"
+webhook_secret = "{SECRET}"
+"#
+        )
+    }
+
+    /// Parses and validates; returns the rendered errors.
+    fn errors(text: &str) -> Vec<String> {
+        match RawConfig::parse(text).and_then(Config::from_raw) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_is_valid_with_defaults() {
+        let config =
+            Config::from_raw(RawConfig::parse(&minimal()).expect("parses")).expect("valid");
+        assert_eq!(config.smtp.max_message_size, DEFAULT_MAX_MESSAGE_SIZE);
+        assert_eq!(config.routes[0].webhook_budget, DEFAULT_WEBHOOK_BUDGET);
+        assert_eq!(config.routes[0].attachments, AttachmentMode::Inline);
+        assert!(config.smtp.tls.is_none());
+    }
+
+    #[test]
+    fn every_unknown_key_is_named() {
+        let text = minimal().replace("[smtp]\n", "[smtp]\nmax_mesage_size = \"1MiB\"\nfoo = 1\n")
+            + "\n[bogus]\nx = 1\n";
+        let errs = errors(&text);
+        assert!(
+            errs.contains(&"smtp.max_mesage_size: unknown key".to_string()),
+            "{errs:?}"
+        );
+        assert!(
+            errs.contains(&"smtp.foo: unknown key".to_string()),
+            "{errs:?}"
+        );
+        assert!(errs.iter().any(|e| e.starts_with("bogus")), "{errs:?}");
+    }
+
+    #[test]
+    fn unknown_key_inside_a_route_is_named_with_its_index() {
+        let text = minimal() + "webhok = \"https://x.test/\"\n";
+        assert_eq!(
+            errors(&text),
+            vec!["route[0].webhok: unknown key".to_string()]
+        );
+    }
+
+    #[test]
+    fn type_error_names_the_line_but_not_the_value() {
+        let text = minimal().replace("listen = [\"127.0.0.1:2525\"]", "listen = 5");
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].starts_with("line 7:"), "{errs:?}");
+    }
+
+    #[test]
+    fn all_semantic_problems_are_listed_at_once() {
+        let text = minimal()
+            .replace(
+                "https://hooks.example.test/email",
+                "http://hooks.example.test/email",
+            )
+            .replace(SECRET, "secret")
+            .replace("[smtp]\n", "[smtp]\nmax_message_size = \"12 parsecs\"\n");
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("route[0].webhook: must use https://"))
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("route[0].webhook_secret: must start with `whsec_`"))
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("smtp.max_message_size: unknown size unit"))
+        );
+    }
+
+    #[test]
+    fn errors_never_echo_secret_values() {
+        let text = minimal().replace(SECRET, "whsec_!!!not-base64-topsecret");
+        let errs = errors(&text).join("\n");
+        assert!(errs.contains("route[0].webhook_secret"), "{errs}");
+        assert!(!errs.contains("topsecret"), "{errs}");
+    }
+
+    #[test]
+    fn secrets_resolve_from_env_and_file() {
+        let dir = std::env::temp_dir().join(format!("mxnode-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("secret");
+        std::fs::write(&file, format!("{SECRET}\n")).expect("write secret");
+        let text = minimal().replace(SECRET, &format!("file:{}", file.display()));
+        assert!(errors(&text).is_empty());
+        let text = minimal().replace(SECRET, "env:MXNODE_TEST_SURELY_UNSET_VARIABLE");
+        assert_eq!(
+            errors(&text),
+            vec![
+                "route[0].webhook_secret: environment variable MXNODE_TEST_SURELY_UNSET_VARIABLE is not set"
+            ]
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn http_webhook_is_allowed_only_to_loopback() {
+        assert!(check_url("http://127.0.0.1:8080/x").is_ok());
+        assert!(check_url("http://localhost:8080/x").is_ok());
+        assert!(check_url("http://[::1]:8080/x").is_ok());
+        assert!(check_url("http://10.0.0.1/x").is_err());
+        assert!(check_url("ftp://example.test/").is_err());
+        assert!(check_url("https://hooks.example.test/email").is_ok());
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        let s = |t: &str| parse_size(&SizeValue::Text(t.into()));
+        assert_eq!(s("25MiB"), Ok(25 << 20));
+        assert_eq!(s("10 MB"), Ok(10_000_000));
+        assert_eq!(s("512"), Ok(512));
+        assert!(s("MiB").is_err());
+        assert!(s("5 parsecs").is_err());
+        assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86400)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn patterns_match_case_insensitively() {
+        let domain = Pattern::parse("*@In.Example.Test").expect("valid");
+        assert!(domain.matches("bob@in.example.test"));
+        assert!(domain.matches("Bob@IN.EXAMPLE.TEST"));
+        assert!(!domain.matches("bob@example.test"));
+        assert!(!domain.matches("bob@evil.in.example.test"));
+        let exact = Pattern::parse("Bob@in.example.test").expect("valid");
+        assert!(exact.matches("bob@in.example.test"));
+        assert!(!exact.matches("alice@in.example.test"));
+        assert!(Pattern::parse("in.example.test").is_err());
+        assert!(Pattern::parse("a*@x.test").is_err());
+    }
+
+    #[test]
+    fn s3_route_needs_a_defined_connection() {
+        let text = minimal() + "attachments = \"s3\"\ns3 = \"primary\"\n";
+        let errs = errors(&text);
+        assert!(
+            errs.iter()
+                .any(|e| e == "route[0].s3: no [s3.primary] table is defined"),
+            "{errs:?}"
+        );
+    }
+}

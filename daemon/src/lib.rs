@@ -1,0 +1,17 @@
+//! mxnode: an email-ingress node. SMTP in, parse in memory, signed webhook out; `250` only
+//! after delivery; content never at rest. See ARCHITECTURE.md for the map of this crate.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod deliver;
+pub mod dev;
+pub mod hardening;
+pub mod http;
+pub mod logging;
+pub mod message;
+pub mod node;
+pub mod notify;
+pub mod payload;
+pub mod smtp;
+pub mod webhook;

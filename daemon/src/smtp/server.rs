@@ -1,0 +1,334 @@
+//! The SMTP I/O layer: sockets, STARTTLS, timers and connection limits around the pure
+//! [`Session`](super::session::Session).
+//!
+//! `run(listeners, server, shutdown)` accepts connections until shutdown; one task per
+//! connection. Everything protocol-related is decided by the session core; this module only
+//! moves bytes, enforces the connection limits (total and per client IP, `421` past them) and
+//! hands transactions to delivery. It never logs what it moves.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use smol::channel::Receiver;
+use smol::future::FutureExt as _;
+use smol::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use smol::{Async, Timer};
+
+use super::budget::InFlightBudget;
+use super::session::{Action, Reply, Session, SessionConfig};
+use super::tls::HelloRecorder;
+use crate::deliver::{self, PeerInfo, Router};
+
+/// Bytes read from a socket at a time.
+const READ_CHUNK: usize = 64 * 1024;
+/// A STARTTLS handshake must finish within this time.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything a connection needs, shared by all connections.
+pub struct Server {
+    pub session_config: Arc<SessionConfig>,
+    pub router: Arc<Router>,
+    pub budget: Arc<InFlightBudget>,
+    pub tls: Option<async_native_tls::TlsAcceptor>,
+    pub max_sessions: usize,
+    pub max_sessions_per_ip: usize,
+    /// Sessions open now, across all listeners.
+    pub active: AtomicUsize,
+    /// Sessions open now per client address, to keep one client from taking every slot.
+    pub per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("active", &self.active)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Number of sessions open right now.
+    pub fn active_sessions(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// Takes a session slot for `ip`, or says which limit is reached.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<SessionSlot, &'static str> {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if self.active.load(Ordering::SeqCst) >= self.max_sessions {
+            return Err("4.7.0 Too many connections, try again later");
+        }
+        let count = per_ip.entry(ip).or_insert(0);
+        if *count >= self.max_sessions_per_ip {
+            return Err("4.7.0 Too many connections from your address, try again later");
+        }
+        *count += 1;
+        self.active.fetch_add(1, Ordering::SeqCst);
+        Ok(SessionSlot {
+            server: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// A held session slot; released on drop.
+struct SessionSlot {
+    server: Arc<Server>,
+    ip: IpAddr,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut per_ip = self.server.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        self.server.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Binds the listeners (so the caller knows the real addresses before serving).
+pub fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<Async<TcpListener>>> {
+    addrs
+        .iter()
+        .map(|addr| Async::<TcpListener>::bind(*addr))
+        .collect()
+}
+
+/// Accepts connections on every listener until `shutdown` closes, then returns. Connections in
+/// progress keep running; see [`Server::active_sessions`].
+pub async fn run(listeners: Vec<Async<TcpListener>>, server: Arc<Server>, shutdown: Receiver<()>) {
+    let tasks: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| smol::spawn(accept_loop(listener, server.clone(), shutdown.clone())))
+        .collect();
+    for task in tasks {
+        task.await;
+    }
+}
+
+async fn accept_loop(listener: Async<TcpListener>, server: Arc<Server>, shutdown: Receiver<()>) {
+    loop {
+        let accepted = async { Some(listener.accept().await) }
+            .or(async {
+                let _ = shutdown.recv().await;
+                None
+            })
+            .await;
+        match accepted {
+            None => return,
+            Some(Ok((stream, peer))) => {
+                let server = server.clone();
+                let shutdown = shutdown.clone();
+                smol::spawn(async move {
+                    handle_connection(stream, peer, server, shutdown).await;
+                })
+                .detach();
+            }
+            Some(Err(e)) => {
+                // Typically EMFILE: back off briefly instead of spinning.
+                log::warn!("smtp: accept failed: {e}");
+                Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle_connection(
+    mut stream: Async<TcpStream>,
+    peer: SocketAddr,
+    server: Arc<Server>,
+    shutdown: Receiver<()>,
+) {
+    let _slot = match server.admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err(text) => {
+            let reply = Reply::new(421, text).to_bytes();
+            let _ = stream
+                .write_all(&reply)
+                .or(async {
+                    Timer::after(Duration::from_secs(5)).await;
+                    Ok(())
+                })
+                .await;
+            return;
+        }
+    };
+    let mut session = Session::new(
+        server.session_config.clone(),
+        server.router.clone(),
+        server.budget.clone(),
+        Instant::now(),
+    );
+    let mut info = PeerInfo {
+        remote_ip: peer.ip().to_string(),
+        tls: None,
+    };
+    let greeting = session.greeting();
+    match drive(
+        &mut stream,
+        &mut session,
+        greeting,
+        &server,
+        &info,
+        &shutdown,
+    )
+    .await
+    {
+        Ok(Ending::StartTls) => {}
+        Ok(Ending::Closed) | Err(_) => return,
+    }
+    let Some(acceptor) = &server.tls else {
+        return;
+    };
+    let handshake = async {
+        acceptor
+            .accept(HelloRecorder::new(stream))
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .or(async {
+        Timer::after(TLS_HANDSHAKE_TIMEOUT).await;
+        Err("handshake timed out".to_string())
+    })
+    .await;
+    let mut tls_stream = match handshake {
+        Ok(s) => s,
+        Err(e) => {
+            log::info!("smtp: TLS handshake with a client failed: {e}");
+            return;
+        }
+    };
+    info.tls = tls_stream.get_ref().negotiated();
+    let actions = session.tls_started(Instant::now());
+    let _ = drive(
+        &mut tls_stream,
+        &mut session,
+        actions,
+        &server,
+        &info,
+        &shutdown,
+    )
+    .await;
+}
+
+/// Why [`drive`] returned.
+enum Ending {
+    Closed,
+    StartTls,
+}
+
+/// Runs the session over one stream until it closes or asks for TLS.
+async fn drive<S>(
+    stream: &mut S,
+    session: &mut Session,
+    initial: Vec<Action>,
+    server: &Server,
+    peer: &PeerInfo,
+    shutdown: &Receiver<()>,
+) -> std::io::Result<Ending>
+where
+    S: smol::io::AsyncRead + smol::io::AsyncWrite + Unpin,
+{
+    let mut pending = std::collections::VecDeque::from(initial);
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut shutdown_seen = false;
+    loop {
+        // Carry out every action the session produced.
+        while let Some(action) = pending.pop_front() {
+            match action {
+                Action::Reply(reply) => out.extend_from_slice(&reply.to_bytes()),
+                Action::Deliver(tx) => {
+                    // Replies for pipelined commands go out before the (long) delivery.
+                    write_out(stream, &mut out, server).await?;
+                    // Consumes the transaction: its bytes and in-flight reservation are
+                    // released when delivery is over.
+                    let outcome = deliver::deliver(&server.router, tx, peer).await;
+                    pending.extend(session.delivery_done(outcome.reply(), Instant::now()));
+                }
+                Action::StartTls => {
+                    write_out(stream, &mut out, server).await?;
+                    return Ok(Ending::StartTls);
+                }
+                Action::Close => {
+                    write_out(stream, &mut out, server).await?;
+                    return Ok(Ending::Closed);
+                }
+            }
+        }
+        write_out(stream, &mut out, server).await?;
+        if session.is_closed() {
+            return Ok(Ending::Closed);
+        }
+
+        // Wait for input, the session's deadline or shutdown.
+        let deadline = session.deadline();
+        let event = async { Event::Read(stream.read(&mut buf).await) }
+            .or(async {
+                match deadline {
+                    Some(at) => {
+                        Timer::at(at).await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+                Event::Deadline
+            })
+            .or(async {
+                if shutdown_seen {
+                    std::future::pending::<()>().await;
+                }
+                let _ = shutdown.recv().await;
+                Event::Shutdown
+            })
+            .await;
+        match event {
+            Event::Read(Ok(0)) => return Ok(Ending::Closed),
+            Event::Read(Ok(n)) => pending.extend(session.feed(&buf[..n], Instant::now())),
+            Event::Read(Err(e)) => return Err(e),
+            Event::Deadline => pending.extend(session.timed_out(Instant::now())),
+            Event::Shutdown => {
+                shutdown_seen = true;
+                pending.extend(session.shutdown());
+            }
+        }
+    }
+}
+
+enum Event {
+    Read(std::io::Result<usize>),
+    Deadline,
+    Shutdown,
+}
+
+/// Writes and flushes buffered replies, bounded by the command timeout so a client that stops
+/// reading cannot hold the session forever.
+async fn write_out<S>(stream: &mut S, out: &mut Vec<u8>, server: &Server) -> std::io::Result<()>
+where
+    S: smol::io::AsyncWrite + Unpin,
+{
+    if out.is_empty() {
+        return Ok(());
+    }
+    let timeout = server.session_config.command_timeout;
+    async {
+        stream.write_all(out).await?;
+        stream.flush().await
+    }
+    .or(async {
+        Timer::after(timeout).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "client does not read replies",
+        ))
+    })
+    .await?;
+    out.clear();
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! Webhook delivery (DESIGN §4): a signed HTTPS POST per route, retried inside a time budget.
+//!
+//! Signing follows the Standard Webhooks specification. The HTTP client is ureq (blocking,
+//! rustls on ring, so TLS 1.2 or 1.3 only) run on smol's blocking pool; one agent per route keeps
+//! its connections alive between messages. The outcome is classified here and only here:
+//! 2xx accepted, 4xx other than 408/429 rejected (permanent), everything else a temporary failure.
+//!
+//! Never logs payloads or response bodies; log lines carry ids, statuses and timings only.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use ring::hmac;
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+
+use crate::config::Route;
+
+/// System trust store of Debian (the appliance image and the development machines).
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// First pause between attempts; doubled after each failure.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest pause between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(4);
+/// One attempt never takes longer than this, so a hanging receiver still leaves budget to retry.
+const MAX_ATTEMPT_TIME: Duration = Duration::from_secs(20);
+/// An attempt shorter than this is not worth starting.
+const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(200);
+/// How much of a refusal's body is read to build the short SMTP reason.
+const MAX_REASON_BYTES: usize = 512;
+/// Length of the sanitised reason in the SMTP reply.
+const MAX_REASON_CHARS: usize = 100;
+
+/// Why a webhook client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("cannot read CA bundle {path}: {source}")]
+    ReadCa {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("CA bundle {path} holds no PEM certificate")]
+    EmptyCa { path: String },
+}
+
+/// What the receiver made of a delivery, after all attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookOutcome {
+    /// A 2xx answer.
+    Accepted { status: u16, attempts: u32 },
+    /// A 4xx other than 408/429: the receiver refused this message for good.
+    Rejected {
+        status: u16,
+        /// Printable ASCII from the response body, short; may be empty.
+        reason: String,
+    },
+    /// Budget exhausted on 5xx/408/429, timeouts, connection or TLS failures.
+    Failed { last_error: String, attempts: u32 },
+}
+
+/// Classifies one HTTP status per DESIGN §3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusClass {
+    Accepted,
+    Rejected,
+    Retry,
+}
+
+pub fn classify(status: u16) -> StatusClass {
+    match status {
+        200..=299 => StatusClass::Accepted,
+        408 | 429 => StatusClass::Retry,
+        400..=499 => StatusClass::Rejected,
+        _ => StatusClass::Retry,
+    }
+}
+
+/// The `webhook-signature` header value: `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`.
+pub fn sign(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    let mut ctx = hmac::Context::with_key(&key);
+    ctx.update(id.as_bytes());
+    ctx.update(b".");
+    ctx.update(timestamp.to_string().as_bytes());
+    ctx.update(b".");
+    ctx.update(body);
+    let tag = ctx.sign();
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
+    )
+}
+
+/// Posts payloads for one route.
+pub struct WebhookClient {
+    agent: ureq::Agent,
+    url: String,
+    key: hmac::Key,
+    key_bytes: Vec<u8>,
+    budget: Duration,
+}
+
+impl std::fmt::Debug for WebhookClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookClient")
+            .field("url", &self.url)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebhookClient {
+    /// Builds the client of a route: system roots plus the route's CA bundle.
+    pub fn new(route: &Route) -> Result<WebhookClient, WebhookError> {
+        let mut roots: Vec<Certificate<'static>> = Vec::new();
+        // The system bundle may be missing on a minimal machine; a route CA can still work.
+        if let Ok(pem) = std::fs::read(SYSTEM_CA_BUNDLE) {
+            roots.extend(pem_certificates(&pem));
+        }
+        if let Some(path) = &route.webhook_ca {
+            let pem = std::fs::read(path).map_err(|source| WebhookError::ReadCa {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let extra = pem_certificates(&pem);
+            if extra.is_empty() {
+                return Err(WebhookError::EmptyCa {
+                    path: path.display().to_string(),
+                });
+            }
+            roots.extend(extra);
+        }
+        let tls = TlsConfig::builder()
+            .root_certs(RootCerts::Specific(Arc::new(roots)))
+            .build();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(tls)
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .max_idle_connections_per_host(16)
+            .user_agent(concat!("mxnode/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        Ok(WebhookClient {
+            agent,
+            url: route.webhook.clone(),
+            key: hmac::Key::new(hmac::HMAC_SHA256, route.webhook_key.expose()),
+            key_bytes: route.webhook_key.expose().to_vec(),
+            budget: route.webhook_budget,
+        })
+    }
+
+    /// The stable delivery id of DESIGN §4: a keyed hash of the message bytes and its
+    /// recipients for this route, so a retransmission after a lost `250` carries the same
+    /// `webhook-id` and the receiver can de-duplicate.
+    pub fn delivery_id(&self, route_name: &str, rcpt_to: &[String], data: &[u8]) -> String {
+        let mut rcpts: Vec<String> = rcpt_to.iter().map(|r| r.to_lowercase()).collect();
+        rcpts.sort();
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(b"mxnode delivery id v1\0");
+        ctx.update(route_name.as_bytes());
+        ctx.update(b"\0");
+        ctx.update(rcpts.join("\n").as_bytes());
+        ctx.update(b"\0");
+        ctx.update(data);
+        let tag = ctx.sign();
+        let hex: String = tag.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("msg_{hex}")
+    }
+
+    /// Posts `body` with retries until accepted, rejected or the budget is spent.
+    pub async fn deliver(&self, id: &str, body: Arc<Vec<u8>>) -> WebhookOutcome {
+        let started = Instant::now();
+        let deadline = started + self.budget;
+        let mut backoff = INITIAL_BACKOFF;
+        let mut attempts = 0;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            attempts += 1;
+            let attempt = self.attempt(id, body.clone(), remaining.min(MAX_ATTEMPT_TIME));
+            let last_error = match attempt.await {
+                Ok((status, _)) if classify(status) == StatusClass::Accepted => {
+                    log::info!(
+                        "webhook {id}: accepted with {status} after {attempts} attempt(s) in {} ms",
+                        started.elapsed().as_millis()
+                    );
+                    return WebhookOutcome::Accepted { status, attempts };
+                }
+                Ok((status, reason)) if classify(status) == StatusClass::Rejected => {
+                    log::warn!("webhook {id}: receiver refused with {status}");
+                    return WebhookOutcome::Rejected { status, reason };
+                }
+                Ok((status, _)) => format!("receiver answered {status}"),
+                Err(e) => e,
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining < backoff + MIN_ATTEMPT_TIME {
+                log::warn!(
+                    "webhook {id}: giving up after {attempts} attempt(s) in {} ms: {last_error}",
+                    started.elapsed().as_millis()
+                );
+                return WebhookOutcome::Failed {
+                    last_error,
+                    attempts,
+                };
+            }
+            log::info!("webhook {id}: attempt {attempts} failed ({last_error}); retrying");
+            smol::Timer::after(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One POST. Returns the status and, for refusals, a sanitised reason.
+    async fn attempt(
+        &self,
+        id: &str,
+        body: Arc<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<(u16, String), String> {
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let signature = sign(&self.key_bytes, id, timestamp, &body);
+        let request = self
+            .agent
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .config()
+            .timeout_global(Some(timeout))
+            .build();
+        smol::unblock(move || {
+            let mut response = request.send(&body[..]).map_err(describe_error)?;
+            let status = response.status().as_u16();
+            let reason = if classify(status) == StatusClass::Rejected {
+                let bytes = response
+                    .body_mut()
+                    .with_config()
+                    .limit(MAX_REASON_BYTES as u64)
+                    .read_to_vec()
+                    .unwrap_or_default();
+                sanitise_reason(&bytes)
+            } else {
+                // Drain a small body so the connection can be reused; ignore failures.
+                let _ = response
+                    .body_mut()
+                    .with_config()
+                    .limit(64 * 1024)
+                    .read_to_vec();
+                String::new()
+            };
+            Ok((status, reason))
+        })
+        .await
+    }
+}
+
+/// Certificates from a PEM bundle, skipping anything else.
+fn pem_certificates(pem: &[u8]) -> Vec<Certificate<'static>> {
+    ureq::tls::parse_pem(pem)
+        .filter_map(|item| match item {
+            Ok(PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A transport error in words that name the problem class (never the payload).
+fn describe_error(e: ureq::Error) -> String {
+    match e {
+        ureq::Error::Timeout(t) => format!("timeout ({t})"),
+        ureq::Error::ConnectionFailed => "connection failed".into(),
+        ureq::Error::HostNotFound => "host not found".into(),
+        ureq::Error::Io(io) => format!("I/O error: {}", io.kind()),
+        other => format!("{other}"),
+    }
+}
+
+/// Keeps printable ASCII, collapses whitespace, caps the length: the receiver's text goes into
+/// an SMTP reply line and must not break the protocol.
+pub fn sanitise_reason(bytes: &[u8]) -> String {
+    let text: String = bytes
+        .iter()
+        .map(|&b| if b.is_ascii_graphic() { b as char } else { ' ' })
+        .collect();
+    let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    collapsed.chars().take(MAX_REASON_CHARS).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_the_standard_webhooks_reference_vector() {
+        let key = crate::config::decode_webhook_secret(b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .expect("valid secret");
+        let signature = sign(
+            &key,
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        );
+        assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn statuses_map_to_the_design_classes() {
+        for (status, class) in [
+            (200, StatusClass::Accepted),
+            (204, StatusClass::Accepted),
+            (400, StatusClass::Rejected),
+            (422, StatusClass::Rejected),
+            (408, StatusClass::Retry),
+            (429, StatusClass::Retry),
+            (500, StatusClass::Retry),
+            (503, StatusClass::Retry),
+            (301, StatusClass::Retry),
+        ] {
+            assert_eq!(classify(status), class, "status {status}");
+        }
+    }
+
+    #[test]
+    fn reasons_are_sanitised_for_an_smtp_line() {
+        assert_eq!(
+            sanitise_reason(b"bad\r\n550 injected\x00 \xff x"),
+            "bad 550 injected x"
+        );
+        assert_eq!(sanitise_reason(&[b'a'; 500]).len(), MAX_REASON_CHARS);
+    }
+}

@@ -1,0 +1,30 @@
+//! The end-to-end test harness: real peers around the real `mxnode` binary.
+//!
+//! It owns starting and stopping everything a test talks to — the daemon
+//! ([`Node`]), an HTTPS webhook receiver ([`Receiver`]), test certificates
+//! ([`TestCa`]) and SMTP clients ([`SmtpClient`] for exact bytes,
+//! [`send_with_lettre`] and [`swaks`] for independent implementations) — and
+//! small file helpers ([`corpus_dir`], [`crlf`], [`scan_for_marker`]).
+//!
+//! **Architecture Invariant:** the harness never writes message content,
+//! webhook bodies or daemon logs to disk. Tests prove "content never at rest"
+//! by scanning temp directories for markers ([`scan_for_marker`]); a harness
+//! copy would be a false alarm, so all captured output stays in memory.
+//!
+//! **Architecture Invariant:** every peer listens on 127.0.0.1 only, and every
+//! wait is bounded, so a broken daemon fails a test instead of hanging CI.
+
+#![forbid(unsafe_code)]
+
+mod files;
+mod node;
+mod process;
+mod receiver;
+mod smtp;
+mod tls;
+
+pub use files::{corpus_dir, crlf, scan_for_marker, workspace_dir};
+pub use node::{Node, NodeConfig, RouteConfig, mxnode_bin};
+pub use receiver::{Received, Receiver, new_webhook_secret, webhook_signature};
+pub use smtp::{Reply, SmtpClient, send_with_lettre, swaks};
+pub use tls::TestCa;
