@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crate::config::Config;
-use crate::message::{self, ParseLimits, ParsedMessage};
+use crate::message::{self, LimitExceeded, ParseLimits, ParsedMessage};
 use crate::payload::{self, Envelope, TlsInfo};
 use crate::smtp::session::{RecipientPolicy, Reply, Transaction};
 use crate::webhook::{WebhookClient, WebhookError, WebhookOutcome};
@@ -71,6 +71,9 @@ pub enum Outcome {
     Rejected { reason: String },
     /// At least one route failed temporarily: the sender must retry.
     TempFailed,
+    /// The MIME structure is past a parse limit (DESIGN invariant 3): refused before any
+    /// delivery, since a retry would meet the same limit.
+    TooComplex(LimitExceeded),
 }
 
 impl Outcome {
@@ -90,6 +93,17 @@ impl Outcome {
             Outcome::TempFailed => {
                 Reply::new(451, "4.3.0 Delivery failed temporarily, try again later")
             }
+            Outcome::TooComplex(limit) => Reply::new(
+                554,
+                format!(
+                    "5.6.0 Message refused: {}",
+                    match limit {
+                        LimitExceeded::MimeDepth => "MIME nesting too deep",
+                        LimitExceeded::MimeParts => "too many MIME parts",
+                        LimitExceeded::Headers => "too many header fields",
+                    }
+                ),
+            ),
         }
     }
 }
@@ -130,6 +144,11 @@ pub async fn deliver(router: &Router, tx: Transaction, peer: &PeerInfo) -> Outco
         let data = data.clone();
         Arc::new(smol::unblock(move || message::parse(&data, &ParseLimits::default())).await)
     };
+
+    if let Some(limit) = parsed.limit_exceeded {
+        log::warn!("delivery refused: message past the MIME limit {limit:?}");
+        return Outcome::TooComplex(limit);
+    }
 
     // One payload per route (each carries only its own recipients), posted concurrently.
     let posts = groups.into_iter().map(|(route_index, rcpt_to)| {
@@ -189,6 +208,7 @@ fn outcome_label(outcome: &Outcome) -> &'static str {
         Outcome::Delivered { .. } => "delivered",
         Outcome::Rejected { .. } => "rejected",
         Outcome::TempFailed => "tempfailed",
+        Outcome::TooComplex(_) => "rejected",
     }
 }
 

@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod corpus;
 mod files;
 mod node;
 mod process;

@@ -620,3 +620,72 @@ webhook_budget = "forever"
         "secrets are never echoed:\n{output}"
     );
 }
+
+#[test]
+fn mime_nesting_past_the_limit_is_refused_with_554_and_not_delivered() {
+    let (_ca, receiver, node) = node_with_route("/ok", None);
+    let depth = 40;
+    let mut data = String::from("Subject: deep\r\nMIME-Version: 1.0\r\n");
+    for level in 0..depth {
+        data.push_str(&format!(
+            "Content-Type: multipart/mixed; boundary=\"b{level}\"\r\n\r\n--b{level}\r\n"
+        ));
+    }
+    data.push_str("Content-Type: text/plain\r\n\r\ninnermost\r\n");
+    for level in (0..depth).rev() {
+        data.push_str(&format!("--b{level}--\r\n"));
+    }
+    let mut client = SmtpClient::connect(node.smtp_addr());
+    let reply = client.send_mail("a@example.org", &["bob@in.example.test"], data.as_bytes());
+    assert_eq!(
+        (reply.code, reply.enhanced_code()),
+        (554, Some("5.6.0")),
+        "{reply}"
+    );
+    assert!(receiver.received().is_empty());
+}
+
+#[test]
+fn idle_client_is_disconnected_with_421_after_the_command_timeout() {
+    let ca = TestCa::new();
+    let receiver = Receiver::start(&ca, &new_webhook_secret());
+    let node = Node::start(&NodeConfig::new().command_timeout("1s").route(
+        RouteConfig::to_receiver("*@in.example.test", &receiver, "/ok"),
+    ));
+    let mut client = SmtpClient::connect(node.smtp_addr());
+    client.ehlo("client.test");
+    let reply = client.read_reply();
+    assert_eq!(
+        (reply.code, reply.enhanced_code()),
+        (421, Some("4.4.2")),
+        "{reply}"
+    );
+    assert!(client.try_read_reply().is_err(), "the connection is closed");
+}
+
+#[test]
+fn running_node_has_core_dumps_off_and_memory_locked() {
+    let (_ca, _receiver, node) = node_with_route("/ok", None);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", node.pid())).expect("limits");
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .expect("core limit line");
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(&fields[4..6], ["0", "0"], "RLIMIT_CORE is 0: {core}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid())).expect("status");
+    let locked_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmLck line");
+    if node.log().contains("hardening:") {
+        // Not permitted here (an unprivileged run with a small RLIMIT_MEMLOCK): the node says so.
+        assert!(node.log().contains("memory is not locked") || node.log().contains("mlockall"));
+    } else {
+        assert!(
+            locked_kib > 0,
+            "mlockall locked the node's memory: VmLck {locked_kib} kB"
+        );
+    }
+}
