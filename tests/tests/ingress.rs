@@ -689,3 +689,56 @@ fn running_node_has_core_dumps_off_and_memory_locked() {
         );
     }
 }
+
+#[test]
+fn in_flight_budget_refuses_data_with_452_while_another_message_holds_it() {
+    let ca = TestCa::new();
+    let receiver = Receiver::start(&ca, &new_webhook_secret());
+    let node = Node::start(
+        &NodeConfig::new()
+            .max_message_size("1MiB")
+            .max_in_flight("1MiB")
+            .route(RouteConfig::to_receiver(
+                "*@in.example.test",
+                &receiver,
+                "/ok",
+            )),
+    );
+    // The first client declares 900 KB and starts sending: its reservation holds the budget.
+    let mut first = SmtpClient::connect(node.smtp_addr());
+    first.ehlo("client.test");
+    assert_eq!(
+        first.command("MAIL FROM:<a@example.org> SIZE=900000").code,
+        250
+    );
+    assert_eq!(first.command("RCPT TO:<bob@in.example.test>").code, 250);
+    assert_eq!(first.command("DATA").code, 354);
+    first.send(b"Subject: holder\r\n\r\n");
+    first.send(&b"0123456789abcdef\r\n".repeat(40_000)); // 720 KB, no terminator yet
+
+    let mut second = SmtpClient::connect(node.smtp_addr());
+    second.ehlo("client.test");
+    assert_eq!(
+        second.command("MAIL FROM:<a@example.org> SIZE=500000").code,
+        250
+    );
+    assert_eq!(second.command("RCPT TO:<bob@in.example.test>").code, 250);
+    let reply = second.command("DATA");
+    assert_eq!(
+        (reply.code, reply.enhanced_code()),
+        (452, Some("4.3.1")),
+        "{reply}"
+    );
+
+    // When the first message is done, the budget is free again.
+    first.send(b".\r\n");
+    assert_eq!(first.read_reply().code, 250);
+    assert_eq!(second.command("RSET").code, 250);
+    let reply = second.send_mail(
+        "a@example.org",
+        &["bob@in.example.test"],
+        &message("after", "x"),
+    );
+    assert_eq!(reply.code, 250, "{reply}");
+    assert_eq!(receiver.received().len(), 2);
+}
