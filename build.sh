@@ -4,8 +4,16 @@
 #   ./build.sh run     build and run the development node (`mxnode dev`)
 #   ./build.sh test    install missing test tools, then fmt, clippy, build
 #                      and every test with nextest (what CI runs)
-#   ./build.sh bench   not implemented yet
-#   ./build.sh image   not implemented yet (DESIGN §8)
+#   ./build.sh bench   mxnode against Postfix and the SMTP limit on loopback,
+#                      and MIME-to-payload MB/s; results in out/bench/ (root;
+#                      `./build.sh bench --quick` for a short development sweep)
+#   ./build.sh image   the appliance disk image (DESIGN §8) in out/image/
+#                      (raw, qcow2, sizes, sha256); needs root
+#   ./build.sh vm      boot that image in qemu (TCG), SMTP and HTTPS
+#                      forwarded to 127.0.0.1 (--fresh: forget the VM's disk)
+#   ./build.sh fuzz [TARGET] [SECONDS]
+#                      a fuzzing campaign (default: every target, 600 s each);
+#                      the grown corpus stays in /var/tmp/mxnode-fuzz
 #
 # CARGO_TARGET_DIR defaults to /var/tmp/mxnode-target: outside the clone, so
 # builds are reused between CI runs and checkouts on the same machine.
@@ -15,7 +23,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/mxnode-target}"
 
 usage() {
-    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 }
 
 log() {
@@ -34,9 +42,13 @@ missing_packages() {
     command -v swaks >/dev/null || missing+=(swaks)                 # independent SMTP client
     python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
         || missing+=(python3)                                        # webhook receiver peer
+    python3 -c 'import ensurepip, venv' 2>/dev/null \
+        || missing+=(python3-venv)                                   # venv of the contract tester
     command -v openssl >/dev/null || missing+=(openssl)              # TLS tooling in tests
+    command -v strace >/dev/null || missing+=(strace)                # files the node writes (at_rest)
     [ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
     dpkg_installed libclang-dev || missing+=(libclang-dev)           # bindgen (RocksDB bindings)
+    dpkg_installed librocksdb-dev || missing+=(librocksdb-dev)       # RocksDB to link (.cargo/config.toml)
     command -v pkg-config >/dev/null || missing+=(pkg-config)        # finds OpenSSL for native-tls
     dpkg_installed libssl-dev || missing+=(libssl-dev)               # native-tls (OpenSSL)
     command -v c++ >/dev/null || missing+=(g++)                      # compiles RocksDB's C++
@@ -80,15 +92,245 @@ ensure_rust_tools() {
     fi
 }
 
+# The S3-compatible server of the S3 tests (tests/src/s3.rs): s3s-fs, which checks SigV4
+# signatures. Pinned: newer versions need a newer rustc. Its binary needs the `binary` feature.
+# Installed into cargo's bin dir; compiling it takes minutes on a two-core machine, once.
+S3S_FS_VERSION=0.14.1
+
+ensure_s3_server() {
+    local bin="${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs"
+    if [ "$("$bin" --version 2>/dev/null || true)" != "s3s-fs $S3S_FS_VERSION" ]; then
+        log "installing s3s-fs $S3S_FS_VERSION (takes a few minutes)"
+        cargo install --locked s3s-fs --version "$S3S_FS_VERSION" --features binary
+    fi
+    export S3S_FS_BIN="$bin"
+}
+
+# The contract-testing tool of tests/tests/api_contract.rs (PyPI), pinned, in a venv of its own
+# outside the clone (like the build cache), so the system Python stays untouched.
+SCHEMATHESIS_VERSION=4.32.5
+SCHEMATHESIS_VENV=/var/tmp/mxnode-venv
+
+ensure_schemathesis() {
+    local bin="$SCHEMATHESIS_VENV/bin/schemathesis"
+    if [ "$("$bin" --version 2>/dev/null || true)" != "schemathesis, version $SCHEMATHESIS_VERSION" ]; then
+        log "installing schemathesis $SCHEMATHESIS_VERSION into $SCHEMATHESIS_VENV"
+        python3 -m venv "$SCHEMATHESIS_VENV"
+        "$SCHEMATHESIS_VENV/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
+    fi
+    export MXNODE_SCHEMATHESIS="$bin"
+}
+
+# Host tools of the appliance image and of its VM tests (DESIGN §8), each with the check that
+# proves it is present. None of them needs loop devices, device-mapper or mounts.
+missing_image_packages() {
+    local missing=()
+    command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)          # Debian root file system
+    command -v mkfs.erofs >/dev/null || missing+=(erofs-utils)         # read-only root image
+    command -v mcopy >/dev/null || missing+=(mtools)                   # ESP without mounting
+    command -v mkfs.vfat >/dev/null || missing+=(dosfstools)           # ESP file system
+    command -v sfdisk >/dev/null || missing+=(fdisk)                   # GPT on a file
+    command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)            # state partition (-d)
+    command -v objcopy >/dev/null || missing+=(binutils)               # strips debug info
+    command -v qemu-img >/dev/null || missing+=(qemu-utils)            # qcow2
+    [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || missing+=(ovmf)          # UEFI firmware for the VM
+    command -v swtpm >/dev/null || missing+=(swtpm swtpm-tools)        # TPM 2.0 for the VM
+    printf '%s\n' "${missing[@]}"
+}
+
+# qemu-system-x86 must come from bookworm-backports: the machine's qemu-utils are from there,
+# and both share qemu-system-common's version. The suite is added in a sources file of ours.
+BACKPORTS_SOURCES=/etc/apt/sources.list.d/mxnode-backports.sources
+
+install_image_dependencies() {
+    local missing qemu=()
+    mapfile -t missing < <(missing_image_packages | sed '/^$/d')
+    command -v qemu-system-x86_64 >/dev/null || qemu=(qemu-system-x86)
+    if [ "${#missing[@]}" -eq 0 ] && [ "${#qemu[@]}" -eq 0 ]; then
+        return
+    fi
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "missing packages: ${missing[*]} ${qemu[*]}; the image needs root anyway:" >&2
+        echo "  run ./build.sh image (or test) as root" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    if [ "${#qemu[@]}" -gt 0 ] && [ ! -f "$BACKPORTS_SOURCES" ]; then
+        log "adding bookworm-backports ($BACKPORTS_SOURCES) for qemu-system-x86"
+        cat >"$BACKPORTS_SOURCES" <<'SOURCES'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+    fi
+    log "installing ${missing[*]} ${qemu[*]}"
+    apt-get update
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt-get install -y --no-install-recommends "${missing[@]}"
+    fi
+    if [ "${#qemu[@]}" -gt 0 ]; then
+        apt-get install -y --no-install-recommends -t bookworm-backports "${qemu[@]}"
+    fi
+}
+
+# Where `image` puts its output and `vm` boots from (git-ignored).
+IMAGE_OUT="${MXNODE_IMAGE_OUT:-out/image}"
+
+cmd_image() {
+    install_image_dependencies
+    log "cargo build -p mxnode --release"
+    cargo build -p mxnode --release
+    image/build-image.sh --binary "$CARGO_TARGET_DIR/release/mxnode" --out "$IMAGE_OUT"
+}
+
+# Where `bench` writes its tables, JSON and chart (git-ignored); its scratch space (message
+# files, the private Postfix instance and its queue, the benchmarked node's data_dir); and the
+# Python environment that draws the chart. The last two live outside the clone, like the target.
+BENCH_OUT="${MXNODE_BENCH_OUT:-out/bench}"
+BENCH_WORK="${MXNODE_BENCH_WORK:-/var/tmp/mxnode-bench}"
+BENCH_VENV="${MXNODE_BENCH_VENV:-/var/tmp/mxnode-bench-venv}"
+
+# Debian packages of the benchmark, each with the check that proves it is present.
+missing_bench_packages() {
+    local missing=()
+    command -v smtp-source >/dev/null || missing+=(postfix)          # smtp-source, smtp-sink, Postfix
+    python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)  # the chart's venv
+    printf '%s\n' "${missing[@]}"
+}
+
+install_bench_dependencies() {
+    local missing
+    mapfile -t missing < <(missing_bench_packages | sed '/^$/d')
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing ${missing[*]}"
+        # Postfix asks what the machine's own mail system should be: "No configuration" writes no
+        # /etc/postfix/main.cf and starts nothing; the benchmark runs a private instance.
+        echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+        DEBIAN_FRONTEND=noninteractive apt-get update
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+    fi
+    if ! "$BENCH_VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
+        log "creating $BENCH_VENV with matplotlib from PyPI"
+        python3 -m venv "$BENCH_VENV"
+        "$BENCH_VENV/bin/pip" install --quiet --disable-pip-version-check 'matplotlib>=3.7,<4'
+    fi
+}
+
+cmd_bench() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "./build.sh bench needs root: it installs Postfix and starts a private instance" >&2
+        exit 1
+    fi
+    install_bench_dependencies
+    log "cargo build --release -p mxnode -p mxnode-bench"
+    cargo build --release -p mxnode -p mxnode-bench --bins
+    mkdir -p "$BENCH_OUT"
+    log "MIME to payload: cargo bench -p mxnode-bench --bench parse"
+    MXNODE_BENCH_OUT="$BENCH_OUT" cargo bench -p mxnode-bench --bench parse >"$BENCH_OUT/parse.md"
+    cat "$BENCH_OUT/parse.md"
+    log "end to end: limit, postfix, mxnode, mxnode + 20 ms receiver (minutes)"
+    "$CARGO_TARGET_DIR/release/mxnode-bench" --out "$BENCH_OUT" --work "$BENCH_WORK" \
+        --mxnode "$CARGO_TARGET_DIR/release/mxnode" \
+        --sink "$CARGO_TARGET_DIR/release/webhook-sink" "$@"
+    "$BENCH_VENV/bin/python" bench/plot.py "$BENCH_OUT/results.json" "$BENCH_OUT/throughput.png"
+    log "written: $BENCH_OUT/{results.md,results.json,parse.md,parse.json,throughput.png}"
+}
+
+# Fuzzing (daemon/fuzz, its own workspace): cargo-fuzz builds with nightly-only
+# instrumentation flags, which RUSTC_BOOTSTRAP=1 lets the stable toolchain accept.
+FUZZ_DIR=daemon/fuzz
+FUZZ_TARGETS=(smtp_session mime_payload config)
+# Seconds per target in `./build.sh test`: a smoke run that catches a regression on the seeds
+# and their first mutations; campaigns (`./build.sh fuzz`) run for minutes.
+FUZZ_SMOKE_SECONDS="${FUZZ_SMOKE_SECONDS:-20}"
+
+ensure_cargo_fuzz() {
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        log "installing cargo-fuzz"
+        cargo install --locked cargo-fuzz
+    fi
+}
+
+# libFuzzer options per target: its dictionary and the largest input worth trying.
+fuzz_options() {
+    case "$1" in
+        smtp_session) echo "-dict=$FUZZ_DIR/dict/smtp.dict -max_len=4096" ;;
+        mime_payload) echo "-dict=$FUZZ_DIR/dict/mime.dict -max_len=65536" ;;
+        config) echo "-dict=$FUZZ_DIR/dict/config.dict -max_len=4096" ;;
+    esac
+}
+
+# Runs fuzz target $1 for $2 seconds from the seeds in the repository and the corpus in
+# $3/corpus/$1, where new inputs go (outside the clone: the seeds in git stay small). A crash
+# leaves its input in $3/artifacts/$1/ and fails.
+run_fuzz_target() {
+    local target=$1 seconds=$2 work=$3
+    mkdir -p "$work/corpus/$target" "$work/artifacts/$target"
+    # shellcheck disable=SC2046 # the options are separate words
+    RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir "$FUZZ_DIR" "$target" \
+        "$work/corpus/$target" "$FUZZ_DIR/corpus/$target" -- \
+        $(fuzz_options "$target") -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+        -print_final_stats=1 -artifact_prefix="$work/artifacts/$target/"
+}
+
+# One line from a libFuzzer log: executions and the last coverage figures.
+fuzz_summary() {
+    local execs cov
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$1")
+    cov=$(grep -o 'cov: [0-9]* ft: [0-9]* corp: [0-9]*/[0-9a-zA-Z]*' "$1" | tail -n 1 || true)
+    echo "${execs:-?} executions, ${cov:-no coverage line}"
+}
+
+# The CI smoke run: every target briefly, quietly unless it fails.
+fuzz_smoke() {
+    ensure_cargo_fuzz
+    log "cargo fuzz build ($FUZZ_DIR)"
+    RUSTC_BOOTSTRAP=1 cargo fuzz build --fuzz-dir "$FUZZ_DIR"
+    local work target
+    work=$(mktemp -d "${TMPDIR:-/tmp}/mxnode-fuzz-smoke.XXXXXX")
+    for target in "${FUZZ_TARGETS[@]}"; do
+        if ! run_fuzz_target "$target" "$FUZZ_SMOKE_SECONDS" "$work" >"$work/$target.log" 2>&1; then
+            tail -n 80 "$work/$target.log" >&2
+            echo "fuzz target $target failed; its input is in $work/artifacts/$target/" >&2
+            exit 1
+        fi
+        log "fuzz $target (${FUZZ_SMOKE_SECONDS} s): $(fuzz_summary "$work/$target.log")"
+    done
+    rm -rf "$work"
+}
+
+# A campaign: `./build.sh fuzz [TARGET] [SECONDS]`; the corpus grows in /var/tmp/mxnode-fuzz.
+cmd_fuzz() {
+    ensure_cargo_fuzz
+    local targets=("${FUZZ_TARGETS[@]}") seconds=600 work=/var/tmp/mxnode-fuzz target
+    if [ -n "${1:-}" ]; then targets=("$1"); fi
+    if [ -n "${2:-}" ]; then seconds=$2; fi
+    mkdir -p "$work"
+    for target in "${targets[@]}"; do
+        log "fuzzing $target for $seconds s (corpus: $work/corpus/$target)"
+        run_fuzz_target "$target" "$seconds" "$work" >"$work/$target.log" 2>&1 || {
+            tail -n 80 "$work/$target.log" >&2
+            exit 1
+        }
+        log "fuzz $target: $(fuzz_summary "$work/$target.log")"
+    done
+}
+
 cmd_test() {
     install_test_dependencies
+    install_image_dependencies
     ensure_rust_tools
+    ensure_s3_server
+    ensure_schemathesis
     log "cargo fmt --check"
     cargo fmt --all -- --check
     log "cargo clippy"
     cargo clippy --workspace --all-targets -- -D warnings
     log "cargo build -p mxnode"
     cargo build -p mxnode
+    fuzz_smoke
     # The end-to-end tests start this binary (see tests/src/node.rs).
     export MXNODE_BIN="$CARGO_TARGET_DIR/debug/mxnode"
     log "cargo nextest run"
@@ -104,9 +346,21 @@ case "${1:-}" in
     test)
         cmd_test
         ;;
-    bench | image)
-        echo "./build.sh $1: not implemented yet" >&2
-        exit 2
+    image)
+        cmd_image
+        ;;
+    vm)
+        shift
+        cmd_image
+        exec image/vm.sh "$IMAGE_OUT" "$@"
+        ;;
+    fuzz)
+        shift
+        cmd_fuzz "$@"
+        ;;
+    bench)
+        shift
+        cmd_bench "$@"
         ;;
     -h | --help | help)
         usage

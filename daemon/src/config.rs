@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Default SMTP `SIZE`: what common MX providers accept.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 25 * 1024 * 1024;
@@ -90,7 +90,7 @@ impl ConfigErrors {
 
 /// The TOML file, field for field. Every key is optional here; defaults and requirements are
 /// applied in [`Config::from_raw`].
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct RawConfig {
     #[serde(default)]
     pub node: RawNode,
@@ -106,14 +106,14 @@ pub struct RawConfig {
     pub s3: BTreeMap<String, RawS3>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct RawNode {
     pub hostname: Option<String>,
     pub data_dir: Option<String>,
     pub master_key: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct RawSmtp {
     pub listen: Option<Vec<String>>,
     pub max_message_size: Option<SizeValue>,
@@ -127,21 +127,21 @@ pub struct RawSmtp {
     pub data_timeout: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct RawHttp {
     pub listen: Option<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct RawRetention {
     pub metadata: Option<String>,
     pub audit: Option<String>,
     pub store_subject: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct RawRoute {
     #[serde(rename = "match")]
     pub pattern: Option<String>,
@@ -151,9 +151,10 @@ pub struct RawRoute {
     pub webhook_budget: Option<String>,
     pub attachments: Option<String>,
     pub s3: Option<String>,
+    pub raw_to_s3: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct RawS3 {
     pub endpoint: Option<String>,
     pub bucket: Option<String>,
@@ -161,10 +162,12 @@ pub struct RawS3 {
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub path_style: Option<bool>,
+    pub ca: Option<String>,
+    pub prefix: Option<String>,
 }
 
 /// A byte size: a plain integer, or a string such as `"25MiB"`, `"10MB"`, `"512k"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum SizeValue {
     Bytes(u64),
@@ -172,6 +175,13 @@ pub enum SizeValue {
 }
 
 impl RawConfig {
+    /// Reads a config file (stage 1 only).
+    pub fn read(path: &Path) -> Result<RawConfig, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors::one("", format!("cannot read {}: {e}", path.display())))?;
+        RawConfig::parse(&text)
+    }
+
     /// Parses TOML text. Reports a syntax or type error with its line, and every unknown key.
     pub fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
         let de = toml::Deserializer::parse(text).map_err(|e| toml_error(text, &e))?;
@@ -194,9 +204,10 @@ impl RawConfig {
 }
 
 /// Writes array indices the way validation errors do: `route.0.x` becomes `route[0].x`.
-fn index_style(path: &str) -> String {
+pub fn index_style(path: &str) -> String {
     let mut out = String::new();
-    for segment in path.split('.') {
+    // serde_ignored writes `?` for a step through an `Option`: not part of the key.
+    for segment in path.split('.').filter(|s| *s != "?") {
         if !out.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
             out.push_str(&format!("[{segment}]"));
         } else {
@@ -303,7 +314,10 @@ pub struct Route {
     /// Total time for webhook attempts inside one SMTP transaction.
     pub webhook_budget: Duration,
     pub attachments: AttachmentMode,
+    /// Name of the route's `[s3.NAME]` connection.
     pub s3: Option<String>,
+    /// Whether the complete message is stored too (`raw.eml`) and the payload gets `raw`.
+    pub raw_to_s3: bool,
 }
 
 /// Recipient pattern of a route: an exact address or every address of a domain.
@@ -351,12 +365,19 @@ impl Pattern {
 
 #[derive(Debug, Clone)]
 pub struct S3Config {
+    /// Base URL of the store, `https://host[:port]` (`http://` only to loopback).
     pub endpoint: String,
     pub bucket: String,
+    /// Region of the SigV4 credential scope.
     pub region: String,
     pub access_key_id: String,
     pub secret_access_key: Secret,
+    /// Bucket in the path (`host/bucket/key`) rather than the host name (`bucket.host/key`).
     pub path_style: bool,
+    /// Extra trust anchors (PEM) besides the system roots.
+    pub ca: Option<PathBuf>,
+    /// Key prefix without surrounding `/`; `""` for none.
+    pub prefix: String,
 }
 
 /// Secret bytes. `Debug` never shows them.
@@ -543,9 +564,7 @@ impl Validator {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigErrors::one("", format!("cannot read {}: {e}", path.display())))?;
-        Config::from_raw(RawConfig::parse(&text)?)
+        Config::from_raw(RawConfig::read(path)?)
     }
 
     /// Validates a raw config, collecting every problem.
@@ -665,6 +684,15 @@ impl Config {
                 }),
             tls: v.tls("http", &raw.http.tls_cert, &raw.http.tls_key),
         };
+        // API keys and session cookies never cross a network in the clear.
+        if let (Some(addr), None) = (http.listen, &http.tls)
+            && !addr.ip().is_loopback()
+        {
+            v.error(
+                "http.listen",
+                "plain HTTP is only allowed on a loopback address; set http.tls_cert and http.tls_key",
+            );
+        }
 
         let retention = RetentionConfig {
             metadata: v.duration(
@@ -700,20 +728,57 @@ impl Config {
                 v.secret(&key("secret_access_key"), &secret_text)
                     .unwrap_or_default()
             };
+            let path_style = raw_s3.path_style.unwrap_or(true);
             if !endpoint.is_empty() {
-                if let Err(e) = check_url(&endpoint) {
-                    v.error(key("endpoint"), e);
+                match check_url(&endpoint).and_then(|()| crate::s3::parse_endpoint(&endpoint)) {
+                    Err(e) => v.error(key("endpoint"), e),
+                    Ok((_, authority)) if !path_style && is_ip_authority(&authority) => v.error(
+                        key("path_style"),
+                        "must be true when the endpoint is an IP address \
+                         (virtual-hosted addressing needs a DNS name)",
+                    ),
+                    Ok(_) => {}
                 }
             }
+            if !bucket.is_empty() {
+                if let Err(e) = crate::s3::check_bucket_name(&bucket, path_style) {
+                    v.error(key("bucket"), e);
+                }
+            }
+            let region = raw_s3.region.clone().unwrap_or_else(|| "us-east-1".into());
+            if region.is_empty()
+                || !region
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                v.error(key("region"), "must be a region name such as \"us-east-1\"");
+            }
+            if !access_key_id.is_empty() && !access_key_id.chars().all(|c| c.is_ascii_graphic()) {
+                v.error(
+                    key("access_key_id"),
+                    "must be printable ASCII without spaces",
+                );
+            }
+            let ca = v.existing_file(&key("ca"), &raw_s3.ca);
+            let prefix =
+                match crate::s3::keys::normalise_prefix(raw_s3.prefix.as_deref().unwrap_or("")) {
+                    Ok(prefix) => prefix,
+                    Err(e) => {
+                        v.error(key("prefix"), e);
+                        String::new()
+                    }
+                };
             s3.insert(
                 name.clone(),
                 S3Config {
                     endpoint,
                     bucket,
-                    region: raw_s3.region.clone().unwrap_or_else(|| "us-east-1".into()),
+                    region,
                     access_key_id,
                     secret_access_key: Secret(secret),
-                    path_style: raw_s3.path_style.unwrap_or(true),
+                    path_style,
+                    ca,
+                    prefix,
                 },
             );
         }
@@ -780,20 +845,18 @@ impl Config {
                     AttachmentMode::Inline
                 }
             };
-            match (&r.s3, attachments) {
-                (Some(name), _) if !raw.s3.contains_key(name) => {
+            let raw_to_s3 = r.raw_to_s3.unwrap_or(false);
+            match (&r.s3, attachments, raw_to_s3) {
+                (Some(name), _, _) if !raw.s3.contains_key(name) => {
                     v.error(key("s3"), format!("no [s3.{name}] table is defined"));
                 }
-                (None, AttachmentMode::S3) => {
+                (None, AttachmentMode::S3, _) => {
                     v.error(key("s3"), "required when attachments = \"s3\"");
                 }
+                (None, _, true) => {
+                    v.error(key("s3"), "required when raw_to_s3 = true");
+                }
                 _ => {}
-            }
-            if attachments == AttachmentMode::S3 {
-                v.error(
-                    key("attachments"),
-                    "\"s3\" is not supported by this version yet; use \"inline\"",
-                );
             }
             if let (Some(pattern), Some(webhook_key)) = (pattern, webhook_key) {
                 routes.push(Route {
@@ -805,6 +868,7 @@ impl Config {
                     webhook_budget,
                     attachments,
                     s3: r.s3.clone(),
+                    raw_to_s3,
                 });
             }
         }
@@ -881,6 +945,17 @@ pub fn check_url(url: &str) -> Result<(), String> {
         }
         _ => Err("must start with https://".into()),
     }
+}
+
+/// Whether `host[:port]` names an IP address rather than a DNS name.
+fn is_ip_authority(authority: &str) -> bool {
+    if authority.starts_with('[') {
+        return true;
+    }
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host);
+    host.parse::<IpAddr>().is_ok()
 }
 
 fn is_loopback_host(host: &str) -> bool {
@@ -1016,6 +1091,18 @@ webhook_secret = "{SECRET}"
     }
 
     #[test]
+    fn plain_http_api_is_allowed_only_on_loopback() {
+        let with_http = |listen: &str| minimal() + &format!("\n[http]\nlisten = \"{listen}\"\n");
+        assert!(errors(&with_http("127.0.0.1:8443")).is_empty());
+        assert_eq!(
+            errors(&with_http("0.0.0.0:443")),
+            vec![
+                "http.listen: plain HTTP is only allowed on a loopback address; set http.tls_cert and http.tls_key"
+            ]
+        );
+    }
+
+    #[test]
     fn http_webhook_is_allowed_only_to_loopback() {
         assert!(check_url("http://127.0.0.1:8080/x").is_ok());
         assert!(check_url("http://localhost:8080/x").is_ok());
@@ -1049,6 +1136,85 @@ webhook_secret = "{SECRET}"
         assert!(!exact.matches("alice@in.example.test"));
         assert!(Pattern::parse("in.example.test").is_err());
         assert!(Pattern::parse("a*@x.test").is_err());
+    }
+
+    /// `minimal()` with an `[s3.primary]` table holding `extra` lines, and the route's S3 keys.
+    fn with_s3(route_keys: &str, extra: &str) -> String {
+        minimal()
+            + route_keys
+            + "\n[s3.primary]\nendpoint = \"https://s3.example.test:9000\"\nbucket = \"mail\"\n\
+               access_key_id = \"AKIDEXAMPLE\"\nsecret_access_key = \"s3cr3t\"\n"
+            + extra
+    }
+
+    #[test]
+    fn s3_route_with_a_connection_is_valid_with_defaults() {
+        let text = with_s3("attachments = \"s3\"\ns3 = \"primary\"\n", "");
+        let config = Config::from_raw(RawConfig::parse(&text).expect("parses")).expect("valid");
+        assert_eq!(config.routes[0].attachments, AttachmentMode::S3);
+        assert!(!config.routes[0].raw_to_s3);
+        let s3 = &config.s3["primary"];
+        assert_eq!(s3.region, "us-east-1");
+        assert!(s3.path_style);
+        assert_eq!(s3.prefix, "");
+        assert!(s3.ca.is_none());
+    }
+
+    #[test]
+    fn s3_prefix_is_normalised() {
+        let text = with_s3(
+            "attachments = \"s3\"\ns3 = \"primary\"\nraw_to_s3 = true\n",
+            "prefix = \"/mail/in/\"\n",
+        );
+        let config = Config::from_raw(RawConfig::parse(&text).expect("parses")).expect("valid");
+        assert_eq!(config.s3["primary"].prefix, "mail/in");
+        assert!(config.routes[0].raw_to_s3);
+    }
+
+    #[test]
+    fn raw_to_s3_needs_a_connection() {
+        let text = minimal() + "raw_to_s3 = true\n";
+        assert_eq!(
+            errors(&text),
+            vec!["route[0].s3: required when raw_to_s3 = true".to_string()]
+        );
+    }
+
+    #[test]
+    fn every_s3_problem_is_named_by_its_key() {
+        let text = with_s3(
+            "attachments = \"s3\"\ns3 = \"primary\"\n",
+            "prefix = \"a/../b\"\nca = \"/surely/missing/ca.pem\"\nregion = \"us east\"\n\
+             path_style = false\n",
+        )
+        .replace("bucket = \"mail\"", "bucket = \"Mail_Box\"")
+        .replace(
+            "https://s3.example.test:9000",
+            "https://s3.example.test/bucket",
+        );
+        let errs = errors(&text);
+        for key in [
+            "s3.primary.prefix:",
+            "s3.primary.ca:",
+            "s3.primary.region:",
+            "s3.primary.bucket:",
+            "s3.primary.endpoint:",
+        ] {
+            assert!(errs.iter().any(|e| e.starts_with(key)), "{key} in {errs:?}");
+        }
+        assert_eq!(errs.len(), 5, "{errs:?}");
+    }
+
+    #[test]
+    fn virtual_hosted_addressing_needs_a_dns_name() {
+        let text = with_s3(
+            "attachments = \"s3\"\ns3 = \"primary\"\n",
+            "path_style = false\n",
+        )
+        .replace("https://s3.example.test:9000", "http://127.0.0.1:9000");
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("s3.primary.path_style:"), "{errs:?}");
     }
 
     #[test]

@@ -22,10 +22,11 @@ pub struct DevOptions {
 }
 
 /// Prepares the development node: self-signed TLS, the receiver, the config.
-pub fn prepare(options: &DevOptions) -> anyhow::Result<(Config, TcpListener, Vec<u8>)> {
+pub fn prepare(options: &DevOptions) -> anyhow::Result<(RawConfig, Config, TcpListener, Vec<u8>)> {
     std::fs::create_dir_all(&options.data_dir)?;
     let data_dir = std::fs::canonicalize(&options.data_dir)?;
     let (cert, key) = ensure_self_signed(&data_dir.join("tls"), "localhost")?;
+    let master_key = ensure_master_key(&data_dir.join("master-key"))?;
 
     let mut key_bytes = vec![0u8; 24];
     SystemRandom::new()
@@ -44,14 +45,16 @@ pub fn prepare(options: &DevOptions) -> anyhow::Result<(Config, TcpListener, Vec
         .replace("@TLS_CERT@", &cert.display().to_string())
         .replace("@TLS_KEY@", &key.display().to_string())
         .replace("@WEBHOOK@", &format!("http://{receiver_addr}/webhook"))
-        .replace("@SECRET@", &secret);
-    let config = Config::from_raw(RawConfig::parse(&text)?)?;
+        .replace("@SECRET@", &secret)
+        .replace("@MASTER_KEY@", &format!("file:{}", master_key.display()));
+    let raw = RawConfig::parse(&text)?;
+    let config = Config::from_raw(raw.clone())?;
     println!(
         "mxnode dev: SMTP on {} (STARTTLS, self-signed), mail for *@localhost and *@example.test \
          is printed below by the built-in receiver on http://{receiver_addr}/webhook",
         options.smtp_listen
     );
-    Ok((config, receiver, key_bytes))
+    Ok((raw, config, receiver, key_bytes))
 }
 
 /// Returns the certificate and key in `dir`, creating a self-signed pair on first use.
@@ -70,6 +73,20 @@ pub fn ensure_self_signed(
     write_private(&key_path, certified.signing_key.serialize_pem().as_bytes())?;
     std::fs::write(&cert_path, certified.cert.pem())?;
     Ok((cert_path, key_path))
+}
+
+/// Returns the development node's master key file, creating a random key on first use. A
+/// production node gets its key from a systemd credential instead (DESIGN §5).
+pub fn ensure_master_key(path: &Path) -> anyhow::Result<std::path::PathBuf> {
+    if !path.is_file() {
+        let mut key = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut key)
+            .map_err(|_| anyhow::anyhow!("no system randomness"))?;
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        write_private(path, hex.as_bytes())?;
+    }
+    Ok(path.to_path_buf())
 }
 
 /// Writes a file readable by its owner only.

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod config;
 pub mod deliver;
 pub mod dev;
@@ -10,8 +11,12 @@ pub mod hardening;
 pub mod http;
 pub mod logging;
 pub mod message;
+pub mod metrics;
 pub mod node;
 pub mod notify;
 pub mod payload;
+pub mod s3;
+pub mod settings;
 pub mod smtp;
+pub mod store;
 pub mod webhook;

@@ -2,17 +2,22 @@
 //! server. `serve` and `dev` both end up in [`run`].
 
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_signal::{Signal, Signals};
 use smol::stream::StreamExt as _;
 
-use crate::config::Config;
+use crate::api::SettingsBackend;
+use crate::config::{Config, ConfigError, RawConfig};
 use crate::deliver::Router;
+use crate::metrics::Metrics;
+use crate::settings::{LiveSettings, SETTINGS_KEY, SettingsDocument, masked_document};
 use crate::smtp::budget::InFlightBudget;
 use crate::smtp::server::{self, Server};
 use crate::smtp::session::SessionConfig;
+use crate::store::rocks::RocksStore;
+use crate::store::{AuditEvent, Retention, Store, new_id, unix_ms};
 
 /// After SIGTERM, how long sessions in flight may take beyond the longest webhook budget
 /// before the node exits anyway.
@@ -27,18 +32,244 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("route setup failed: {0}")]
-    Route(#[from] crate::webhook::WebhookError),
+    Route(#[from] crate::deliver::RouterError),
     #[error("smtp.tls_cert/smtp.tls_key: {0}")]
     Tls(String),
     #[error("cannot listen on smtp.listen: {0}")]
     Listen(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("node.master_key is required: the metadata store is encrypted with it")]
+    MasterKeyMissing,
+    #[error("metadata store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("http.tls_cert/http.tls_key: {0}")]
+    HttpTls(String),
+    #[error("cannot listen on http.listen: {0}")]
+    HttpListen(std::io::Error),
+}
+
+/// How often the retention sweeper runs: records live in hourly buckets, so a few minutes
+/// past their end is the longest a record outlives its retention.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
+/// How often gauges that are not updated on events (in-flight bytes) are sampled.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Merges the settings persisted through the API over the file's. A persisted document that no
+/// longer validates (e.g. after a file change) is reported and the file's settings are used.
+fn with_persisted_settings(
+    store: &Arc<dyn Store>,
+    raw: RawConfig,
+    config: Config,
+) -> (RawConfig, Config) {
+    let persisted = match store.get_setting(SETTINGS_KEY) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return (raw, config),
+        Err(e) => {
+            log::error!("cannot read persisted settings, using the config file's: {e}");
+            return (raw, config);
+        }
+    };
+    let merged = match crate::settings::apply_persisted(&raw, &persisted) {
+        Ok(merged) => merged,
+        Err(e) => {
+            log::error!("{e}; using the config file's settings");
+            return (raw, config);
+        }
+    };
+    match Config::from_raw(merged.clone()) {
+        Ok(merged_config) => {
+            log::info!("settings saved through the API override the config file's");
+            (merged, merged_config)
+        }
+        Err(errors) => {
+            log::error!(
+                "settings saved through the API no longer validate, using the config file's:\n{errors}"
+            );
+            (raw, config)
+        }
+    }
+}
+
+/// The live settings of a running node (`GET/PUT /api/v1/settings`): validated like the file,
+/// persisted encrypted in the store, and applied without a restart — the routing table for new
+/// SMTP sessions, subject storage and retention at once.
+struct NodeSettings {
+    live: LiveSettings,
+    store: Arc<dyn Store>,
+    server: Arc<Server>,
+    retention: Arc<RwLock<Retention>>,
+}
+
+impl SettingsBackend for NodeSettings {
+    fn current(&self) -> serde_json::Value {
+        masked_document(&self.live.effective())
+    }
+
+    fn apply(&self, document: serde_json::Value) -> Result<serde_json::Value, Vec<ConfigError>> {
+        let (merged, config, _) = self.live.prepare(document)?;
+        let router = Router::new(&config).map_err(|e| {
+            vec![ConfigError {
+                key: "routes".into(),
+                message: e.to_string(),
+            }]
+        })?;
+        // Persist every run-time section, so the store alone says what overrides the file.
+        let persisted = SettingsDocument {
+            routes: Some(merged.route.clone()),
+            s3: Some(merged.s3.clone()),
+            retention: Some(merged.retention.clone()),
+        };
+        let bytes = serde_json::to_vec(&persisted).map_err(|e| {
+            vec![ConfigError {
+                key: String::new(),
+                message: format!("cannot encode settings: {e}"),
+            }]
+        })?;
+        self.store.put_setting(SETTINGS_KEY, &bytes).map_err(|e| {
+            vec![ConfigError {
+                key: String::new(),
+                message: format!("cannot save settings: {e}"),
+            }]
+        })?;
+        self.server.replace_router(Arc::new(router));
+        self.server.store_subject.store(
+            config.retention.store_subject,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        *self.retention.write().unwrap_or_else(|p| p.into_inner()) = Retention {
+            metadata: config.retention.metadata,
+            audit: config.retention.audit,
+        };
+        self.live.commit(merged);
+        log::info!(
+            "settings applied: {} route(s), {} S3 connection(s); new SMTP sessions use them",
+            config.routes.len(),
+            config.s3.len()
+        );
+        Ok(self.current())
+    }
+}
+
+/// Deletes what retention has ended, at start and then every [`SWEEP_INTERVAL`], until `stop`
+/// closes.
+async fn sweep_until_stopped(
+    store: Arc<dyn Store>,
+    retention: Arc<RwLock<Retention>>,
+    stop: smol::channel::Receiver<()>,
+) {
+    use smol::future::FutureExt as _;
+    loop {
+        let current = *retention.read().unwrap_or_else(|p| p.into_inner());
+        let swept = {
+            let store = store.clone();
+            smol::unblock(move || store.sweep(std::time::SystemTime::now(), current)).await
+        };
+        match swept {
+            Ok(report)
+                if report.records_deleted
+                    + report.audit_events_deleted
+                    + report.buckets_destroyed
+                    > 0 =>
+            {
+                let detail = format!(
+                    "deleted {} record(s) and {} audit event(s); destroyed {} bucket key(s)",
+                    report.records_deleted, report.audit_events_deleted, report.buckets_destroyed
+                );
+                log::info!("retention sweep: {detail}");
+                let now = std::time::SystemTime::now();
+                let event = AuditEvent {
+                    id: new_id("aud_", now),
+                    time: unix_ms(now),
+                    actor: "system".into(),
+                    action: "retention.sweep".into(),
+                    target: None,
+                    detail: Some(detail),
+                };
+                let store = store.clone();
+                if let Err(e) = smol::unblock(move || store.append_audit(&event)).await {
+                    log::error!("audit log: cannot record the retention sweep: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => log::error!("retention sweep failed: {e}"),
+        }
+        let stopped = async {
+            let _ = stop.recv().await;
+            true
+        }
+        .or(async {
+            smol::Timer::after(SWEEP_INTERVAL).await;
+            false
+        })
+        .await;
+        if stopped {
+            return;
+        }
+    }
+}
+
+/// Samples gauges that change too often to update on every event.
+async fn sample_gauges(server: Arc<Server>) {
+    loop {
+        server.metrics.set_in_flight(server.budget.used() as u64);
+        smol::Timer::after(GAUGE_INTERVAL).await;
+    }
+}
+
+/// Opens the metadata store (RocksDB under `data_dir`) with the node master key.
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    let key = config
+        .node
+        .master_key
+        .as_ref()
+        .ok_or(StartError::MasterKeyMissing)?;
+    // Validation guarantees 32 bytes; a mismatch here is a bug, reported rather than panicked on.
+    let key: &[u8; 32] = key
+        .expose()
+        .try_into()
+        .map_err(|_| StartError::MasterKeyMissing)?;
+    Ok(Arc::new(RocksStore::open(&config.node.data_dir, key)?))
+}
+
+/// The REST API, bound and ready to serve.
+struct HttpService {
+    listener: smol::Async<std::net::TcpListener>,
+    app: tide::Server<crate::http::api::State>,
+    tls: Option<async_native_tls::TlsAcceptor>,
+}
+
+/// Builds the API on `store` and binds `http.listen`; logs `listening on https://ADDR`.
+fn prepare_http(
+    config: &Config,
+    addr: std::net::SocketAddr,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    settings: Arc<dyn SettingsBackend>,
+) -> Result<HttpService, StartError> {
+    let api = Arc::new(crate::api::Api::new(store, metrics, settings));
+    let tls = match &config.http.tls {
+        Some(files) => Some(crate::smtp::tls::acceptor(files).map_err(StartError::HttpTls)?),
+        None => None,
+    };
+    let listener = crate::http::server::bind(addr).map_err(StartError::HttpListen)?;
+    if let Ok(addr) = listener.get_ref().local_addr() {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        log::info!("listening on {scheme}://{addr} (REST API)");
+    }
+    Ok(HttpService {
+        listener,
+        app: crate::http::api::app(api),
+        tls,
+    })
 }
 
 /// Runs the node until SIGTERM or SIGINT, then shuts down gracefully: stop accepting, let
 /// transactions in flight finish (bounded), exit.
-pub async fn run(config: Config) -> Result<(), StartError> {
+///
+/// `raw` is the file's configuration and `config` its validated form; settings persisted in the
+/// store through the API are merged over them (they win over the file, DESIGN §5).
+pub async fn run(raw: RawConfig, config: Config) -> Result<(), StartError> {
     let hardening = crate::hardening::lock_down();
     for warning in &hardening.warnings {
         log::warn!("hardening: {warning}");
@@ -47,12 +278,18 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         path: config.node.data_dir.display().to_string(),
         source,
     })?;
+    // Opened once per process (RocksDB locks its directory) and shared by delivery, the API,
+    // settings and the retention sweeper.
+    let store = open_store(&config)?;
+    let (raw, config) = with_persisted_settings(&store, raw, config);
     let router = Arc::new(Router::new(&config)?);
     if config.routes.is_empty() {
         log::warn!("no [[route]] is configured: every recipient will be refused with 550 5.1.1");
     }
     let tls = match &config.smtp.tls {
-        Some(files) => Some(crate::smtp::tls::acceptor(files).map_err(StartError::Tls)?),
+        Some(files) => {
+            Some(crate::smtp::tls::ReloadableAcceptor::load(files).map_err(StartError::Tls)?)
+        }
         None => None,
     };
     let session_config = Arc::new(SessionConfig {
@@ -63,9 +300,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         command_timeout: config.smtp.command_timeout,
         data_timeout: config.smtp.data_timeout,
     });
+    let metrics = Arc::new(Metrics::new());
     let server = Arc::new(Server {
         session_config,
-        router,
+        router: std::sync::RwLock::new(router),
+        store: Some(store.clone()),
+        store_subject: std::sync::atomic::AtomicBool::new(config.retention.store_subject),
+        metrics: metrics.clone(),
         budget: InFlightBudget::new(config.smtp.max_in_flight),
         tls,
         max_sessions: config.smtp.max_sessions,
@@ -73,7 +314,35 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         active: AtomicUsize::new(0),
         per_ip: Mutex::new(Default::default()),
     });
-    let mut signals = Signals::new([Signal::Term, Signal::Int]).map_err(StartError::Signals)?;
+    let retention = Arc::new(RwLock::new(Retention {
+        metadata: config.retention.metadata,
+        audit: config.retention.audit,
+    }));
+    let settings: Arc<dyn SettingsBackend> = Arc::new(NodeSettings {
+        live: LiveSettings::new(raw),
+        store: store.clone(),
+        server: server.clone(),
+        retention: retention.clone(),
+    });
+    let http = match config.http.listen {
+        Some(addr) => Some(prepare_http(
+            &config,
+            addr,
+            store.clone(),
+            metrics.clone(),
+            settings,
+        )?),
+        None => None,
+    };
+    let (stop_sweeping, sweeping_stopped) = smol::channel::bounded::<()>(1);
+    let sweeper = smol::spawn(sweep_until_stopped(
+        store.clone(),
+        retention,
+        sweeping_stopped,
+    ));
+    let gauges = smol::spawn(sample_gauges(server.clone()));
+    let mut signals =
+        Signals::new([Signal::Term, Signal::Int, Signal::Hup]).map_err(StartError::Signals)?;
     let listeners = server::bind(&config.smtp.listen).map_err(StartError::Listen)?;
     for listener in &listeners {
         if let Ok(addr) = listener.get_ref().local_addr() {
@@ -85,13 +354,35 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     crate::notify::notify("READY=1");
     let (stop, stopped) = smol::channel::bounded::<()>(1);
+    let serving_api = http.map(|http| {
+        smol::spawn(crate::http::server::run(
+            http.listener,
+            http.app,
+            http.tls,
+            stopped.clone(),
+        ))
+    });
     let accepting = smol::spawn(server::run(listeners, server.clone(), stopped));
 
-    let signal = signals.next().await;
+    // SIGHUP reloads the STARTTLS certificate (the unit's ExecReload); SIGTERM/SIGINT stop.
+    let signal = loop {
+        match signals.next().await {
+            Some(Ok(Signal::Hup)) => reload_tls(&server),
+            other => break other,
+        }
+    };
     log::info!("received {signal:?}: no new sessions; finishing transactions in flight");
     crate::notify::notify("STOPPING=1");
     drop(stop);
     accepting.await;
+    if let Some(serving_api) = serving_api {
+        serving_api.await;
+    }
+    // A sweep in progress runs on a blocking thread: wait for it, so the store is closed
+    // before the process exits (RocksDB must not be torn down under its own threads).
+    drop(stop_sweeping);
+    sweeper.await;
+    drop(gauges.cancel());
 
     let longest_budget = config
         .routes
@@ -110,4 +401,21 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         log::info!("all sessions finished; exiting");
     }
     Ok(())
+}
+
+/// SIGHUP: re-reads `smtp.tls_cert` and `smtp.tls_key` for new STARTTLS sessions. Files that do
+/// not make a working certificate are refused and the certificate in use stays, so a renewal
+/// copied halfway never takes STARTTLS down.
+fn reload_tls(server: &Server) {
+    match &server.tls {
+        None => log::info!("received SIGHUP: no smtp.tls_cert is configured, nothing to reload"),
+        Some(tls) => match tls.reload() {
+            Ok(()) => log::info!(
+                "received SIGHUP: reloaded smtp.tls_cert and smtp.tls_key for new STARTTLS sessions"
+            ),
+            Err(e) => log::error!(
+                "received SIGHUP: smtp.tls_cert/smtp.tls_key not reloaded, keeping the certificate in use: {e}"
+            ),
+        },
+    }
 }

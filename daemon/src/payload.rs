@@ -4,7 +4,6 @@
 //! Pure rendering from a parsed message and its envelope to JSON bytes. Nothing here is logged
 //! or stored: the bytes go to the receiver and are dropped.
 
-use base64::Engine as _;
 use serde::Serialize;
 
 use crate::message::{Attachment, Header, Mailbox, ParsedMessage};
@@ -52,7 +51,16 @@ struct Payload<'a> {
     html: Option<&'a str>,
     attachments: Vec<AttachmentOut<'a>>,
     size: usize,
+    /// The complete message in S3, for routes with `raw_to_s3` (an extension of DESIGN §4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw: Option<RawOut<'a>>,
     warnings: &'a [String],
+}
+
+#[derive(Serialize)]
+struct RawOut<'a> {
+    s3: &'a S3Ref,
+    size: usize,
 }
 
 #[derive(Serialize)]
@@ -64,10 +72,63 @@ struct AttachmentOut<'a> {
     size: usize,
     sha256: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    content_base64: Option<String>,
+    content_base64: Option<Base64<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s3: Option<&'a S3Ref>,
 }
 
-/// Renders the JSON body for one route.
+/// Where an object was stored: the payload's `s3` object (DESIGN §4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct S3Ref {
+    pub bucket: String,
+    pub key: String,
+    /// The object's URL (not presigned; the receiver reads it with its own credentials).
+    pub url: String,
+}
+
+/// What a route stored in S3 before its webhook, for the payload to point at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// One location per attachment, in message order, when the route's attachments went to S3;
+    /// the payload then carries `s3` and no `content_base64`. `None` inlines them.
+    pub attachments: Option<Vec<S3Ref>>,
+    /// The complete message, when the route has `raw_to_s3`.
+    pub raw: Option<S3Ref>,
+}
+
+/// Bytes serialised as a base64 string, encoded straight into the JSON output: an attachment
+/// never exists a second time as a base64 `String` beside its payload.
+struct Base64<'a>(&'a [u8]);
+
+impl Serialize for Base64<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&base64::display::Base64Display::new(
+            self.0,
+            &base64::engine::general_purpose::STANDARD,
+        ))
+    }
+}
+
+/// Room for everything in a payload but the message's own text and attachments: envelope,
+/// ids, field names, the JSON punctuation of headers and attachments.
+const PAYLOAD_OVERHEAD_BYTES: usize = 4096;
+
+/// About the size of the rendered payload, so its buffer is allocated once instead of doubling
+/// its way up (which copies the payload several times and, at the last step, holds it twice).
+/// JSON escapes lengthen text (a line break takes two bytes more): an eighth is added for them.
+fn estimated_size(message: &ParsedMessage, inline: impl Iterator<Item = usize>) -> usize {
+    let text = message.text.as_ref().map_or(0, String::len)
+        + message.html.as_ref().map_or(0, String::len)
+        + message
+            .headers
+            .iter()
+            .map(|h| h.name.len() + h.value.len() + 32)
+            .sum::<usize>();
+    let attachments: usize = inline.map(|len| len.div_ceil(3) * 4 + 256).sum();
+    PAYLOAD_OVERHEAD_BYTES + text + text / 8 + attachments
+}
+
+/// Renders the JSON body for one route that inlines its attachments.
 ///
 /// `size` is the size of the message as received (after dot-unstuffing).
 pub fn render(
@@ -77,7 +138,31 @@ pub fn render(
     message: &ParsedMessage,
     size: usize,
 ) -> Vec<u8> {
-    let attachments = message.attachments.iter().map(inline_attachment).collect();
+    render_stored(id, received_at, envelope, message, size, &Stored::default())
+}
+
+/// Renders the JSON body for one route, pointing at what it `stored` in S3: attachments with a
+/// location carry `s3` instead of `content_base64`, and `raw` appears when the message was
+/// stored.
+pub fn render_stored(
+    id: &str,
+    received_at: &str,
+    envelope: &Envelope,
+    message: &ParsedMessage,
+    size: usize,
+    stored: &Stored,
+) -> Vec<u8> {
+    let locations = stored.attachments.as_deref().unwrap_or(&[]);
+    let attachments = message
+        .attachments
+        .iter()
+        .enumerate()
+        .map(|(i, a)| match locations.get(i) {
+            Some(location) => stored_attachment(a, location),
+            // Inline routes, and (defensively) any attachment without a location.
+            None => inline_attachment(a),
+        })
+        .collect();
     let payload = Payload {
         version: PAYLOAD_VERSION,
         id,
@@ -95,10 +180,21 @@ pub fn render(
         html: message.html.as_deref(),
         attachments,
         size,
+        raw: stored.raw.as_ref().map(|s3| RawOut { s3, size }),
         warnings: &message.warnings,
     };
+    let inline = message
+        .attachments
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| locations.get(*i).is_none())
+        .map(|(_, a)| a.data.len());
+    let mut out = Vec::with_capacity(estimated_size(message, inline));
     // Serialising plain structs of strings and numbers into a Vec cannot fail.
-    serde_json::to_vec(&payload).unwrap_or_else(|_| b"{}".to_vec())
+    match serde_json::to_writer(&mut out, &payload) {
+        Ok(()) => out,
+        Err(_) => b"{}".to_vec(),
+    }
 }
 
 fn inline_attachment(a: &Attachment) -> AttachmentOut<'_> {
@@ -109,7 +205,21 @@ fn inline_attachment(a: &Attachment) -> AttachmentOut<'_> {
         content_id: a.content_id.as_deref(),
         size: a.data.len(),
         sha256: &a.sha256,
-        content_base64: Some(base64::engine::general_purpose::STANDARD.encode(&a.data)),
+        content_base64: Some(Base64(&a.data)),
+        s3: None,
+    }
+}
+
+fn stored_attachment<'a>(a: &'a Attachment, location: &'a S3Ref) -> AttachmentOut<'a> {
+    AttachmentOut {
+        filename: a.filename.as_deref(),
+        content_type: &a.content_type,
+        disposition: &a.disposition,
+        content_id: a.content_id.as_deref(),
+        size: a.data.len(),
+        sha256: &a.sha256,
+        content_base64: None,
+        s3: Some(location),
     }
 }
 
@@ -171,5 +281,55 @@ mod tests {
         assert_eq!(v["attachments"][0]["content_base64"], "aGVsbG8=");
         assert_eq!(v["attachments"][0]["size"], 5);
         assert_eq!(v["size"], 42);
+        assert!(v.get("raw").is_none(), "raw only for raw_to_s3 routes");
+        assert!(v["attachments"][0].get("s3").is_none());
+    }
+
+    #[test]
+    fn stored_attachments_carry_s3_and_no_base64() {
+        let message = ParsedMessage {
+            attachments: vec![Attachment {
+                filename: Some("../a.txt".into()),
+                content_type: "text/plain".into(),
+                disposition: "attachment".into(),
+                content_id: None,
+                data: b"hello".to_vec(),
+                sha256: "00".into(),
+            }],
+            ..ParsedMessage::default()
+        };
+        let envelope = Envelope {
+            mail_from: String::new(),
+            rcpt_to: vec!["bob@in.example.test".into()],
+            helo: "h".into(),
+            remote_ip: "127.0.0.1".into(),
+            tls: None,
+        };
+        let location = |key: &str| S3Ref {
+            bucket: "mail".into(),
+            key: key.into(),
+            url: format!("https://s3.example.test/mail/{key}"),
+        };
+        let stored = Stored {
+            attachments: Some(vec![location("d/msg_1/1-a.txt")]),
+            raw: Some(location("d/msg_1/raw.eml")),
+        };
+        let body = render_stored("msg_1", "t", &envelope, &message, 99, &stored);
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        let attachment = &v["attachments"][0];
+        assert!(attachment.get("content_base64").is_none(), "{attachment}");
+        assert_eq!(
+            attachment["filename"], "../a.txt",
+            "the original name stays"
+        );
+        assert_eq!(attachment["s3"]["bucket"], "mail");
+        assert_eq!(attachment["s3"]["key"], "d/msg_1/1-a.txt");
+        assert_eq!(
+            attachment["s3"]["url"],
+            "https://s3.example.test/mail/d/msg_1/1-a.txt"
+        );
+        assert_eq!(v["raw"]["s3"]["key"], "d/msg_1/raw.eml");
+        assert_eq!(v["raw"]["size"], 99);
+        assert!(!String::from_utf8_lossy(&body).contains("aGVsbG8="));
     }
 }

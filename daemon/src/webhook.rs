@@ -30,6 +30,17 @@ const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(200);
 const MAX_REASON_BYTES: usize = 512;
 /// Length of the sanitised reason in the SMTP reply.
 const MAX_REASON_CHARS: usize = 100;
+/// Keep-alive connections a route keeps open between messages. Every session delivering at the
+/// same moment holds one; a connection returned to a full pool is closed, and the next message
+/// pays a TCP and TLS handshake for it. Above the session counts a node sees in practice.
+const MAX_IDLE_CONNECTIONS: usize = 256;
+/// Per-connection read buffer: a receiver's answer is a status line, headers and a short body.
+const INPUT_BUFFER_BYTES: usize = 16 * 1024;
+/// Per-connection write buffer: larger bodies go out in several writes of this size, each
+/// more than a TLS record (16 KiB), so nothing is gained by holding more per idle connection.
+const OUTPUT_BUFFER_BYTES: usize = 64 * 1024;
+/// Largest response header block accepted; it must fit the read buffer.
+const MAX_RESPONSE_HEADER_BYTES: usize = INPUT_BUFFER_BYTES;
 
 /// Why a webhook client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +66,12 @@ pub enum WebhookOutcome {
         reason: String,
     },
     /// Budget exhausted on 5xx/408/429, timeouts, connection or TLS failures.
-    Failed { last_error: String, attempts: u32 },
+    Failed {
+        last_error: String,
+        /// The HTTP status of the last attempt, when the receiver answered at all.
+        last_status: Option<u16>,
+        attempts: u32,
+    },
 }
 
 /// Classifies one HTTP status per DESIGN §3.
@@ -137,7 +153,16 @@ impl WebhookClient {
             .tls_config(tls)
             .http_status_as_error(false)
             .max_redirects(0)
-            .max_idle_connections_per_host(16)
+            .max_idle_connections(MAX_IDLE_CONNECTIONS)
+            .max_idle_connections_per_host(MAX_IDLE_CONNECTIONS)
+            .input_buffer_size(INPUT_BUFFER_BYTES)
+            .output_buffer_size(OUTPUT_BUFFER_BYTES)
+            .max_response_header_size(MAX_RESPONSE_HEADER_BYTES)
+            // The usual attempt time is set here, on the agent, not per request: ureq builds
+            // its rustls configuration (parsing every root certificate) once per agent, but
+            // afresh for each new connection of a request with its own configuration, which
+            // also loses TLS session resumption.
+            .timeout_global(Some(MAX_ATTEMPT_TIME))
             .user_agent(concat!("mxnode/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
@@ -173,15 +198,26 @@ impl WebhookClient {
 
     /// Posts `body` with retries until accepted, rejected or the budget is spent.
     pub async fn deliver(&self, id: &str, body: Arc<Vec<u8>>) -> WebhookOutcome {
+        self.deliver_until(id, body, Instant::now() + self.budget)
+            .await
+    }
+
+    /// Posts `body` with retries until accepted, rejected or `deadline`: for a route that spent
+    /// part of its budget before the webhook (S3 uploads share the budget).
+    pub async fn deliver_until(
+        &self,
+        id: &str,
+        body: Arc<Vec<u8>>,
+        deadline: Instant,
+    ) -> WebhookOutcome {
         let started = Instant::now();
-        let deadline = started + self.budget;
         let mut backoff = INITIAL_BACKOFF;
         let mut attempts = 0;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             attempts += 1;
             let attempt = self.attempt(id, body.clone(), remaining.min(MAX_ATTEMPT_TIME));
-            let last_error = match attempt.await {
+            let (last_error, last_status) = match attempt.await {
                 Ok((status, _)) if classify(status) == StatusClass::Accepted => {
                     log::info!(
                         "webhook {id}: accepted with {status} after {attempts} attempt(s) in {} ms",
@@ -193,8 +229,8 @@ impl WebhookClient {
                     log::warn!("webhook {id}: receiver refused with {status}");
                     return WebhookOutcome::Rejected { status, reason };
                 }
-                Ok((status, _)) => format!("receiver answered {status}"),
-                Err(e) => e,
+                Ok((status, _)) => (format!("receiver answered {status}"), Some(status)),
+                Err(e) => (e, None),
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining < backoff + MIN_ATTEMPT_TIME {
@@ -204,6 +240,7 @@ impl WebhookClient {
                 );
                 return WebhookOutcome::Failed {
                     last_error,
+                    last_status,
                     attempts,
                 };
             }
@@ -231,10 +268,14 @@ impl WebhookClient {
             .header("content-type", "application/json")
             .header("webhook-id", id)
             .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .config()
-            .timeout_global(Some(timeout))
-            .build();
+            .header("webhook-signature", signature);
+        // Only an attempt cut short by the end of the budget needs a request-level timeout
+        // (see the agent's `timeout_global`).
+        let request = if timeout < MAX_ATTEMPT_TIME {
+            request.config().timeout_global(Some(timeout)).build()
+        } else {
+            request
+        };
         smol::unblock(move || {
             let mut response = request.send(&body[..]).map_err(describe_error)?;
             let status = response.status().as_u16();

@@ -12,6 +12,10 @@ library (the test machines install only `python3`).
 
 Routes (POST): /ok, /status/<code>, /delay/<ms>/status/<code>,
 /fail-first/<n>/status/<code>, /reset, /hang. Anything else answers 404.
+Faults at random, per request: /flaky/<percent> (500 that often, else 200),
+/flaky-reset/<percent> (TCP reset that often, else 200), /slow/<max_ms>
+(200 after 0..max_ms). /sink answers 200 and keeps only the body's length and
+SHA-256 (for bulk tests whose bodies would not fit in memory many times).
 Control: GET /_received (JSON list of records), DELETE /_received (clear).
 """
 
@@ -21,6 +25,7 @@ import hashlib
 import hmac
 import json
 import os
+import random
 import re
 import socket
 import ssl
@@ -133,7 +138,7 @@ class Store:
 
 def plan_for(path, store):
     """What to do for a POST path: ("answer", status, delay_s) / ("reset",) / ("hang",)."""
-    if path == "/ok":
+    if path in ("/ok", "/sink"):
         return ("answer", 200, 0.0)
     if path == "/reset":
         return ("reset",)
@@ -150,6 +155,15 @@ def plan_for(path, store):
         failures, status = int(m.group(1)), int(m.group(2))
         seen = store.count_request(path)
         return ("answer", 500 if seen < failures else status, 0.0)
+    m = re.fullmatch(r"/flaky/([0-9]{1,3})", path)
+    if m:
+        return ("answer", 500 if random.randrange(100) < int(m.group(1)) else 200, 0.0)
+    m = re.fullmatch(r"/flaky-reset/([0-9]{1,3})", path)
+    if m:
+        return ("reset",) if random.randrange(100) < int(m.group(1)) else ("answer", 200, 0.0)
+    m = re.fullmatch(r"/slow/([0-9]{1,9})", path)
+    if m:
+        return ("answer", 200, random.randint(0, int(m.group(1))) / 1000.0)
     return ("answer", 404, 0.0)
 
 
@@ -193,13 +207,18 @@ class Handler(BaseHTTPRequestHandler):
         for name, value in self.headers.items():
             name = name.lower()
             headers[name] = value if name not in headers else headers[name] + ", " + value
-        text = body.decode("utf-8", errors="replace")
-        try:
-            parsed = json.loads(text)
-        except ValueError:
-            parsed = None
+        if self.path == "/sink":
+            text, parsed = "", None
+        else:
+            text = body.decode("utf-8", errors="replace")
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = None
         record = {
             "path": self.path,
+            "body_bytes": len(body),
+            "body_sha256": hashlib.sha256(body).hexdigest(),
             "time": now,
             "headers": headers,
             "raw_body": text,

@@ -2,9 +2,13 @@
 //!
 //! It owns starting and stopping everything a test talks to — the daemon
 //! ([`Node`]), an HTTPS webhook receiver ([`Receiver`]), test certificates
-//! ([`TestCa`]) and SMTP clients ([`SmtpClient`] for exact bytes,
+//! ([`TestCa`]), an S3-compatible store ([`S3Server`], s3s-fs, with an
+//! optional HTTPS [`TlsFront`]) and SMTP clients ([`SmtpClient`] for exact bytes,
 //! [`send_with_lettre`] and [`swaks`] for independent implementations) — and
-//! small file helpers ([`corpus_dir`], [`crlf`], [`scan_for_marker`]).
+//! small file helpers ([`corpus_dir`], [`crlf`], [`scan_for_marker`]), and
+//! for the fault tests a proxy that breaks connections ([`FaultProxy`]) and
+//! the no-loss [`ledger`]. The REST API is reached with
+//! [`ApiClient`] (and contract-tested with [`schemathesis_bin`]).
 //!
 //! **Architecture Invariant:** the harness never writes message content,
 //! webhook bodies or daemon logs to disk. Tests prove "content never at rest"
@@ -16,16 +20,24 @@
 
 #![forbid(unsafe_code)]
 
+mod api;
 pub mod corpus;
+mod fault_proxy;
 mod files;
+pub mod ledger;
 mod node;
 mod process;
 mod receiver;
+mod s3;
 mod smtp;
 mod tls;
+pub mod vm;
 
+pub use api::{ApiAnswer, ApiClient, run_schemathesis, schemathesis_bin};
+pub use fault_proxy::FaultProxy;
 pub use files::{corpus_dir, crlf, scan_for_marker, workspace_dir};
 pub use node::{Node, NodeConfig, RouteConfig, mxnode_bin};
 pub use receiver::{Received, Receiver, new_webhook_secret, webhook_signature};
+pub use s3::{S3Connection, S3Server, TlsFront, s3s_fs_bin};
 pub use smtp::{Reply, SmtpClient, send_with_lettre, swaks};
 pub use tls::TestCa;

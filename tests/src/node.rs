@@ -30,8 +30,10 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// transactions first, which a test may have made slow on purpose).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long `check-config` may run: it only reads and validates a file.
-const CHECK_CONFIG_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a config command may run: `check-config` only reads and validates
+/// a file, but `--probe` and `s3-test` talk to S3 stores (each step of a probe
+/// is bounded by the daemon at 30 s).
+const CHECK_CONFIG_TIMEOUT: Duration = Duration::from_secs(150);
 
 /// How long the harness waits for the log collectors to see EOF once the
 /// daemon has exited, so the last lines are in [`Node::log`].
@@ -40,6 +42,10 @@ const LOG_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The log line prefix that announces the SMTP listener, e.g.
 /// `listening on smtp://127.0.0.1:40123`.
 const LISTENING_MARKER: &str = "listening on smtp://";
+
+/// The log line prefix that announces the REST API listener, e.g.
+/// `listening on https://127.0.0.1:40124 (REST API)` (or `http://`).
+const HTTP_LISTENING_MARKER: &str = "listening on http";
 
 /// The `mxnode` binary to test: `$MXNODE_BIN` when set, else `mxnode` in the
 /// cargo profile directory this test binary was built into (test binaries
@@ -105,6 +111,17 @@ pub struct NodeConfig {
     extra: Vec<String>,
     /// Environment variables for the daemon process (e.g. for `env:NAME` secrets).
     env: Vec<(String, String)>,
+    /// A command the daemon is started under, e.g. `strace -f …` or `setpriv …`:
+    /// its words come before the daemon's path on the command line.
+    wrapper: Vec<String>,
+    /// `[node] master_key` (64 hex digits): the metadata store's key.
+    master_key: Option<String>,
+    /// `[http]`: the REST API on `127.0.0.1:0`, with `tls_cert`/`tls_key` when
+    /// the inner value is set.
+    http: Option<Option<(PathBuf, PathBuf)>>,
+    /// API keys created with `mxnode api-key create` before the daemon starts:
+    /// `(name, scopes)`.
+    api_keys: Vec<(String, Vec<String>)>,
 }
 
 impl Default for NodeConfig {
@@ -114,7 +131,8 @@ impl Default for NodeConfig {
 }
 
 impl NodeConfig {
-    /// Hostname `mx.test`, SMTP on `127.0.0.1:0`, no routes, daemon defaults.
+    /// Hostname `mx.test`, SMTP on `127.0.0.1:0`, a random master key, no routes,
+    /// daemon defaults.
     pub fn new() -> NodeConfig {
         NodeConfig {
             hostname: "mx.test".to_string(),
@@ -129,6 +147,11 @@ impl NodeConfig {
             routes: Vec::new(),
             extra: Vec::new(),
             env: Vec::new(),
+            wrapper: Vec::new(),
+            // Every node has a metadata store, encrypted with this key (DESIGN §6).
+            master_key: Some(random_hex(32)),
+            http: None,
+            api_keys: Vec::new(),
         }
     }
 
@@ -210,6 +233,52 @@ impl NodeConfig {
         self
     }
 
+    /// Starts the daemon under `command` (e.g. `["strace", "-f", …]`): the
+    /// daemon's path and arguments follow its words. [`Node::pid`] is then the
+    /// wrapper's process id, which is the daemon's only for a wrapper that
+    /// execs it (like `setpriv`).
+    pub fn wrapper(mut self, command: &[&str]) -> Self {
+        self.wrapper = command.iter().map(|word| word.to_string()).collect();
+        self
+    }
+
+    /// Sets `[node] master_key` (32 bytes as 64 hex digits).
+    pub fn master_key(mut self, hex: &str) -> Self {
+        self.master_key = Some(hex.to_string());
+        self
+    }
+
+    /// Serves the REST API over HTTPS on `127.0.0.1:0` with `ca`'s `localhost`
+    /// / `127.0.0.1` certificate (see [`Node::api_url`]). Sets a fresh random
+    /// master key unless one is set: the API reads the metadata store.
+    pub fn http(mut self, ca: &TestCa) -> Self {
+        self.http = Some(Some((ca.cert_pem.clone(), ca.key_pem.clone())));
+        self.with_master_key()
+    }
+
+    /// Serves the REST API over plain HTTP on `127.0.0.1:0` (loopback only).
+    pub fn http_plain(mut self) -> Self {
+        self.http = Some(None);
+        self.with_master_key()
+    }
+
+    fn with_master_key(mut self) -> Self {
+        if self.master_key.is_none() {
+            self.master_key = Some(random_hex(32));
+        }
+        self
+    }
+
+    /// Creates an API key `name` with `scopes` through the CLI before the
+    /// daemon starts; [`Node::api_key`] returns it.
+    pub fn api_key(mut self, name: &str, scopes: &[&str]) -> Self {
+        self.api_keys.push((
+            name.to_string(),
+            scopes.iter().map(|scope| scope.to_string()).collect(),
+        ));
+        self.with_master_key()
+    }
+
     /// The config file text with `data_dir` as `[node] data_dir`.
     pub fn render(&self, data_dir: &Path) -> String {
         let mut out = String::new();
@@ -218,6 +287,9 @@ impl NodeConfig {
         let _ = writeln!(out, "[node]");
         let _ = writeln!(out, "hostname = {}", toml_string(&self.hostname));
         let _ = writeln!(out, "data_dir = {}", path(data_dir));
+        if let Some(key) = &self.master_key {
+            let _ = writeln!(out, "master_key = {}", toml_string(key));
+        }
         let _ = writeln!(out);
         let _ = writeln!(out, "[smtp]");
         let _ = writeln!(out, "listen = [\"127.0.0.1:0\"]");
@@ -244,6 +316,15 @@ impl NodeConfig {
         for (key, value) in numbers {
             if let Some(value) = value {
                 let _ = writeln!(out, "{key} = {value}");
+            }
+        }
+        if let Some(tls) = &self.http {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "[http]");
+            let _ = writeln!(out, "listen = \"127.0.0.1:0\"");
+            if let Some((cert, key)) = tls {
+                let _ = writeln!(out, "tls_cert = {}", path(cert));
+                let _ = writeln!(out, "tls_key = {}", path(key));
             }
         }
         for route in &self.routes {
@@ -276,6 +357,10 @@ pub struct RouteConfig {
     attachments: String,
     /// `webhook_budget`, e.g. `"30s"`.
     webhook_budget: Option<String>,
+    /// `s3`: the name of an `[s3.NAME]` connection.
+    s3: Option<String>,
+    /// `raw_to_s3 = true` when set.
+    raw_to_s3: bool,
 }
 
 impl RouteConfig {
@@ -288,6 +373,8 @@ impl RouteConfig {
             webhook_ca: None,
             attachments: "inline".to_string(),
             webhook_budget: None,
+            s3: None,
+            raw_to_s3: false,
         }
     }
 
@@ -306,6 +393,18 @@ impl RouteConfig {
     /// Sets `attachments` (`"inline"` or `"s3"`).
     pub fn attachments(mut self, mode: &str) -> Self {
         self.attachments = mode.to_string();
+        self
+    }
+
+    /// Sets `s3`, the route's `[s3.NAME]` connection.
+    pub fn s3(mut self, connection: &str) -> Self {
+        self.s3 = Some(connection.to_string());
+        self
+    }
+
+    /// Sets `raw_to_s3 = true`: the complete message is stored too.
+    pub fn raw_to_s3(mut self) -> Self {
+        self.raw_to_s3 = true;
         self
     }
 
@@ -332,6 +431,12 @@ impl RouteConfig {
         if let Some(budget) = &self.webhook_budget {
             let _ = writeln!(out, "webhook_budget = {}", toml_string(budget));
         }
+        if let Some(s3) = &self.s3 {
+            let _ = writeln!(out, "s3 = {}", toml_string(s3));
+        }
+        if self.raw_to_s3 {
+            let _ = writeln!(out, "raw_to_s3 = true");
+        }
     }
 }
 
@@ -353,6 +458,12 @@ pub struct Node {
     config_path: PathBuf,
     /// Root of everything the daemon may write; scanned for content markers.
     temp: TempDir,
+    /// The REST API's base URL (`https://127.0.0.1:PORT`), when configured.
+    api_base: Option<String>,
+    /// The API keys created before start, by name.
+    api_keys: Vec<(String, String)>,
+    /// What the daemon was started with, for [`Node::restart`].
+    config: NodeConfig,
 }
 
 impl Node {
@@ -369,77 +480,85 @@ impl Node {
         fs::create_dir_all(&tmp_dir).expect("create the node's TMPDIR");
         let config_path = temp.path().join("mxnode.toml");
         fs::write(&config_path, config.render(&data_dir)).expect("write the config file");
+        let api_keys: Vec<(String, String)> = config
+            .api_keys
+            .iter()
+            .map(|(name, scopes)| (name.clone(), create_api_key(&config_path, name, scopes)))
+            .collect();
 
-        let mut command = Command::new(mxnode_bin());
-        command
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Anything the daemon puts in a temp file lands where the
-            // content-at-rest scan looks.
-            .env("TMPDIR", &tmp_dir)
-            // Logs must reach our pipe, not the journal of the machine
-            // running the tests.
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("NOTIFY_SOCKET");
-        for (name, value) in &config.env {
-            command.env(name, value);
-        }
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot start {}: {error}", mxnode_bin().display()));
-
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut collectors = Vec::new();
-        if let Some(stdout) = child.stdout.take() {
-            collectors.push(collect_into(stdout, Arc::clone(&log)));
-        }
-        if let Some(stderr) = child.stderr.take() {
-            collectors.push(collect_into(stderr, Arc::clone(&log)));
-        }
-
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        let smtp_addr = loop {
-            let text = snapshot(&log);
-            if let Some(addr) = parse_listening(&text) {
-                break addr;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                drain(&mut collectors);
-                panic!(
-                    "mxnode exited during startup ({status}); its log:\n{}",
-                    snapshot(&log)
-                );
-            }
-            if Instant::now() >= deadline {
-                kill_and_reap(&mut child);
-                drain(&mut collectors);
-                panic!(
-                    "mxnode did not log `{LISTENING_MARKER}<addr>` within {STARTUP_TIMEOUT:?}; \
-                     its log:\n{}",
-                    snapshot(&log)
-                );
-            }
-            thread::sleep(POLL_INTERVAL);
-        };
-
+        let launched = launch(config, &config_path, &tmp_dir);
         Node {
-            child,
-            log,
-            collectors,
-            smtp_addr,
+            child: launched.child,
+            log: launched.log,
+            collectors: launched.collectors,
+            smtp_addr: launched.smtp_addr,
             data_dir,
             config_path,
             temp,
+            api_base: launched.api_base,
+            api_keys,
+            config: config.clone(),
         }
+    }
+
+    /// Starts the daemon again on the same config, data dir and temp dir, after it stopped
+    /// (`terminate` or `kill`): for persistence and crash-recovery tests. Listening addresses
+    /// change; the log keeps what the earlier run wrote.
+    pub fn restart(&mut self) {
+        assert!(
+            matches!(self.child.try_wait(), Ok(Some(_))),
+            "restart needs the daemon stopped first"
+        );
+        let earlier = snapshot(&self.log);
+        let tmp_dir = self.temp.path().join("tmp");
+        let launched = launch(&self.config, &self.config_path, &tmp_dir);
+        {
+            let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+            *log = format!("{earlier}{}", snapshot(&launched.log));
+        }
+        self.child = launched.child;
+        self.log = launched.log;
+        self.collectors = launched.collectors;
+        self.smtp_addr = launched.smtp_addr;
+        self.api_base = launched.api_base;
+    }
+
+    /// The REST API's URL for `path` (e.g. `/api/v1/emails`), on 127.0.0.1.
+    /// Panics unless the node was configured with [`NodeConfig::http`].
+    pub fn api_url(&self, path: &str) -> String {
+        let base = self
+            .api_base
+            .as_deref()
+            .expect("the node serves the API: configure NodeConfig::http");
+        format!("{base}{path}")
+    }
+
+    /// The address the REST API listens on.
+    pub fn http_addr(&self) -> SocketAddr {
+        let url = self.api_url("");
+        let (_, addr) = url.split_once("://").expect("a URL has a scheme");
+        addr.parse().expect("the API URL holds IP:port")
+    }
+
+    /// The API key created before start under `name` (see [`NodeConfig::api_key`]).
+    pub fn api_key(&self, name: &str) -> &str {
+        self.api_keys
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, key)| key.as_str())
+            .unwrap_or_else(|| panic!("no API key {name:?} was configured"))
     }
 
     /// Runs `mxnode check-config --config <file>` on `toml` and returns its
     /// exit code (-1 when killed by a signal) and its stdout+stderr.
     pub fn check_config(toml: &str) -> (i32, String) {
+        Node::run_with_config("check-config", toml, &[])
+    }
+
+    /// Runs `mxnode <subcommand> --config <file> <args…>` on `toml` (e.g.
+    /// `check-config … --probe`, `s3-test … NAME`) and returns its exit code
+    /// (-1 when killed by a signal) and its stdout+stderr.
+    pub fn run_with_config(subcommand: &str, toml: &str, args: &[&str]) -> (i32, String) {
         let temp = tempfile::Builder::new()
             .prefix("mxnode-test-config-")
             .tempdir()
@@ -448,11 +567,12 @@ impl Node {
         fs::write(&path, toml).expect("write the config file");
         let output = output_with_timeout(
             Command::new(mxnode_bin())
-                .arg("check-config")
+                .arg(subcommand)
                 .arg("--config")
                 .arg(&path)
+                .args(args)
                 .env_remove("JOURNAL_STREAM"),
-            "mxnode check-config",
+            &format!("mxnode {subcommand}"),
             CHECK_CONFIG_TIMEOUT,
         );
         let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -525,6 +645,24 @@ impl Node {
         }
     }
 
+    /// Sends SIGHUP, as `systemctl reload` does (the daemon re-reads its
+    /// STARTTLS certificate).
+    pub fn reload(&self) {
+        signal(self.child.id(), Signal::SIGHUP);
+    }
+
+    /// The peak resident memory of the process ([`Node::pid`]) so far, in KiB
+    /// (`VmHWM` of `/proc/<pid>/status`).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/<pid>/status of the running node");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("a VmHWM line in /proc/<pid>/status")
+    }
+
     /// Kills the daemon with SIGKILL (a crash) and returns its status.
     pub fn kill(&mut self) -> ExitStatus {
         kill_and_reap(&mut self.child);
@@ -550,6 +688,104 @@ impl Drop for Node {
 
 /// Joins the log collectors once they have seen EOF, waiting at most
 /// [`LOG_DRAIN_TIMEOUT`] (a grandchild holding the pipe must not hang us).
+/// A daemon process just started and listening.
+struct Launched {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    collectors: Vec<JoinHandle<()>>,
+    smtp_addr: SocketAddr,
+    api_base: Option<String>,
+}
+
+/// Spawns `mxnode serve --config <config_path>` and waits until it listens.
+fn launch(config: &NodeConfig, config_path: &Path, tmp_dir: &Path) -> Launched {
+    let mut command = match config.wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(mxnode_bin());
+            command
+        }
+        None => Command::new(mxnode_bin()),
+    };
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Anything the daemon puts in a temp file lands where the
+        // content-at-rest scan looks.
+        .env("TMPDIR", tmp_dir)
+        // Logs must reach our pipe, not the journal of the machine
+        // running the tests.
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NOTIFY_SOCKET");
+    for (name, value) in &config.env {
+        command.env(name, value);
+    }
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot start {}: {error}", mxnode_bin().display()));
+
+    let log = Arc::new(Mutex::new(String::new()));
+    let mut collectors = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        collectors.push(collect_into(stdout, Arc::clone(&log)));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        collectors.push(collect_into(stderr, Arc::clone(&log)));
+    }
+
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    let smtp_addr = loop {
+        let text = snapshot(&log);
+        if let Some(addr) = parse_listening(&text) {
+            break addr;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            drain(&mut collectors);
+            panic!(
+                "mxnode exited during startup ({status}); its log:\n{}",
+                snapshot(&log)
+            );
+        }
+        if Instant::now() >= deadline {
+            kill_and_reap(&mut child);
+            drain(&mut collectors);
+            panic!(
+                "mxnode did not log `{LISTENING_MARKER}<addr>` within {STARTUP_TIMEOUT:?}; \
+                     its log:\n{}",
+                snapshot(&log)
+            );
+        }
+        thread::sleep(POLL_INTERVAL);
+    };
+    let api_base = config.http.as_ref().map(|_| {
+        // The API listener is bound before the SMTP one, so its line is
+        // already in the log when the SMTP line is.
+        match parse_http_listening(&snapshot(&log)) {
+            Some(base) => base,
+            None => {
+                kill_and_reap(&mut child);
+                drain(&mut collectors);
+                panic!(
+                    "mxnode did not log `{HTTP_LISTENING_MARKER}s://<addr>`; its log:\n{}",
+                    snapshot(&log)
+                );
+            }
+        }
+    });
+
+    Launched {
+        child,
+        log,
+        collectors,
+        smtp_addr,
+        api_base,
+    }
+}
+
 fn drain(collectors: &mut Vec<JoinHandle<()>>) {
     let deadline = Instant::now() + LOG_DRAIN_TIMEOUT;
     while collectors.iter().any(|c| !c.is_finished()) && Instant::now() < deadline {
@@ -560,6 +796,60 @@ fn drain(collectors: &mut Vec<JoinHandle<()>>) {
             let _ = collector.join();
         }
     }
+}
+
+/// `n` random bytes as hex.
+fn random_hex(n: usize) -> String {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = vec![0u8; n];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system random generator works");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs `mxnode api-key create` on `config_path` and returns the key it prints.
+fn create_api_key(config_path: &Path, name: &str, scopes: &[String]) -> String {
+    let mut command = Command::new(mxnode_bin());
+    command
+        .arg("api-key")
+        .arg("create")
+        .arg("--config")
+        .arg(config_path)
+        .arg("--name")
+        .arg(name)
+        .env_remove("JOURNAL_STREAM");
+    for scope in scopes {
+        command.arg("--scope").arg(scope);
+    }
+    let output = output_with_timeout(&mut command, "mxnode api-key create", CHECK_CONFIG_TIMEOUT);
+    let key = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(
+        output.status.success() && key.starts_with("mxk_"),
+        "mxnode api-key create failed ({}): {}{}",
+        output.status,
+        key,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    key
+}
+
+/// The base URL (`https://ADDR` or `http://ADDR`) of the first
+/// `listening on http[s]://<addr>` line in `log`.
+fn parse_http_listening(log: &str) -> Option<String> {
+    log.match_indices(HTTP_LISTENING_MARKER)
+        .find_map(|(at, _)| {
+            let rest = &log[at + "listening on ".len()..];
+            let (scheme, rest) = rest.split_once("://")?;
+            if scheme != "http" && scheme != "https" {
+                return None;
+            }
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']')))
+                .unwrap_or(rest.len());
+            let addr: SocketAddr = rest[..end].parse().ok()?;
+            Some(format!("{scheme}://{addr}"))
+        })
 }
 
 /// The first `listening on smtp://<addr>` address in `log`.
@@ -599,8 +889,26 @@ mod tests {
     }
 
     #[test]
+    fn api_listening_address_is_parsed_from_log_lines() {
+        let check = |log: &str, expect: Option<&str>| {
+            assert_eq!(parse_http_listening(log).as_deref(), expect, "log: {log:?}");
+        };
+        check(
+            "INFO listening on https://127.0.0.1:4431 (REST API)\n",
+            Some("https://127.0.0.1:4431"),
+        );
+        check(
+            "listening on http://127.0.0.1:80\n",
+            Some("http://127.0.0.1:80"),
+        );
+        check("listening on smtp://127.0.0.1:25\n", None);
+        check("listening on httpx://127.0.0.1:25\n", None);
+    }
+
+    #[test]
     fn config_renders_the_contract_keys() {
         let config = NodeConfig::new()
+            .master_key(&"ab".repeat(32))
             .max_message_size("10MiB")
             .max_sessions(100)
             .command_timeout("5m")
@@ -613,6 +921,7 @@ mod tests {
         let expect = r#"[node]
 hostname = "mx.test"
 data_dir = "/tmp/x/data"
+master_key = "abababababababababababababababababababababababababababababababab"
 
 [smtp]
 listen = ["127.0.0.1:0"]

@@ -43,7 +43,10 @@ const RECEIVER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/webhoo
 /// `/ok` (200), `/status/<code>`, `/delay/<ms>/status/<code>`,
 /// `/fail-first/<n>/status/<code>` (500 for the first n requests on that
 /// exact path), `/reset` (TCP reset, no answer), `/hang` (no answer for an
-/// hour); anything else answers 404. Every POST is recorded.
+/// hour); at random per request `/flaky/<percent>` (500 that often, else
+/// 200), `/flaky-reset/<percent>` (TCP reset that often, else 200),
+/// `/slow/<max_ms>` (200 after 0..max_ms); `/sink` (200, keeps only the
+/// body's length and hash); anything else answers 404. Every POST is recorded.
 pub struct Receiver {
     /// The python process; killed on drop.
     child: Child,
@@ -66,8 +69,14 @@ pub struct Received {
     pub time: f64,
     /// All request headers, names lower-cased (repeated headers joined by `, `).
     pub headers: BTreeMap<String, String>,
-    /// The body as text (lossy UTF-8), exactly what was signed.
+    /// The body as text (lossy UTF-8), exactly what was signed; empty for `/sink`.
     pub raw_body: String,
+    /// The body's length in bytes (also for `/sink`).
+    #[serde(default)]
+    pub body_bytes: u64,
+    /// The body's SHA-256, lowercase hex (also for `/sink`).
+    #[serde(default)]
+    pub body_sha256: String,
     /// The body parsed as JSON, `Value::Null` when it is not JSON.
     #[serde(rename = "json")]
     pub body: serde_json::Value,

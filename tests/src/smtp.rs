@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use lettre::{SmtpTransport, Transport};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::process::output_with_timeout;
 
@@ -34,6 +35,9 @@ const MAX_REPLY_LINE: usize = 64 * 1024;
 
 /// Bytes asked from the socket per read.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// Bytes [`SmtpClient::send_burst`] writes before it looks for replies.
+const BURST_CHUNK: usize = 16 * 1024;
 
 /// The name the raw client announces in EHLO.
 const CLIENT_NAME: &str = "client.test";
@@ -143,7 +147,22 @@ impl SmtpClient {
     /// Connects to `addr` and reads the greeting, returning I/O errors (e.g.
     /// for session-limit tests where the server may hang up at once).
     pub fn try_connect(addr: SocketAddr) -> io::Result<SmtpClient> {
-        let tcp = TcpStream::connect_timeout(&addr, SMTP_TIMEOUT)?;
+        SmtpClient::with_stream(TcpStream::connect_timeout(&addr, SMTP_TIMEOUT)?)
+    }
+
+    /// Connects to `addr` from the local address `source` and reads the
+    /// greeting. Every 127.0.0.0/8 address is loopback on Linux, so a test
+    /// can play several client hosts (e.g. `127.0.0.2`) against the node's
+    /// per-address limits.
+    pub fn try_connect_from(addr: SocketAddr, source: IpAddr) -> io::Result<SmtpClient> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.bind(&SocketAddr::new(source, 0).into())?;
+        socket.connect_timeout(&addr.into(), SMTP_TIMEOUT)?;
+        SmtpClient::with_stream(socket.into())
+    }
+
+    /// Takes over a connected socket and reads the greeting.
+    fn with_stream(tcp: TcpStream) -> io::Result<SmtpClient> {
         tcp.set_read_timeout(Some(SMTP_TIMEOUT))?;
         tcp.set_write_timeout(Some(SMTP_TIMEOUT))?;
         let mut client = SmtpClient {
@@ -198,22 +217,88 @@ impl SmtpClient {
     }
 
     /// Reads one (possibly multi-line) reply; EOF is `UnexpectedEof`, a
-    /// timeout `TimedOut`, a malformed line `InvalidData`.
+    /// timeout `TimedOut`, a malformed line `InvalidData`. A timeout leaves
+    /// a partly received reply buffered, so nothing is lost by retrying.
     pub fn try_read_reply(&mut self) -> io::Result<Reply> {
-        let mut lines = Vec::new();
         loop {
-            let line = self.read_line()?;
-            let (code, last, text) = parse_reply_line(&line).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("malformed reply line {line:?}"),
-                )
-            })?;
-            lines.push(text.to_string());
-            if last {
-                return Ok(Reply { code, lines });
+            if let Some(reply) = self.take_buffered_reply()? {
+                return Ok(reply);
             }
+            self.fill_buffer()?;
         }
+    }
+
+    /// Sends `bytes` as one pipelined burst without waiting for replies in
+    /// between, while collecting the replies that arrive meanwhile: a burst
+    /// whose replies outgrow the socket buffers (say 10,000 `RCPT`s) would
+    /// otherwise deadlock, each side blocked writing to the other. Returns
+    /// the replies read so far; the rest follow with [`SmtpClient::read_reply`].
+    pub fn send_burst(&mut self, bytes: &[u8]) -> io::Result<Vec<Reply>> {
+        let mut replies = Vec::new();
+        for chunk in bytes.chunks(BURST_CHUNK) {
+            match self.try_send(chunk) {
+                Ok(()) => {}
+                // The server hung up mid-burst (e.g. `421` after too many errors): what it
+                // said before is in the replies; the caller sees the close on its next read.
+                Err(error) if is_hang_up(&error) => break,
+                Err(error) => return Err(error),
+            }
+            replies.extend(self.replies_within(Duration::from_millis(1))?);
+        }
+        Ok(replies)
+    }
+
+    /// The complete replies that arrive within `wait` (none is an empty
+    /// list); e.g. to prove the server stays silent after a fake end of data.
+    /// A partly received reply stays buffered for the next read.
+    pub fn replies_within(&mut self, wait: Duration) -> io::Result<Vec<Reply>> {
+        let previous = self.read_timeout;
+        self.set_read_timeout(wait.max(Duration::from_millis(1)));
+        let mut replies = Vec::new();
+        let result = loop {
+            match self.take_buffered_reply() {
+                Ok(Some(reply)) => {
+                    replies.push(reply);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(error) => break Err(error),
+            }
+            match self.fill_buffer() {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::TimedOut => break Ok(()),
+                // Closed: the replies so far are the answer; the next read reports the close.
+                Err(error) if is_hang_up(&error) => break Ok(()),
+                Err(error) => break Err(error),
+            }
+        };
+        if self.stream.is_some() {
+            self.set_read_timeout(previous);
+        }
+        result.map(|()| replies)
+    }
+
+    /// Reads replies until the server closes the connection; returns them
+    /// and whether it did close (false: `quiet` passed without a reply).
+    pub fn replies_until_closed(&mut self, quiet: Duration) -> (Vec<Reply>, bool) {
+        let previous = self.read_timeout;
+        self.set_read_timeout(quiet);
+        let mut replies = Vec::new();
+        let closed = loop {
+            match self.try_read_reply() {
+                Ok(reply) => replies.push(reply),
+                Err(error) => break error.kind() != io::ErrorKind::TimedOut,
+            }
+        };
+        if let Some(stream) = &self.stream {
+            let tcp = match stream {
+                Stream::Plain(tcp) => tcp,
+                Stream::Tls(tls) => &tls.sock,
+            };
+            let _ = tcp.set_read_timeout(Some(previous));
+            self.read_timeout = previous;
+        }
+        (replies, closed)
     }
 
     /// Sends `line` plus CRLF and reads the reply.
@@ -235,28 +320,42 @@ impl SmtpClient {
     /// missing, and `.` CRLF. Returns the reply after the data, or the first
     /// reply that refused a step. Bare LF in `data` is sent as is.
     pub fn send_mail(&mut self, from: &str, rcpts: &[&str], data: &[u8]) -> Reply {
+        self.try_send_mail(from, rcpts, data)
+            .unwrap_or_else(|error| panic!("SMTP transaction: {error}"))
+    }
+
+    /// [`SmtpClient::send_mail`] returning I/O errors, for tests in which the
+    /// server may vanish mid-transaction (a crash, a connection limit).
+    pub fn try_send_mail(&mut self, from: &str, rcpts: &[&str], data: &[u8]) -> io::Result<Reply> {
         if !self.ehlo_sent {
-            let reply = self.ehlo(CLIENT_NAME);
+            let reply = self.try_command(&format!("EHLO {CLIENT_NAME}"))?;
+            self.ehlo_sent = reply.code == 250;
             if reply.code != 250 {
-                return reply;
+                return Ok(reply);
             }
         }
-        let reply = self.command(&format!("MAIL FROM:<{from}>"));
+        let reply = self.try_command(&format!("MAIL FROM:<{from}>"))?;
         if reply.code != 250 {
-            return reply;
+            return Ok(reply);
         }
         for rcpt in rcpts {
-            let reply = self.command(&format!("RCPT TO:<{rcpt}>"));
+            let reply = self.try_command(&format!("RCPT TO:<{rcpt}>"))?;
             if reply.code != 250 && reply.code != 251 {
-                return reply;
+                return Ok(reply);
             }
         }
-        let reply = self.command("DATA");
+        let reply = self.try_command("DATA")?;
         if reply.code != 354 {
-            return reply;
+            return Ok(reply);
         }
-        self.send(&dot_stuff(data));
-        self.read_reply()
+        self.try_send(&dot_stuff(data))?;
+        self.try_read_reply()
+    }
+
+    /// Sends `line` plus CRLF and reads the reply, returning I/O errors.
+    pub fn try_command(&mut self, line: &str) -> io::Result<Reply> {
+        self.try_send(format!("{line}\r\n").as_bytes())?;
+        self.try_read_reply()
     }
 
     /// Sends `STARTTLS`; on `220`, upgrades the connection trusting only the
@@ -307,6 +406,15 @@ impl SmtpClient {
         Ok(())
     }
 
+    /// The server's certificate (DER) after STARTTLS, `None` on a plain
+    /// connection; e.g. to tell which certificate a reloaded node serves.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        match self.stream.as_ref()? {
+            Stream::Plain(_) => None,
+            Stream::Tls(tls) => Some(tls.conn.peer_certificates()?.first()?.to_vec()),
+        }
+    }
+
     /// The negotiated TLS version and cipher suite (e.g. `TLSv1_3`,
     /// `TLS13_AES_256_GCM_SHA384`), or `None` on a plain connection.
     pub fn tls_info(&self) -> Option<(String, String)> {
@@ -320,57 +428,90 @@ impl SmtpClient {
         }
     }
 
-    /// One line without its line ending, reading more as needed.
-    fn read_line(&mut self) -> io::Result<String> {
-        loop {
-            if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.buffer.drain(..=end).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                return Ok(String::from_utf8_lossy(&line).into_owned());
+    /// Takes the first complete reply out of the buffer, if one is there.
+    fn take_buffered_reply(&mut self) -> io::Result<Option<Reply>> {
+        let mut lines = Vec::new();
+        let mut offset = 0;
+        while let Some(end) = self.buffer[offset..].iter().position(|&b| b == b'\n') {
+            let mut line = &self.buffer[offset..offset + end];
+            offset += end + 1;
+            if line.last() == Some(&b'\r') {
+                line = &line[..line.len() - 1];
             }
-            if self.buffer.len() > MAX_REPLY_LINE {
+            let line = String::from_utf8_lossy(line).into_owned();
+            let Some((code, last, text)) = parse_reply_line(&line) else {
+                self.buffer.drain(..offset);
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    "reply line longer than 64 KiB",
+                    format!("malformed reply line {line:?}"),
                 ));
-            }
-            let stream = self.stream.as_mut().ok_or_else(closed)?;
-            let mut chunk = [0u8; READ_CHUNK];
-            let n = match stream.read(&mut chunk) {
-                Ok(n) => n,
-                // A socket read timeout surfaces as WouldBlock on Linux.
-                Err(error)
-                    if matches!(
-                        error.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!(
-                            "no complete reply within {:?} (received so far: {:?})",
-                            self.read_timeout,
-                            String::from_utf8_lossy(&self.buffer)
-                        ),
-                    ));
-                }
-                Err(error) => return Err(error),
             };
-            if n == 0 {
+            lines.push(text.to_string());
+            if last {
+                self.buffer.drain(..offset);
+                return Ok(Some(Reply { code, lines }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads more bytes into the buffer: `TimedOut` after the read timeout,
+    /// `UnexpectedEof` when the server closed, `InvalidData` for a reply
+    /// line longer than any server should send.
+    fn fill_buffer(&mut self) -> io::Result<()> {
+        if self.buffer.len() > MAX_REPLY_LINE
+            && !self.buffer[self.buffer.len() - MAX_REPLY_LINE..].contains(&b'\n')
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "reply line longer than 64 KiB",
+            ));
+        }
+        let stream = self.stream.as_mut().ok_or_else(closed)?;
+        let mut chunk = [0u8; READ_CHUNK];
+        let n = match stream.read(&mut chunk) {
+            Ok(n) => n,
+            // A socket read timeout surfaces as WouldBlock on Linux.
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
+                    io::ErrorKind::TimedOut,
                     format!(
-                        "connection closed (unterminated: {:?})",
+                        "no complete reply within {:?} (received so far: {:?})",
+                        self.read_timeout,
                         String::from_utf8_lossy(&self.buffer)
                     ),
                 ));
             }
-            self.buffer.extend_from_slice(&chunk[..n]);
+            Err(error) => return Err(error),
+        };
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "connection closed (unterminated: {:?})",
+                    String::from_utf8_lossy(&self.buffer)
+                ),
+            ));
         }
+        self.buffer.extend_from_slice(&chunk[..n]);
+        Ok(())
     }
+}
+
+/// Whether `error` means the server closed or reset the connection.
+fn is_hang_up(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    )
 }
 
 /// The error for using a client whose connection was given up.

@@ -249,6 +249,69 @@ fn reset_route_closes_without_an_answer() {
 }
 
 #[test]
+fn fault_routes_fail_at_their_rate_and_the_sink_keeps_only_size_and_hash() {
+    let ca = TestCa::new();
+    let receiver = Receiver::start(&ca, &new_webhook_secret());
+    assert_eq!(post(&receiver, "/flaky/0"), 200);
+    assert_eq!(post(&receiver, "/flaky/100"), 500);
+    assert_eq!(post(&receiver, "/flaky-reset/0"), 200);
+    let reset = receiver
+        .agent()
+        .post(receiver.url("/flaky-reset/100"))
+        .send("{}");
+    assert!(
+        reset.is_err(),
+        "a reset must not produce an answer: {reset:?}"
+    );
+    assert_eq!(post(&receiver, "/slow/0"), 200);
+    assert_eq!(post(&receiver, "/sink"), 200);
+    let sink = receiver
+        .received()
+        .pop()
+        .expect("the sink request is recorded");
+    assert_eq!(sink.path, "/sink");
+    assert_eq!(sink.raw_body, "");
+    assert_eq!(sink.body_bytes, 2);
+    // SHA-256 of `{}`.
+    assert_eq!(
+        sink.body_sha256,
+        "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+    );
+}
+
+#[test]
+fn smtp_client_collects_replies_of_a_burst_and_keeps_partial_ones() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let server = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        stream.write_all(b"220 fake.test\r\n").expect("greet");
+        let mut buf = [0u8; 1024];
+        let _ = stream.read(&mut buf);
+        // A multi-line reply cut in the middle, completed after a pause.
+        stream.write_all(b"250-first\r\n250-sec").expect("write");
+        stream.flush().expect("flush");
+        thread::sleep(Duration::from_millis(300));
+        stream
+            .write_all(b"ond\r\n250 last\r\n221 bye\r\n")
+            .expect("write");
+    });
+    let mut client = SmtpClient::connect(addr);
+    let early = client.send_burst(b"EHLO x\r\nQUIT\r\n").expect("burst");
+    assert!(early.is_empty(), "nothing complete yet: {early:?}");
+    let none = client
+        .replies_within(Duration::from_millis(50))
+        .expect("read");
+    assert!(none.is_empty(), "a partial reply is not returned: {none:?}");
+    let (rest, closed) = client.replies_until_closed(Duration::from_secs(10));
+    assert!(closed);
+    let codes: Vec<u16> = rest.iter().map(|r| r.code).collect();
+    assert_eq!(codes, [250, 221]);
+    assert_eq!(rest[0].lines, ["first", "second", "last"]);
+    server.join().expect("server thread");
+}
+
+#[test]
 fn records_stay_in_memory_until_cleared() {
     let ca = TestCa::new();
     let receiver = Receiver::start(&ca, &new_webhook_secret());

@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use smol::channel::Receiver;
@@ -19,8 +19,9 @@ use smol::{Async, Timer};
 
 use super::budget::InFlightBudget;
 use super::session::{Action, Reply, Session, SessionConfig};
-use super::tls::HelloRecorder;
-use crate::deliver::{self, PeerInfo, Router};
+use super::tls::{HelloRecorder, ReloadableAcceptor};
+use crate::deliver::{self, DeliveryReport, PeerInfo, Router};
+use crate::store::Store;
 
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 64 * 1024;
@@ -30,11 +31,20 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Everything a connection needs, shared by all connections.
 pub struct Server {
     pub session_config: Arc<SessionConfig>,
-    pub router: Arc<Router>,
+    /// The routing table; replaced as a whole when settings change. Each session takes the
+    /// table current at its start and keeps it, so a change applies from the next session on.
+    pub router: RwLock<Arc<Router>>,
     pub budget: Arc<InFlightBudget>,
-    pub tls: Option<async_native_tls::TlsAcceptor>,
+    /// STARTTLS, when a certificate is configured; reloadable while the node runs (SIGHUP).
+    pub tls: Option<ReloadableAcceptor>,
     pub max_sessions: usize,
     pub max_sessions_per_ip: usize,
+    /// Where delivery records go (DESIGN §6); `None` runs without a metadata store.
+    pub store: Option<Arc<dyn Store>>,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// `retention.store_subject`, changeable at run time.
+    pub store_subject: AtomicBool,
     /// Sessions open now, across all listeners.
     pub active: AtomicUsize,
     /// Sessions open now per client address, to keep one client from taking every slot.
@@ -50,6 +60,47 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
+    /// The routing table new sessions use.
+    pub fn current_router(&self) -> Arc<Router> {
+        self.router
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the routing table for sessions that start from now on.
+    pub fn replace_router(&self, router: Arc<Router>) {
+        *self.router.write().unwrap_or_else(|p| p.into_inner()) = router;
+    }
+
+    /// Records a delivery's metadata before the sender gets its reply, so that every
+    /// acknowledged message has its record even if the node is killed right after. A store
+    /// failure never changes the reply: it is logged loudly and delivery stands.
+    async fn record(&self, report: &DeliveryReport, smtp_code: u16) {
+        let records = report.records(smtp_code, self.store_subject.load(Ordering::Relaxed));
+        for (record, route) in records.iter().zip(&report.routes) {
+            self.metrics.message(record.status.as_str());
+            if let Some(latency) = route.webhook_latency {
+                self.metrics.webhook_latency(latency);
+            }
+        }
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        smol::unblock(move || {
+            for record in &records {
+                if let Err(e) = store.put_record(record) {
+                    log::error!(
+                        "metadata store: cannot record delivery {} (record {}): {e}",
+                        record.delivery_id,
+                        record.id
+                    );
+                }
+            }
+        })
+        .await;
+    }
+
     /// Number of sessions open right now.
     pub fn active_sessions(&self) -> usize {
         self.active.load(Ordering::SeqCst)
@@ -67,6 +118,7 @@ impl Server {
         }
         *count += 1;
         self.active.fetch_add(1, Ordering::SeqCst);
+        self.metrics.session_opened();
         Ok(SessionSlot {
             server: self.clone(),
             ip,
@@ -90,6 +142,7 @@ impl Drop for SessionSlot {
             }
         }
         self.server.active.fetch_sub(1, Ordering::SeqCst);
+        self.server.metrics.session_closed();
     }
 }
 
@@ -160,15 +213,17 @@ async fn handle_connection(
             return;
         }
     };
+    let router = server.current_router();
     let mut session = Session::new(
         server.session_config.clone(),
-        server.router.clone(),
+        router.clone(),
         server.budget.clone(),
         Instant::now(),
     );
     let mut info = PeerInfo {
         remote_ip: peer.ip().to_string(),
         tls: None,
+        router,
     };
     let greeting = session.greeting();
     match drive(
@@ -184,9 +239,11 @@ async fn handle_connection(
         Ok(Ending::StartTls) => {}
         Ok(Ending::Closed) | Err(_) => return,
     }
-    let Some(acceptor) = &server.tls else {
+    let Some(tls) = &server.tls else {
         return;
     };
+    // The certificate current now: a reload during this handshake applies from the next one.
+    let acceptor = tls.current();
     let handshake = async {
         acceptor
             .accept(HelloRecorder::new(stream))
@@ -250,8 +307,10 @@ where
                     write_out(stream, &mut out, server).await?;
                     // Consumes the transaction: its bytes and in-flight reservation are
                     // released when delivery is over.
-                    let outcome = deliver::deliver(&server.router, tx, peer).await;
-                    pending.extend(session.delivery_done(outcome.reply(), Instant::now()));
+                    let report = deliver::deliver(&peer.router, tx, peer).await;
+                    let reply = report.outcome.reply();
+                    server.record(&report, reply.code).await;
+                    pending.extend(session.delivery_done(reply, Instant::now()));
                 }
                 Action::StartTls => {
                     write_out(stream, &mut out, server).await?;

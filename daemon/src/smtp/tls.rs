@@ -1,4 +1,5 @@
-//! STARTTLS for the SMTP server: the acceptor (never below TLS 1.2), and what was negotiated.
+//! STARTTLS for the SMTP server: the acceptor (never below TLS 1.2), its reload from the
+//! certificate files while the node runs, and what was negotiated.
 //!
 //! native-tls builds its OpenSSL acceptor from Mozilla's "intermediate" v4 profile, which turns
 //! TLS 1.3 off; leaving the maximum version open does not turn it back on. Sessions are
@@ -12,6 +13,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::RwLock;
 use std::task::{Context, Poll};
 
 use smol::io::{AsyncRead, AsyncWrite};
@@ -33,6 +35,8 @@ pub fn acceptor(files: &TlsFiles) -> Result<async_native_tls::TlsAcceptor, Strin
 
 /// Builds the acceptor from a PEM certificate chain and a PKCS#8 PEM key.
 pub fn acceptor_from_pem(cert: &[u8], key: &[u8]) -> Result<async_native_tls::TlsAcceptor, String> {
+    check_key_belongs_to_certificate(cert, key)
+        .map_err(|e| format!("certificate or key is not usable: {e}"))?;
     let identity = native_tls::Identity::from_pkcs8(cert, key)
         .map_err(|e| format!("certificate or key is not usable: {e}"))?;
     let acceptor = native_tls::TlsAcceptor::builder(identity)
@@ -40,6 +44,75 @@ pub fn acceptor_from_pem(cert: &[u8], key: &[u8]) -> Result<async_native_tls::Tl
         .build()
         .map_err(|e| format!("TLS setup failed: {e}"))?;
     Ok(acceptor.into())
+}
+
+/// OpenSSL quietly drops a private key that does not belong to the certificate set after it,
+/// and native-tls does not check: the acceptor would be built and every handshake would then
+/// fail. A renewal copied halfway (the new certificate with the old key) must be refused
+/// instead, at start and on reload.
+fn check_key_belongs_to_certificate(cert: &[u8], key: &[u8]) -> Result<(), String> {
+    let leaf = openssl::x509::X509::stack_from_pem(cert)
+        .ok()
+        .and_then(|chain| chain.into_iter().next())
+        .ok_or("no PEM certificate")?;
+    let private =
+        openssl::pkey::PKey::private_key_from_pem(key).map_err(|_| "no PEM private key")?;
+    let public = leaf
+        .public_key()
+        .map_err(|_| "the certificate's public key cannot be read")?;
+    if public.public_eq(&private) {
+        Ok(())
+    } else {
+        Err("the private key does not belong to the certificate".into())
+    }
+}
+
+/// The STARTTLS acceptor of a running node, replaceable without a restart (SIGHUP, see
+/// `node::run`): [`ReloadableAcceptor::reload`] re-reads the configured certificate and key
+/// files and, only if they make a working acceptor, swaps it in. Sessions take the acceptor
+/// current when they start their handshake, so handshakes already under way and sessions
+/// already in TLS keep the certificate they began with.
+#[derive(Debug)]
+pub struct ReloadableAcceptor {
+    /// `smtp.tls_cert` / `smtp.tls_key`, re-read on every reload.
+    files: TlsFiles,
+    /// The acceptor new handshakes use. A clone is cheap (OpenSSL reference counts its context).
+    current: RwLock<AcceptorHandle>,
+}
+
+/// `async_native_tls::TlsAcceptor` has no `Debug`; this says only that one is there.
+#[derive(Clone)]
+struct AcceptorHandle(async_native_tls::TlsAcceptor);
+
+impl std::fmt::Debug for AcceptorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsAcceptor")
+    }
+}
+
+impl ReloadableAcceptor {
+    /// Loads the acceptor from `files` (at start: an error stops the node).
+    pub fn load(files: &TlsFiles) -> Result<Self, String> {
+        Ok(ReloadableAcceptor {
+            files: files.clone(),
+            current: RwLock::new(AcceptorHandle(acceptor(files)?)),
+        })
+    }
+
+    /// The acceptor for a handshake starting now.
+    pub fn current(&self) -> async_native_tls::TlsAcceptor {
+        let handle = self.current.read().unwrap_or_else(|p| p.into_inner());
+        handle.0.clone()
+    }
+
+    /// Re-reads the certificate and key files. On success new handshakes use them; on any
+    /// error (unreadable files, a key that does not match, not PEM) the acceptor in use stays,
+    /// so a half-copied renewal can never take STARTTLS down.
+    pub fn reload(&self) -> Result<(), String> {
+        let fresh = acceptor(&self.files)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = AcceptorHandle(fresh);
+        Ok(())
+    }
 }
 
 /// A stream wrapper that records the first bytes written through it.
@@ -201,6 +274,61 @@ mod tests {
         let info = parse_server_hello(&server_hello(0xC030, None)).expect("parsed");
         assert_eq!(info.version, "TLSv1.2");
         assert_eq!(info.cipher, "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384");
+    }
+
+    /// A self-signed certificate and its key as PEM, for `name`.
+    fn self_signed(name: &str) -> (String, String) {
+        let certified =
+            rcgen::generate_simple_self_signed(vec![name.to_string()]).expect("generate");
+        (certified.cert.pem(), certified.signing_key.serialize_pem())
+    }
+
+    #[test]
+    fn a_key_that_does_not_belong_to_the_certificate_is_refused() {
+        // Found by the TLS reload suite (issue 8): native-tls built an acceptor from B's
+        // certificate and A's key, and OpenSSL silently served no key at all.
+        let (cert_a, key_a) = self_signed("a.test");
+        let (cert_b, _) = self_signed("b.test");
+        assert!(acceptor_from_pem(cert_a.as_bytes(), key_a.as_bytes()).is_ok());
+        let Err(error) = acceptor_from_pem(cert_b.as_bytes(), key_a.as_bytes()) else {
+            panic!("B's certificate with A's key must be refused");
+        };
+        assert!(error.contains("does not belong"), "{error}");
+    }
+
+    #[test]
+    fn reload_takes_valid_files_and_keeps_the_acceptor_when_they_are_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = TlsFiles {
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+        };
+        let write = |(cert, key): (String, String)| {
+            std::fs::write(&files.cert, cert).expect("write cert");
+            std::fs::write(&files.key, key).expect("write key");
+        };
+        write(self_signed("a.test"));
+        let tls = ReloadableAcceptor::load(&files).expect("certificate A loads");
+
+        write(self_signed("b.test"));
+        assert_eq!(tls.reload(), Ok(()), "certificate B replaces A");
+
+        // A renewal copied halfway: the certificate of C with the key of B.
+        let (cert_c, _) = self_signed("c.test");
+        std::fs::write(&files.cert, cert_c).expect("write cert");
+        let error = tls
+            .reload()
+            .expect_err("a key that does not match is refused");
+        assert!(error.contains("not usable"), "{error}");
+
+        std::fs::write(&files.cert, "not PEM").expect("write cert");
+        assert!(tls.reload().is_err(), "garbage is refused");
+
+        std::fs::remove_file(&files.key).expect("remove key");
+        let error = tls.reload().expect_err("a missing key is refused");
+        assert!(error.contains(&files.key.display().to_string()), "{error}");
+        // The acceptor in use is still there for new sessions.
+        let _still_serving = tls.current();
     }
 
     #[test]

@@ -1,0 +1,141 @@
+//! `webhook-sink`: the HTTPS receiver the benchmarked node delivers to. It verifies nothing,
+//! reads each request body to the end, waits the configured delay and answers `200`, over
+//! HTTP/1.1 keep-alive connections on TLS (async-native-tls, a test certificate).
+//!
+//! It exists to measure mxnode, so it must cost as little as possible per request and never
+//! become the bottleneck: no signature check, no JSON parsing, nothing kept but two counters
+//! (`GET /stats`). It never writes a body anywhere: bodies are read into memory and dropped.
+//! HTTP is tide's (async-h1), TLS is OpenSSL's through async-native-tls: nothing hand-written.
+//!
+//! ```text
+//! webhook-sink --cert server.pem --key server.key [--listen 127.0.0.1:0] [--delay-ms 20]
+//! ```
+//!
+//! Prints `listening on https://ADDR` on stdout once it accepts connections.
+
+#![forbid(unsafe_code)]
+
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use smol::Async;
+
+#[derive(Parser)]
+#[command(about = "HTTPS webhook sink for benchmarks: answers 200 after a delay, checks nothing")]
+struct Args {
+    /// Address to listen on (loopback only: it trusts everyone).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// PEM certificate (chain) of the server.
+    #[arg(long)]
+    cert: PathBuf,
+    /// PKCS#8 PEM private key of the server.
+    #[arg(long)]
+    key: PathBuf,
+    /// Milliseconds to wait before answering each POST: a receiver's own processing time.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Executor threads; the default leaves the machine's other core to the node under test.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+/// What every request handler shares.
+#[derive(Clone)]
+struct State {
+    /// The receiver's simulated processing time per delivery.
+    delay: Duration,
+    /// POSTs answered so far, so the driver can check that every message reached the sink.
+    requests: Arc<AtomicU64>,
+    /// Body bytes read so far.
+    bytes: Arc<AtomicU64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(
+        args.listen.ip().is_loopback(),
+        "--listen must be a loopback address"
+    );
+    let cert = std::fs::read(&args.cert).with_context(|| format!("{}", args.cert.display()))?;
+    let key = std::fs::read(&args.key).with_context(|| format!("{}", args.key.display()))?;
+    let identity = native_tls::Identity::from_pkcs8(&cert, &key).context("certificate or key")?;
+    let acceptor: async_native_tls::TlsAcceptor = native_tls::TlsAcceptor::new(identity)
+        .context("TLS setup")?
+        .into();
+
+    let state = State {
+        delay: Duration::from_millis(args.delay_ms),
+        requests: Arc::new(AtomicU64::new(0)),
+        bytes: Arc::new(AtomicU64::new(0)),
+    };
+    let mut app = tide::with_state(state);
+    app.at("/stats").get(stats);
+    app.at("/*").post(receive);
+    app.at("/").post(receive);
+
+    let listener = Async::<TcpListener>::bind(args.listen).context("bind")?;
+    let addr = listener.get_ref().local_addr()?;
+
+    let executor = Arc::new(smol::Executor::new());
+    for _ in 1..args.threads.max(1) {
+        let executor = executor.clone();
+        std::thread::spawn(move || {
+            smol::block_on(executor.run(std::future::pending::<()>()));
+        });
+    }
+    let spawner = executor.clone();
+    smol::block_on(executor.run(async move {
+        println!("listening on https://{addr}");
+        std::io::stdout().flush()?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            // Replies are one small write; never let Nagle hold them back.
+            let _ = stream.get_ref().set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let app = app.clone();
+            spawner
+                .spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    // async-h1 reads and writes through clones of one stream handle.
+                    let io = async_dup::Arc::new(async_dup::Mutex::new(tls));
+                    let _ = async_h1::accept(io, |request| {
+                        let app = app.clone();
+                        async move { app.respond(request).await }
+                    })
+                    .await;
+                })
+                .detach();
+        }
+    }))
+}
+
+async fn receive(mut request: tide::Request<State>) -> tide::Result {
+    let body = request.body_bytes().await?;
+    let state = request.state();
+    if !state.delay.is_zero() {
+        smol::Timer::after(state.delay).await;
+    }
+    state.requests.fetch_add(1, Ordering::Relaxed);
+    state.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+    Ok(tide::Response::new(200))
+}
+
+async fn stats(request: tide::Request<State>) -> tide::Result {
+    let state = request.state();
+    let body = serde_json::json!({
+        "requests": state.requests.load(Ordering::Relaxed),
+        "bytes": state.bytes.load(Ordering::Relaxed),
+    });
+    Ok(tide::Response::builder(200)
+        .body(tide::Body::from_json(&body)?)
+        .build())
+}

@@ -1,0 +1,625 @@
+//! The processes a benchmark runs against, each started and stopped by its owner value:
+//! `smtp-sink` (the protocol limit, and Postfix's next hop), a private Postfix instance, the
+//! HTTPS webhook sink, and the mxnode daemon under test.
+//!
+//! Every peer listens on 127.0.0.1 only, every wait has a deadline, and every process is
+//! stopped when its value is dropped, also when the benchmark fails half-way. Nothing here
+//! writes message content anywhere: Postfix's queue (its own design) is the only exception, and
+//! it lives in the benchmark's scratch directory.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// How long a peer may take to start listening.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a peer may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a wait looks again.
+const POLL: Duration = Duration::from_millis(10);
+/// Lines of mxnode's log kept for the error message when something fails.
+const LOG_TAIL_LINES: usize = 40;
+/// Concurrent connections the sinks accept: above every session count benchmarked.
+const SINK_MAX_CONNECTIONS: usize = 1000;
+/// Listen backlog of smtp-sink.
+const SINK_BACKLOG: usize = 1024;
+/// Unprivileged user smtp-sink switches to (it refuses to run as root).
+const SINK_USER: &str = "postfix";
+
+/// A child process that is terminated (SIGTERM, then SIGKILL) when dropped.
+pub struct Child {
+    name: &'static str,
+    child: std::process::Child,
+}
+
+impl Child {
+    fn spawn(name: &'static str, command: &mut Command) -> anyhow::Result<Child> {
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({command:?})"))?;
+        Ok(Child { name, child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails when the process has exited already.
+    fn ensure_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited: {status}", self.name);
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if let Ok(pid) = i32::try_from(self.child.id()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                thread::sleep(POLL);
+            }
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Waits until `addr` accepts TCP connections.
+fn wait_for_port(addr: SocketAddr, child: &mut Child) -> anyhow::Result<()> {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        child.ensure_running()?;
+        ensure!(
+            Instant::now() < deadline,
+            "{} does not listen on {addr}",
+            child.name
+        );
+        thread::sleep(POLL);
+    }
+}
+
+/// `smtp-sink`: accepts every message and throws it away.
+pub struct SmtpSink {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    _child: Child,
+}
+
+impl SmtpSink {
+    pub fn start() -> anyhow::Result<SmtpSink> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let mut child = Child::spawn(
+            "smtp-sink",
+            Command::new("smtp-sink")
+                .args(["-4", "-u", SINK_USER, "-m"])
+                .arg(SINK_MAX_CONNECTIONS.to_string())
+                .arg(addr.to_string())
+                .arg(SINK_BACKLOG.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )?;
+        wait_for_port(addr, &mut child)?;
+        Ok(SmtpSink {
+            addr,
+            _child: child,
+        })
+    }
+}
+
+/// A private Postfix instance: its own config directory, queue and log under one scratch
+/// directory, `smtpd` on a loopback port, relaying everything to `relay_to`.
+pub struct Postfix {
+    /// Where its smtpd listens.
+    pub addr: SocketAddr,
+    /// `config_directory`.
+    etc: PathBuf,
+    /// `queue_directory`.
+    queue: PathBuf,
+    /// `maillog_file`.
+    log: PathBuf,
+    /// How far the log has been read by [`Postfix::delivery_counts`].
+    log_offset: u64,
+}
+
+impl Postfix {
+    /// Writes the instance's configuration under `dir` (emptied first) and starts it.
+    pub fn start(dir: &Path, relay_to: SocketAddr) -> anyhow::Result<Postfix> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("clear {}", dir.display()))?;
+        }
+        let etc = dir.join("etc");
+        let queue = dir.join("queue");
+        let data = dir.join("data");
+        let log = dir.join("postfix.log");
+        for d in [&etc, &queue, &data] {
+            std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        std::fs::write(etc.join("main.cf"), main_cf(&queue, &data, &log, relay_to))?;
+        std::fs::write(etc.join("master.cf"), master_cf(addr))?;
+        // The data directory belongs to the mail owner, as `postfix post-install` would set it.
+        let status = Command::new("chown")
+            .args(["-R", "postfix", &data.to_string_lossy()])
+            .status()?;
+        ensure!(status.success(), "chown {} failed", data.display());
+        let postfix = Postfix {
+            addr,
+            etc,
+            queue,
+            log,
+            log_offset: 0,
+        };
+        postfix.command("start")?;
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            ensure!(
+                Instant::now() < deadline,
+                "postfix does not listen on {addr}; see {}",
+                postfix.log.display()
+            );
+            thread::sleep(POLL);
+        }
+        Ok(postfix)
+    }
+
+    /// Runs `postfix -c ETC <verb>`.
+    fn command(&self, verb: &str) -> anyhow::Result<()> {
+        let output = Command::new("postfix")
+            .arg("-c")
+            .arg(&self.etc)
+            .arg(verb)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("postfix {verb}"))?;
+        ensure!(
+            output.status.success(),
+            "postfix -c {} {verb} failed: {}{}",
+            self.etc.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    }
+
+    /// Messages still in the queue (every queue subdirectory, hashed levels included).
+    pub fn queued(&self) -> anyhow::Result<usize> {
+        let mut count = 0;
+        for sub in ["maildrop", "incoming", "active", "deferred", "hold"] {
+            count += count_files(&self.queue.join(sub))?;
+        }
+        Ok(count)
+    }
+
+    /// Waits until the queue is empty, i.e. every accepted message was relayed.
+    pub fn wait_until_empty(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.queued()? == 0 {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "postfix queue not empty after {timeout:?}"
+            );
+            thread::sleep(POLL);
+        }
+    }
+
+    /// `(sent, not sent)`: deliveries logged since the last call.
+    pub fn delivery_counts(&mut self) -> anyhow::Result<(usize, usize)> {
+        let Ok(mut file) = std::fs::File::open(&self.log) else {
+            return Ok((0, 0));
+        };
+        file.seek(SeekFrom::Start(self.log_offset))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        // Only whole lines count; a line being written is read next time.
+        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        self.log_offset += complete as u64;
+        let lines = text[..complete].lines();
+        let (mut sent, mut other) = (0, 0);
+        for line in lines {
+            if line.contains(" status=sent ") {
+                sent += 1;
+            } else if line.contains(" status=") {
+                other += 1;
+            }
+        }
+        Ok((sent, other))
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        if self.command("stop").is_err() {
+            let _ = self.command("abort");
+        }
+    }
+}
+
+/// `main.cf` of the private instance: relay everything from loopback to the sink, no local
+/// delivery, no DNS, no TLS, limits raised past the benchmark's session counts; everything
+/// else (queue on disk with fsync, in_flow_delay, qmgr scheduling) is Postfix's default.
+fn main_cf(queue: &Path, data: &Path, log: &Path, relay_to: SocketAddr) -> String {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "compatibility_level = 3.6\n\
+         queue_directory = {queue}\n\
+         data_directory = {data}\n\
+         maillog_file = {log}\n\
+         mail_owner = postfix\n\
+         setgid_group = postdrop\n\
+         myhostname = postfix.bench.test\n\
+         mydestination =\n\
+         mynetworks = 127.0.0.0/8\n\
+         inet_interfaces = 127.0.0.1\n\
+         inet_protocols = ipv4\n\
+         relayhost = [{relay_ip}]:{relay_port}\n\
+         smtpd_relay_restrictions = permit_mynetworks, reject\n\
+         alias_maps =\n\
+         alias_database =\n\
+         local_recipient_maps =\n\
+         smtpd_tls_security_level = none\n\
+         smtp_tls_security_level = none\n\
+         smtp_dns_support_level = disabled\n\
+         biff = no\n\
+         default_process_limit = 300\n\
+         smtpd_client_connection_count_limit = 0\n\
+         smtpd_client_connection_rate_limit = 0\n\
+         smtpd_client_message_rate_limit = 0\n",
+        queue = queue.display(),
+        data = data.display(),
+        log = log.display(),
+        relay_ip = relay_to.ip(),
+        relay_port = relay_to.port(),
+    );
+    out
+}
+
+/// `master.cf`: the services an SMTP relay needs, none chrooted (the queue directory is not
+/// set up as a chroot jail), plus `postlog` for `maillog_file`.
+fn master_cf(smtpd: SocketAddr) -> String {
+    format!(
+        "{smtpd} inet n - n - - smtpd\n\
+         pickup unix n - n 60 1 pickup\n\
+         cleanup unix n - n - 0 cleanup\n\
+         qmgr unix n - n 300 1 qmgr\n\
+         rewrite unix - - n - - trivial-rewrite\n\
+         bounce unix - - n - 0 bounce\n\
+         defer unix - - n - 0 bounce\n\
+         trace unix - - n - 0 bounce\n\
+         verify unix - - n - 1 verify\n\
+         flush unix n - n 1000? 0 flush\n\
+         proxymap unix - - n - - proxymap\n\
+         smtp unix - - n - - smtp\n\
+         relay unix - - n - - smtp\n\
+         showq unix n - n - - showq\n\
+         error unix - - n - - error\n\
+         retry unix - - n - - error\n\
+         discard unix - - n - - discard\n\
+         anvil unix - - n - 1 anvil\n\
+         scache unix - - n - 1 scache\n\
+         postlog unix-dgram n - n - 1 postlogd\n"
+    )
+}
+
+/// Regular files below `dir` (0 when it does not exist).
+fn count_files(dir: &Path) -> anyhow::Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
+    };
+    let mut count = 0;
+    for entry in entries {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            count += count_files(&entry.path())?;
+        } else if kind.is_file() {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// The HTTPS webhook sink (`webhook-sink`), answering after `delay_ms`.
+pub struct WebhookSink {
+    /// The URL a route posts to.
+    pub url: String,
+    /// Where `GET /stats` is.
+    stats_url: String,
+    /// Trusts the sink's test CA.
+    agent: ureq::Agent,
+    child: Child,
+    /// Holds the stdout pipe open so the sink never writes into a closed pipe.
+    _stdout: std::process::ChildStdout,
+}
+
+impl WebhookSink {
+    pub fn start(
+        bin: &Path,
+        ca: &mxnode_tests::TestCa,
+        delay_ms: u64,
+        threads: usize,
+    ) -> anyhow::Result<WebhookSink> {
+        let mut child = Child::spawn(
+            "webhook-sink",
+            Command::new(bin)
+                .arg("--cert")
+                .arg(&ca.cert_pem)
+                .arg("--key")
+                .arg(&ca.key_pem)
+                .arg("--delay-ms")
+                .arg(delay_ms.to_string())
+                .arg("--threads")
+                .arg(threads.to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+        )?;
+        let stdout = child.child.stdout.take().context("sink stdout")?;
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let Some(base) = line.trim().strip_prefix("listening on ") else {
+            child.ensure_running()?;
+            bail!("webhook-sink said {line:?} instead of its address");
+        };
+        let base = base.to_string();
+        Ok(WebhookSink {
+            url: format!("{base}/hook"),
+            stats_url: format!("{base}/stats"),
+            agent: ca.https_agent(),
+            child,
+            _stdout: reader.into_inner(),
+        })
+    }
+
+    /// POSTs answered since the sink started.
+    pub fn requests(&mut self) -> anyhow::Result<u64> {
+        self.child.ensure_running()?;
+        let mut response = self
+            .agent
+            .get(&self.stats_url)
+            .call()
+            .context("GET /stats from the webhook sink")?;
+        let text = response.body_mut().read_to_string()?;
+        let stats: serde_json::Value = serde_json::from_str(&text)?;
+        stats["requests"]
+            .as_u64()
+            .context("webhook sink stats without `requests`")
+    }
+}
+
+/// The mxnode daemon under test (`mxnode serve`), with its log kept in memory (the tail only).
+pub struct Mxnode {
+    /// Its SMTP listener.
+    pub addr: SocketAddr,
+    /// `[node] data_dir`: where the metadata store lives when it is on.
+    pub data_dir: PathBuf,
+    child: Child,
+    log_tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// What the bench config needs to know about the route.
+pub struct RouteTo<'a> {
+    pub webhook: &'a str,
+    pub secret: &'a str,
+    pub ca_pem: &'a Path,
+    /// Recipients of this domain go to the webhook: `*@DOMAIN`.
+    pub domain: &'a str,
+}
+
+impl Mxnode {
+    /// Writes a config into `dir` (emptied first) and starts the daemon on a free port, under
+    /// `wrapper` when given (e.g. `valgrind --tool=callgrind` for a profile).
+    pub fn start(
+        bin: &Path,
+        wrapper: &[String],
+        dir: &Path,
+        route: &RouteTo<'_>,
+    ) -> anyhow::Result<Mxnode> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("clear {}", dir.display()))?;
+        }
+        let data_dir = dir.join("data");
+        std::fs::create_dir_all(&data_dir)?;
+        let config = dir.join("mxnode.toml");
+        std::fs::write(&config, mxnode_toml(&data_dir, route))?;
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(bin);
+                command
+            }
+            None => Command::new(bin),
+        };
+        let mut child = Child::spawn(
+            "mxnode",
+            command
+                .arg("serve")
+                .arg("--config")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                // Log to our pipe, not to the journal of the machine running the benchmark.
+                .env_remove("JOURNAL_STREAM")
+                .env_remove("NOTIFY_SOCKET"),
+        )?;
+        let stderr = child.child.stderr.take().context("mxnode stderr")?;
+        let log_tail = Arc::new(Mutex::new(VecDeque::new()));
+        let (found, listening) = mpsc::channel();
+        {
+            let log_tail = log_tail.clone();
+            thread::spawn(move || follow_log(stderr, &log_tail, &found));
+        }
+        let addr = match listening.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                child.stop();
+                bail!(
+                    "mxnode did not start listening; its log:\n{}",
+                    tail(&log_tail)
+                );
+            }
+        };
+        Ok(Mxnode {
+            addr,
+            data_dir,
+            child,
+            log_tail,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// `(VmRSS, VmHWM)` in bytes: resident memory now and at its peak since start.
+    pub fn rss(&mut self) -> anyhow::Result<(u64, u64)> {
+        self.child.ensure_running()?;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let field = |name: &str| -> anyhow::Result<u64> {
+            let line = status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .with_context(|| format!("{name} missing in /proc/PID/status"))?;
+            let kib: u64 = line[name.len()..]
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()?;
+            Ok(kib * 1024)
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    /// Whether the metadata store wrote a database under `data_dir` (a RocksDB `CURRENT` file
+    /// somewhere below it).
+    pub fn store_is_on(&self) -> bool {
+        fn has_current(dir: &Path) -> bool {
+            std::fs::read_dir(dir).is_ok_and(|entries| {
+                entries.flatten().any(|e| {
+                    let path = e.path();
+                    e.file_name() == "CURRENT" || (path.is_dir() && has_current(&path))
+                })
+            })
+        }
+        has_current(&self.data_dir)
+    }
+
+    /// The last lines of the daemon's log (ids and statuses only, never content).
+    pub fn log_tail(&self) -> String {
+        tail(&self.log_tail)
+    }
+
+    /// Fails (with the log tail) when the daemon has exited.
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        self.child
+            .ensure_running()
+            .with_context(|| format!("its log:\n{}", tail(&self.log_tail)))
+    }
+}
+
+/// A 32-byte master key in hex: the store is on as soon as the daemon has one. Fixed, since the
+/// benchmark's store is scratch data.
+const BENCH_MASTER_KEY: &str = "6d786e6f64652062656e63686d61726b206d6173746572206b65792021212121";
+/// The highest session counts the benchmark uses, with room.
+const BENCH_MAX_SESSIONS: usize = 1000;
+
+fn mxnode_toml(data_dir: &Path, route: &RouteTo<'_>) -> String {
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    format!(
+        "[node]\n\
+         hostname = \"mx.bench.test\"\n\
+         data_dir = {data_dir}\n\
+         master_key = \"{BENCH_MASTER_KEY}\"\n\
+         \n\
+         [smtp]\n\
+         listen = [\"127.0.0.1:0\"]\n\
+         max_sessions = {BENCH_MAX_SESSIONS}\n\
+         max_sessions_per_ip = {BENCH_MAX_SESSIONS}\n\
+         \n\
+         [[route]]\n\
+         match = {pattern}\n\
+         webhook = {webhook}\n\
+         webhook_secret = {secret}\n\
+         webhook_ca = {ca}\n",
+        data_dir = quote(&data_dir.to_string_lossy()),
+        pattern = quote(&format!("*@{}", route.domain)),
+        webhook = quote(route.webhook),
+        secret = quote(route.secret),
+        ca = quote(&route.ca_pem.to_string_lossy()),
+    )
+}
+
+/// Reads the daemon's stderr to the end: reports the SMTP address once, keeps a short tail.
+fn follow_log(
+    stderr: impl std::io::Read,
+    tail: &Mutex<VecDeque<String>>,
+    found: &mpsc::Sender<SocketAddr>,
+) {
+    const MARKER: &str = "listening on smtp://";
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+        if let Some(at) = text.find(MARKER) {
+            let rest = &text[at + MARKER.len()..];
+            let addr = rest.split_whitespace().next().unwrap_or_default();
+            if let Ok(addr) = addr.parse() {
+                let _ = found.send(addr);
+            }
+        }
+        let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+        if tail.len() == LOG_TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(text);
+    }
+}
+
+fn tail(log: &Mutex<VecDeque<String>>) -> String {
+    let tail = log.lock().unwrap_or_else(|p| p.into_inner());
+    tail.iter().map(|l| format!("  {l}\n")).collect()
+}

@@ -1,0 +1,206 @@
+//! The results of a sweep as people and programs read them: a Markdown table, the targets of
+//! issue 9 checked against the numbers of the same run, and the JSON document `plot.py` draws.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::run::{Scenario, Target};
+
+/// mxnode against Postfix at 10 KiB × 20 sessions.
+const TARGET_X_POSTFIX: f64 = 3.0;
+/// mxnode against the limit at 10 KiB × 20 sessions.
+const TARGET_OF_LIMIT: f64 = 0.6;
+/// p99 end-of-data → reply at most this much above the receiver's own latency, ms.
+const TARGET_P99_OVERHEAD_MS: f64 = 5.0;
+/// Peak RSS at most this base plus [`TARGET_RSS_PER_IN_FLIGHT`] × bytes in flight, MiB.
+const TARGET_RSS_BASE_MIB: f64 = 64.0;
+const TARGET_RSS_PER_IN_FLIGHT: f64 = 3.0;
+/// Idle RSS, MiB.
+const TARGET_IDLE_RSS_MIB: f64 = 32.0;
+/// mxnode against Postfix with 1 MiB messages.
+const TARGET_LARGE_X_POSTFIX: f64 = 2.0;
+/// The size and session count of the headline targets.
+const HEADLINE_SIZE: usize = 10 * 1024;
+const HEADLINE_SESSIONS: usize = 20;
+const LARGE_SIZE: usize = 1 << 20;
+
+/// One target of the issue, checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What the target says, with the scenario it was checked on.
+    pub target: String,
+    /// The measured value, in words and numbers.
+    pub measured: String,
+    pub met: bool,
+}
+
+/// The whole JSON document.
+#[derive(Debug, Serialize)]
+pub struct Report<'a> {
+    pub machine: Machine,
+    pub runs_per_scenario: usize,
+    pub scenarios: &'a [Scenario],
+    pub checks: Vec<Check>,
+}
+
+/// Where and when the numbers were taken.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub kernel: String,
+    pub date: String,
+    pub commit: String,
+}
+
+/// Checks every target that the scenarios allow checking.
+pub fn checks(scenarios: &[Scenario]) -> Vec<Check> {
+    let find = |target: Target, size: usize, sessions: usize| {
+        scenarios
+            .iter()
+            .find(|s| s.target == target && s.size == size && s.sessions == sessions)
+    };
+    let mut checks = Vec::new();
+    if let Some(s) = find(Target::Mxnode, HEADLINE_SIZE, HEADLINE_SESSIONS) {
+        if let Some(r) = s.ratio_to_postfix {
+            checks.push(Check {
+                target: format!("mxnode ≥ {TARGET_X_POSTFIX}× Postfix at 10 KiB × 20 sessions"),
+                measured: format!("{r:.2}×"),
+                met: r >= TARGET_X_POSTFIX,
+            });
+        }
+        if let Some(r) = s.ratio_to_limit {
+            checks.push(Check {
+                target: format!(
+                    "mxnode ≥ {:.0} % of the limit at 10 KiB × 20 sessions",
+                    TARGET_OF_LIMIT * 100.0
+                ),
+                measured: format!("{:.0} %", r * 100.0),
+                met: r >= TARGET_OF_LIMIT,
+            });
+        }
+    }
+    for s in scenarios.iter().filter(|s| s.receiver_delay_ms.is_some()) {
+        let delay = s.receiver_delay_ms.unwrap_or_default() as f64;
+        let bound = delay + TARGET_P99_OVERHEAD_MS;
+        checks.push(Check {
+            target: format!(
+                "p99 ≤ {bound:.0} ms at half saturation: {} × {} × {}",
+                s.target.name(),
+                s.size_label,
+                s.sessions
+            ),
+            measured: format!(
+                "{:.2} ms at {:.0} msg/s",
+                s.latency.p99_ms, s.latency.offered_rate
+            ),
+            met: s.latency.p99_ms <= bound,
+        });
+    }
+    for s in scenarios.iter() {
+        let Some(m) = &s.memory else { continue };
+        let bound = TARGET_RSS_BASE_MIB + TARGET_RSS_PER_IN_FLIGHT * m.in_flight_mib;
+        checks.push(Check {
+            target: format!(
+                "peak RSS ≤ 64 MiB + 3 × in flight = {bound:.0} MiB: {} × {} × {}",
+                s.target.name(),
+                s.size_label,
+                s.sessions
+            ),
+            measured: format!("{:.1} MiB", m.peak_mib),
+            met: m.peak_mib <= bound,
+        });
+    }
+    let idle = scenarios
+        .iter()
+        .filter_map(|s| s.memory.as_ref().map(|m| m.idle_mib))
+        .fold(None, |max: Option<f64>, v| {
+            Some(max.map_or(v, |m| m.max(v)))
+        });
+    if let Some(idle) = idle {
+        checks.push(Check {
+            target: format!("idle RSS ≤ {TARGET_IDLE_RSS_MIB:.0} MiB"),
+            measured: format!("{idle:.1} MiB (highest of all starts)"),
+            met: idle <= TARGET_IDLE_RSS_MIB,
+        });
+    }
+    for s in scenarios
+        .iter()
+        .filter(|s| s.target == Target::Mxnode && s.size == LARGE_SIZE)
+    {
+        if let Some(r) = s.ratio_to_postfix {
+            checks.push(Check {
+                target: format!(
+                    "mxnode ≥ {TARGET_LARGE_X_POSTFIX}× Postfix at 1 MiB × {}",
+                    s.sessions
+                ),
+                measured: format!("{r:.2}×"),
+                met: r >= TARGET_LARGE_X_POSTFIX,
+            });
+        }
+    }
+    checks
+}
+
+/// The results table and the checked targets, in Markdown.
+pub fn markdown(scenarios: &[Scenario], checks: &[Check], runs: usize) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| size | sessions | target | msg/s (median of {runs}) | × postfix | × limit | p50 ms | p99 ms | at msg/s | peak RSS MiB | RSS per MiB in flight |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let mut rows: Vec<&Scenario> = scenarios.iter().collect();
+    rows.sort_by_key(|s| (s.size, s.sessions, s.target as u8));
+    for s in rows {
+        let ratio = |r: Option<f64>| r.map_or("–".to_string(), |r| format!("{r:.2}"));
+        let (peak, per) = match &s.memory {
+            Some(m) => (
+                format!("{:.1}", m.peak_mib),
+                format!("{:.2}", m.per_in_flight_mib),
+            ),
+            None => ("–".to_string(), "–".to_string()),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.1} | {} | {} | {:.2} | {:.2} | {:.0} | {peak} | {per} |",
+            s.size_label,
+            s.sessions,
+            s.target.name(),
+            s.rate,
+            ratio(s.ratio_to_postfix),
+            ratio(s.ratio_to_limit),
+            s.latency.p50_ms,
+            s.latency.p99_ms,
+            s.latency.offered_rate,
+        );
+    }
+    if let Some(idle) = scenarios.iter().find_map(|s| s.memory.as_ref()) {
+        let store = scenarios
+            .iter()
+            .find_map(|s| s.store_on)
+            .map_or("unknown", |on| if on { "on" } else { "off" });
+        let _ = writeln!(
+            out,
+            "\nmxnode idle RSS {:.1} MiB; metadata store {store}.",
+            idle.idle_mib
+        );
+    }
+    if !checks.is_empty() {
+        let _ = writeln!(out, "\n| target | measured | met |");
+        let _ = writeln!(out, "|---|---|---|");
+        for c in checks {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |",
+                c.target,
+                c.measured,
+                if c.met { "yes" } else { "**no**" }
+            );
+        }
+    }
+    out
+}

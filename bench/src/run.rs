@@ -1,0 +1,469 @@
+//! One benchmark sweep: every target × message size × session count, in one process, so that
+//! the ratios between targets are measured under the same machine conditions.
+//!
+//! For each scenario: a warm-up run that also sizes the timed runs (about `seconds` long each),
+//! `runs` timed `smtp-source` runs (median messages/s), then the latency client at half the
+//! median rate with the same number of sessions. Postfix runs are timed until its queue is
+//! empty; every run checks that each message arrived (Postfix's log, the webhook sink's
+//! counter). mxnode is started afresh per scenario so its memory peak belongs to that scenario.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use serde::Serialize;
+
+use crate::latency::{self, LatencyRun};
+use crate::messages::{message_lf, size_label, to_crlf};
+use crate::peers::{Mxnode, Postfix, RouteTo, SmtpSink, WebhookSink};
+use crate::source::{self, RCPT_DOMAIN};
+use crate::stats::median;
+
+/// The 20 ms receiver of the fourth target.
+pub const SLOW_RECEIVER_MS: u64 = 20;
+/// Longest a Postfix queue may take to drain after a run.
+const QUEUE_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest the delivery counters may lag behind the replies.
+const COUNT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Fewest messages in a warm-up run.
+const MIN_WARMUP: usize = 20;
+/// Fewest and most messages of a timed run.
+const MIN_RUN: usize = 20;
+const MAX_RUN: usize = 100_000;
+/// Fewest and most messages of a latency run: enough for a meaningful p99.
+const MIN_LATENCY: usize = 100;
+const MAX_LATENCY: usize = 20_000;
+/// The webhook sink's executor threads.
+const SINK_THREADS: usize = 2;
+/// How long an idle node is left alone before its idle memory is read.
+const IDLE_SETTLE: Duration = Duration::from_secs(1);
+
+/// What the benchmark compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// `smtp-source` → `smtp-sink`: SMTP with no processing at all.
+    Limit,
+    /// `smtp-source` → Postfix (queue on disk) → `smtp-sink`.
+    Postfix,
+    /// `smtp-source` → mxnode → a webhook sink that answers at once.
+    Mxnode,
+    /// The same with a receiver that answers after [`SLOW_RECEIVER_MS`].
+    #[serde(rename = "mxnode-20ms")]
+    MxnodeSlow,
+}
+
+impl Target {
+    pub const ALL: [Target; 4] = [
+        Target::Limit,
+        Target::Postfix,
+        Target::Mxnode,
+        Target::MxnodeSlow,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Limit => "limit",
+            Target::Postfix => "postfix",
+            Target::Mxnode => "mxnode",
+            Target::MxnodeSlow => "mxnode-20ms",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Target> {
+        Target::ALL.into_iter().find(|t| t.name() == text)
+    }
+
+    /// The webhook receiver's delay, for the mxnode targets.
+    pub fn receiver_delay_ms(self) -> Option<u64> {
+        match self {
+            Target::Mxnode => Some(0),
+            Target::MxnodeSlow => Some(SLOW_RECEIVER_MS),
+            Target::Limit | Target::Postfix => None,
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub targets: Vec<Target>,
+    pub sizes: Vec<usize>,
+    pub sessions: Vec<usize>,
+    /// Timed runs per scenario (the median is reported).
+    pub runs: usize,
+    /// Target length of one timed run.
+    pub seconds: f64,
+    /// Target length of the latency run.
+    pub latency_seconds: f64,
+    /// The `mxnode` binary (release build).
+    pub mxnode: PathBuf,
+    /// A command line to run mxnode under (a profiler), empty for none.
+    pub mxnode_wrapper: Vec<String>,
+    /// The `webhook-sink` binary.
+    pub sink: PathBuf,
+    /// Scratch space: message files, Postfix's instance, mxnode's data_dir.
+    pub work: PathBuf,
+}
+
+/// One timed `smtp-source` run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub messages: usize,
+    pub seconds: f64,
+    pub rate: f64,
+}
+
+/// mxnode's resident memory in one scenario, MiB.
+#[derive(Debug, Clone, Serialize)]
+pub struct Memory {
+    /// After start, before any mail.
+    pub idle_mib: f64,
+    /// Peak over the scenario (VmHWM).
+    pub peak_mib: f64,
+    /// Message bytes held at once at most: sessions × message size.
+    pub in_flight_mib: f64,
+    /// `(peak - idle) / in flight`.
+    pub per_in_flight_mib: f64,
+    /// After the scenario, idle again.
+    pub after_mib: f64,
+}
+
+/// One target × size × sessions.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scenario {
+    pub target: Target,
+    pub size: usize,
+    pub size_label: String,
+    pub sessions: usize,
+    pub runs: Vec<Run>,
+    /// Median messages/s of the runs.
+    pub rate: f64,
+    /// `rate` relative to Postfix and to the limit of the same size and sessions.
+    pub ratio_to_postfix: Option<f64>,
+    pub ratio_to_limit: Option<f64>,
+    pub latency: LatencyRun,
+    pub receiver_delay_ms: Option<u64>,
+    pub memory: Option<Memory>,
+    /// Whether mxnode's metadata store wrote a database.
+    pub store_on: Option<bool>,
+}
+
+/// Where messages go for one target, and how to tell that they arrived.
+enum Peer {
+    Limit(SmtpSink),
+    Postfix {
+        postfix: Postfix,
+        _relay: SmtpSink,
+    },
+    Mxnode {
+        sink: WebhookSink,
+        /// Boxed: it is large next to the other peers.
+        ca: Box<mxnode_tests::TestCa>,
+        secret: String,
+    },
+}
+
+/// A message size's files: LF-only for smtp-source, wire form for the latency client.
+struct Message {
+    size: usize,
+    lf_file: PathBuf,
+    wire: Arc<Vec<u8>>,
+}
+
+/// Runs the whole plan; `progress` hears one line per step.
+pub fn run(plan: &Plan, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<Scenario>> {
+    std::fs::create_dir_all(&plan.work)
+        .with_context(|| format!("create {}", plan.work.display()))?;
+    let messages = plan
+        .sizes
+        .iter()
+        .map(|&size| write_message(&plan.work, size))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut scenarios = Vec::new();
+    for &target in &plan.targets {
+        let mut peer = start_peer(plan, target)?;
+        for message in &messages {
+            for &sessions in &plan.sessions {
+                progress(&format!(
+                    "{} × {} × {sessions} sessions",
+                    target.name(),
+                    size_label(message.size)
+                ));
+                let scenario = run_scenario(plan, target, &mut peer, message, sessions, progress)
+                    .with_context(|| {
+                    format!(
+                        "{} with {} messages and {sessions} sessions",
+                        target.name(),
+                        size_label(message.size)
+                    )
+                })?;
+                progress(&format!(
+                    "  {:.1} msg/s, p50 {:.2} ms, p99 {:.2} ms{}",
+                    scenario.rate,
+                    scenario.latency.p50_ms,
+                    scenario.latency.p99_ms,
+                    scenario
+                        .memory
+                        .as_ref()
+                        .map(|m| format!(", peak RSS {:.1} MiB", m.peak_mib))
+                        .unwrap_or_default()
+                ));
+                scenarios.push(scenario);
+            }
+        }
+    }
+    add_ratios(&mut scenarios);
+    Ok(scenarios)
+}
+
+fn write_message(work: &Path, size: usize) -> anyhow::Result<Message> {
+    let lf = message_lf(size);
+    let lf_file = work.join(format!("message-{}.eml", size_label(size)));
+    std::fs::write(&lf_file, &lf).with_context(|| format!("write {}", lf_file.display()))?;
+    Ok(Message {
+        size,
+        lf_file,
+        wire: Arc::new(to_crlf(&lf)),
+    })
+}
+
+fn start_peer(plan: &Plan, target: Target) -> anyhow::Result<Peer> {
+    Ok(match target {
+        Target::Limit => Peer::Limit(SmtpSink::start()?),
+        Target::Postfix => {
+            let relay = SmtpSink::start()?;
+            let postfix = Postfix::start(&plan.work.join("postfix"), relay.addr)?;
+            Peer::Postfix {
+                postfix,
+                _relay: relay,
+            }
+        }
+        Target::Mxnode | Target::MxnodeSlow => {
+            let ca = Box::new(mxnode_tests::TestCa::new());
+            let delay = target.receiver_delay_ms().unwrap_or_default();
+            let sink = WebhookSink::start(&plan.sink, &ca, delay, SINK_THREADS)?;
+            Peer::Mxnode {
+                sink,
+                ca,
+                secret: mxnode_tests::new_webhook_secret(),
+            }
+        }
+    })
+}
+
+/// The scenario's SMTP server, and what makes its numbers honest.
+struct Under<'a> {
+    peer: &'a mut Peer,
+    addr: SocketAddr,
+    node: Option<Mxnode>,
+}
+
+impl Under<'_> {
+    /// Sends `count` messages with smtp-source and returns the seconds until all were
+    /// delivered (for Postfix: until its queue is empty).
+    fn timed(&mut self, message: &Message, sessions: usize, count: usize) -> anyhow::Result<f64> {
+        let before = self.delivered_before()?;
+        let started = Instant::now();
+        source::run(self.addr, &message.lf_file, sessions, count)?;
+        if let Peer::Postfix { postfix, .. } = self.peer {
+            postfix.wait_until_empty(QUEUE_DRAIN_TIMEOUT)?;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        self.check_delivered(before, count)?;
+        Ok(seconds)
+    }
+
+    /// The sink's counter before a run (mxnode targets).
+    fn delivered_before(&mut self) -> anyhow::Result<u64> {
+        match self.peer {
+            Peer::Mxnode { sink, .. } => sink.requests(),
+            Peer::Postfix { postfix, .. } => {
+                // Forget what earlier runs logged.
+                postfix.delivery_counts()?;
+                Ok(0)
+            }
+            Peer::Limit(_) => Ok(0),
+        }
+    }
+
+    /// Fails unless `count` messages arrived since `before`.
+    fn check_delivered(&mut self, before: u64, count: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + COUNT_TIMEOUT;
+        match self.peer {
+            Peer::Limit(_) => Ok(()),
+            Peer::Postfix { postfix, .. } => {
+                let (mut sent, mut other) = (0, 0);
+                loop {
+                    let (s, o) = postfix.delivery_counts()?;
+                    sent += s;
+                    other += o;
+                    if sent >= count || Instant::now() > deadline {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(50));
+                }
+                ensure!(
+                    sent == count && other == 0,
+                    "postfix relayed {sent} of {count} messages ({other} not sent)"
+                );
+                Ok(())
+            }
+            Peer::Mxnode { sink, .. } => {
+                let mut arrived = 0;
+                while Instant::now() < deadline {
+                    arrived = sink.requests()? - before;
+                    if arrived >= count as u64 {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(50));
+                }
+                ensure!(
+                    arrived == count as u64,
+                    "the webhook sink got {arrived} of {count} messages"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    fn latency(
+        &mut self,
+        message: &Message,
+        sessions: usize,
+        count: usize,
+        rate: f64,
+    ) -> anyhow::Result<LatencyRun> {
+        let before = self.delivered_before()?;
+        let result = latency::run(self.addr, message.wire.clone(), sessions, count, rate)?;
+        if let Peer::Postfix { postfix, .. } = self.peer {
+            postfix.wait_until_empty(QUEUE_DRAIN_TIMEOUT)?;
+        }
+        ensure!(
+            result.refused == 0,
+            "{} messages refused in the latency run",
+            result.refused
+        );
+        self.check_delivered(before, count)?;
+        Ok(result)
+    }
+}
+
+fn run_scenario(
+    plan: &Plan,
+    target: Target,
+    peer: &mut Peer,
+    message: &Message,
+    sessions: usize,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<Scenario> {
+    let (addr, node) = match peer {
+        Peer::Limit(sink) => (sink.addr, None),
+        Peer::Postfix { postfix, .. } => (postfix.addr, None),
+        Peer::Mxnode { sink, ca, secret } => {
+            let route = RouteTo {
+                webhook: &sink.url,
+                secret,
+                ca_pem: &ca.ca_pem,
+                domain: RCPT_DOMAIN,
+            };
+            let node = Mxnode::start(
+                &plan.mxnode,
+                &plan.mxnode_wrapper,
+                &plan.work.join("mxnode"),
+                &route,
+            )?;
+            (node.addr, Some(node))
+        }
+    };
+    let mut under = Under { peer, addr, node };
+    let idle = match &mut under.node {
+        Some(node) => {
+            thread::sleep(IDLE_SETTLE);
+            Some(node.rss()?.0)
+        }
+        None => None,
+    };
+
+    let warmup = (2 * sessions).max(MIN_WARMUP);
+    let warmup_seconds = under.timed(message, sessions, warmup)?;
+    let estimate = warmup as f64 / warmup_seconds;
+    let count = ((estimate * plan.seconds) as usize).clamp(MIN_RUN.max(2 * sessions), MAX_RUN);
+    let mut runs = Vec::new();
+    for _ in 0..plan.runs {
+        let seconds = under.timed(message, sessions, count)?;
+        runs.push(Run {
+            messages: count,
+            seconds,
+            rate: count as f64 / seconds,
+        });
+    }
+    let rate = median(&runs.iter().map(|r| r.rate).collect::<Vec<_>>()).unwrap_or(0.0);
+    progress(&format!(
+        "  runs: {}",
+        runs.iter()
+            .map(|r| format!("{:.1}", r.rate))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+
+    let latency_rate = rate / 2.0;
+    let latency_count =
+        ((latency_rate * plan.latency_seconds) as usize).clamp(MIN_LATENCY, MAX_LATENCY);
+    let latency = under.latency(message, sessions, latency_count, latency_rate)?;
+
+    let (memory, store_on) = match (&mut under.node, idle) {
+        (Some(node), Some(idle)) => {
+            node.ensure_running()?;
+            let (_, peak) = node.rss()?;
+            thread::sleep(IDLE_SETTLE);
+            let (after, _) = node.rss()?;
+            let in_flight = (sessions * message.size) as f64;
+            let mib = |bytes: f64| bytes / f64::from(1 << 20);
+            let memory = Memory {
+                idle_mib: mib(idle as f64),
+                peak_mib: mib(peak as f64),
+                in_flight_mib: mib(in_flight),
+                per_in_flight_mib: (peak as f64 - idle as f64) / in_flight,
+                after_mib: mib(after as f64),
+            };
+            (Some(memory), Some(node.store_is_on()))
+        }
+        _ => (None, None),
+    };
+    Ok(Scenario {
+        target,
+        size: message.size,
+        size_label: size_label(message.size),
+        sessions,
+        runs,
+        rate,
+        ratio_to_postfix: None,
+        ratio_to_limit: None,
+        latency,
+        receiver_delay_ms: target.receiver_delay_ms(),
+        memory,
+        store_on,
+    })
+}
+
+/// Fills in each scenario's ratio to Postfix and to the limit of the same size and sessions.
+fn add_ratios(scenarios: &mut [Scenario]) {
+    let rate_of = |scenarios: &[Scenario], target: Target, size: usize, sessions: usize| {
+        scenarios
+            .iter()
+            .find(|s| s.target == target && s.size == size && s.sessions == sessions)
+            .map(|s| s.rate)
+    };
+    let snapshot = scenarios.to_vec();
+    for scenario in scenarios.iter_mut() {
+        let (size, sessions) = (scenario.size, scenario.sessions);
+        scenario.ratio_to_postfix =
+            rate_of(&snapshot, Target::Postfix, size, sessions).map(|p| scenario.rate / p);
+        scenario.ratio_to_limit =
+            rate_of(&snapshot, Target::Limit, size, sessions).map(|l| scenario.rate / l);
+    }
+}

@@ -1,0 +1,204 @@
+//! `GET/PUT /api/v1/settings`: the [`SettingsBackend`] the controller reads and writes through,
+//! secret masking, and [`FileSettings`], a read-only stand-in serving the config file.
+//!
+//! Secrets are write-only: whatever a backend returns, the controller masks every value under a
+//! secret key ([`SECRET_KEYS`]) before it leaves the node.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::{Api, ApiError, Caller, FieldError, Scope};
+use crate::config::{AttachmentMode, Config, ConfigError};
+
+/// What a set secret reads back as.
+pub const MASK: &str = "********";
+/// Keys whose values are secrets wherever they appear in a settings document.
+pub const SECRET_KEYS: [&str; 2] = ["webhook_secret", "secret_access_key"];
+/// Top-level sections of a settings document.
+pub const SECTIONS: [&str; 3] = ["routes", "s3", "retention"];
+
+/// The node's live settings (routes, S3 connections, retention).
+pub trait SettingsBackend: Send + Sync {
+    /// The live settings document, secrets masked ("********" when set, null when not).
+    fn current(&self) -> Value;
+    /// Validates and applies a new document (replaces the sections present: "routes", "s3",
+    /// "retention"); secrets that are absent or "********" keep their stored value. Returns the
+    /// new masked document, or every problem named by key.
+    fn apply(&self, document: Value) -> Result<Value, Vec<ConfigError>>;
+    /// Whether [`SettingsBackend::apply`] is supported; when not, `PUT` answers 501.
+    fn writable(&self) -> bool {
+        true
+    }
+}
+
+/// `value` with every non-null value under a [`SECRET_KEYS`] key replaced by [`MASK`].
+pub fn mask_secrets(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(key, value)| {
+                    let value = if SECRET_KEYS.contains(&key.as_str()) && !value.is_null() {
+                        Value::String(MASK.into())
+                    } else {
+                        mask_secrets(value)
+                    };
+                    (key, value)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(mask_secrets).collect()),
+        other => other,
+    }
+}
+
+/// A duration the way the config file writes it: `30s`, `5m`, `24h`, `90d`, `250ms`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    match s {
+        0 => "0s".into(),
+        // `24h` reads better than `1d`; `90d` better than `2160h`.
+        s if s % 86_400 == 0 && s > 86_400 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// The settings sections of a validated config as a document, secrets masked.
+pub fn document_of(config: &Config) -> Value {
+    let routes: Vec<Value> = config
+        .routes
+        .iter()
+        .map(|r| {
+            json!({
+                "match": r.name,
+                "webhook": r.webhook,
+                "webhook_secret": MASK,
+                "webhook_ca": r.webhook_ca.as_ref().map(|p| p.display().to_string()),
+                "webhook_budget": format_duration(r.webhook_budget),
+                "attachments": match r.attachments {
+                    AttachmentMode::Inline => "inline",
+                    AttachmentMode::S3 => "s3",
+                },
+                "s3": r.s3,
+            })
+        })
+        .collect();
+    let s3: Map<String, Value> = config
+        .s3
+        .iter()
+        .map(|(name, s)| {
+            let secret = (!s.secret_access_key.expose().is_empty()).then_some(MASK);
+            (
+                name.clone(),
+                json!({
+                    "endpoint": s.endpoint,
+                    "bucket": s.bucket,
+                    "region": s.region,
+                    "access_key_id": s.access_key_id,
+                    "secret_access_key": secret,
+                    "path_style": s.path_style,
+                }),
+            )
+        })
+        .collect();
+    json!({
+        "routes": routes,
+        "s3": s3,
+        "retention": {
+            "metadata": format_duration(config.retention.metadata),
+            "audit": format_duration(config.retention.audit),
+            "store_subject": config.retention.store_subject,
+        },
+    })
+}
+
+/// TEMPORARY stand-in until the live settings backend (persisted in the store, applied without
+/// restart) is wired in: serves the config file's settings, masked, and refuses changes
+/// (`PUT` answers 501).
+#[derive(Debug)]
+pub struct FileSettings {
+    document: Value,
+}
+
+impl FileSettings {
+    pub fn new(config: &Config) -> FileSettings {
+        FileSettings {
+            document: document_of(config),
+        }
+    }
+}
+
+impl SettingsBackend for FileSettings {
+    fn current(&self) -> Value {
+        self.document.clone()
+    }
+
+    fn apply(&self, _document: Value) -> Result<Value, Vec<ConfigError>> {
+        Err(vec![ConfigError {
+            key: String::new(),
+            message: "settings cannot be changed at run time by this version".into(),
+        }])
+    }
+
+    fn writable(&self) -> bool {
+        false
+    }
+}
+
+impl Api {
+    /// `GET /api/v1/settings` (`settings:read`).
+    pub fn get_settings(&self, caller: &Caller) -> Result<Value, ApiError> {
+        self.authenticate(caller, Scope::SettingsRead)?;
+        Ok(mask_secrets(self.settings.current()))
+    }
+
+    /// `PUT /api/v1/settings` (`settings:write`): replaces the sections the document holds.
+    pub fn put_settings(&self, caller: &Caller, body: &[u8]) -> Result<Value, ApiError> {
+        let principal = self.authenticate(caller, Scope::SettingsWrite)?;
+        if !self.settings.writable() {
+            return Err(ApiError::new(
+                501,
+                "not_implemented",
+                "this node cannot change settings at run time yet; edit the config file",
+            ));
+        }
+        let document: Value = super::emails::parse_body(body)?;
+        let Some(object) = document.as_object() else {
+            return Err(ApiError::invalid(
+                "invalid_body",
+                "the settings document must be a JSON object",
+                Vec::new(),
+            ));
+        };
+        let sections: Vec<&str> = SECTIONS
+            .into_iter()
+            .filter(|s| object.contains_key(*s))
+            .collect();
+        let target = sections.join(",");
+        match self.settings.apply(document) {
+            Ok(applied) => {
+                self.audit_best_effort(
+                    &principal.actor(),
+                    "settings.update",
+                    (!target.is_empty()).then_some(target),
+                    None,
+                );
+                Ok(mask_secrets(applied))
+            }
+            Err(errors) => Err(ApiError::invalid(
+                "invalid_settings",
+                format!("{} problem(s) in the settings document", errors.len()),
+                errors
+                    .into_iter()
+                    .map(|e| FieldError::new(e.key, e.message))
+                    .collect(),
+            )),
+        }
+    }
+}

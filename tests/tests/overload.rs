@@ -1,0 +1,441 @@
+//! Overload (issue 8, DESIGN invariant 3): more clients than the node takes, clients that
+//! trickle, a flood from one address, and more message bytes than the in-flight budget. The
+//! node must refuse cleanly (`421`, `452`, `451`), keep serving everyone else, and stay within
+//! its memory bounds.
+//!
+//! Other client hosts are played from other loopback addresses (127.0.0.2, …: the node sees
+//! every local client as 127.0.0.1 otherwise). Timing assertions are bounds that hold on a
+//! loaded two-core machine, never tight figures.
+
+use std::io::Read as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mxnode_tests::{
+    Node, NodeConfig, Receiver, Reply, RouteConfig, SmtpClient, TestCa, new_webhook_secret,
+};
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+/// A second and third client host.
+const HOST_B: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+const HOST_C: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+
+/// File descriptors the test process needs for 2,000 connections, plus margin; the node it
+/// starts inherits the limit and needs as many for their other ends.
+const NEEDED_FILES: u64 = 2_500;
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (the node inherits it).
+fn raise_file_limit() {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    assert!(
+        hard >= NEEDED_FILES,
+        "the hard RLIMIT_NOFILE {hard} is below the {NEEDED_FILES} this test needs"
+    );
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raise RLIMIT_NOFILE");
+    }
+}
+
+fn message(subject: &str) -> Vec<u8> {
+    format!("From: <a@example.org>\r\nSubject: {subject}\r\n\r\nhello\r\n").into_bytes()
+}
+
+/// A node with one route to `path` on a fresh receiver, with `config`'s limits.
+fn node_with(config: NodeConfig, path: &str) -> (TestCa, Receiver, Node) {
+    let ca = TestCa::new();
+    let receiver = Receiver::start(&ca, &new_webhook_secret());
+    let node = Node::start(&config.route(RouteConfig::to_receiver(
+        "*@in.example.test",
+        &receiver,
+        path,
+    )));
+    (ca, receiver, node)
+}
+
+#[test]
+fn two_thousand_connections_get_a_session_or_a_clean_421() {
+    const CONNECTIONS: usize = 2_000;
+    const MAX_SESSIONS: usize = 300;
+    raise_file_limit();
+    let (_ca, receiver, node) = node_with(
+        NodeConfig::new()
+            .max_sessions(MAX_SESSIONS as u64)
+            .max_sessions_per_ip(10_000),
+        "/ok",
+    );
+    let addr = node.smtp_addr();
+    // All connections first, then the greetings: the sessions that got in hold their slots.
+    let streams: Vec<TcpStream> = (0..CONNECTIONS)
+        .map(|i| {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(120))
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"))
+        })
+        .collect();
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for (i, mut stream) in streams.into_iter().enumerate() {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .expect("timeout");
+        let mut greeting = Vec::new();
+        let mut byte = [0u8; 1];
+        while !greeting.ends_with(b"\r\n") {
+            match stream.read(&mut byte) {
+                Ok(1) => greeting.push(byte[0]),
+                other => panic!("connection {i}: no greeting ({other:?})"),
+            }
+        }
+        let text = String::from_utf8_lossy(&greeting).into_owned();
+        if text.starts_with("220 ") {
+            admitted.push(stream);
+        } else {
+            assert!(
+                text.starts_with("421 4.7.0 "),
+                "connection {i} got {text:?}"
+            );
+            // Refused cleanly: the node closes the connection after its 421.
+            let mut rest = Vec::new();
+            let closed = stream.read_to_end(&mut rest);
+            assert!(
+                matches!(closed, Ok(0)),
+                "connection {i}: {closed:?} {rest:?}"
+            );
+            refused += 1;
+        }
+    }
+    assert_eq!(
+        admitted.len(),
+        MAX_SESSIONS,
+        "max_sessions bounds the sessions"
+    );
+    assert_eq!(refused, CONNECTIONS - MAX_SESSIONS);
+    let descriptors = std::fs::read_dir(format!("/proc/{}/fd", node.pid()))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(
+        descriptors < MAX_SESSIONS + 200,
+        "the node holds no descriptor for refused connections: {descriptors}"
+    );
+
+    // The admitted sessions all work; once they are gone a new client is served.
+    for (i, stream) in admitted.iter_mut().enumerate() {
+        use std::io::Write as _;
+        stream
+            .write_all(b"QUIT\r\n")
+            .unwrap_or_else(|e| panic!("session {i}: {e}"));
+    }
+    for (i, mut stream) in admitted.into_iter().enumerate() {
+        let mut reply = Vec::new();
+        stream.read_to_end(&mut reply).expect("read the 221");
+        assert!(reply.starts_with(b"221 "), "session {i}: {reply:?}");
+    }
+    let mut client = SmtpClient::connect(addr);
+    let reply = client.send_mail("a@example.org", &["bob@in.example.test"], &message("after"));
+    assert_eq!(reply.code, 250, "{reply}");
+    assert_eq!(receiver.received().len(), 1);
+}
+
+/// How a trickling client's session ended.
+#[derive(Debug)]
+struct Trickled {
+    /// The node's last reply, if it sent one before closing.
+    last: Option<Reply>,
+    /// How long the client trickled before the node closed the session.
+    lasted: Duration,
+}
+
+/// Connects from `source`, optionally opens a transaction up to `DATA`, then sends one byte
+/// per second (never a line end) until the node closes the session or `give_up` passes.
+fn trickle(addr: SocketAddr, source: IpAddr, in_data: bool, give_up: Duration) -> Trickled {
+    let start = Instant::now();
+    let mut client = match SmtpClient::try_connect_from(addr, source) {
+        Ok(client) => client,
+        Err(e) => panic!("slowloris connect: {e}"),
+    };
+    if client.greeting().code != 220 {
+        return Trickled {
+            last: Some(client.greeting().clone()),
+            lasted: start.elapsed(),
+        };
+    }
+    if in_data {
+        client.ehlo("slow.test");
+        assert_eq!(client.command("MAIL FROM:<s@example.org>").code, 250);
+        assert_eq!(client.command("RCPT TO:<bob@in.example.test>").code, 250);
+        assert_eq!(client.command("DATA").code, 354);
+    }
+    let started = Instant::now();
+    let mut last = None;
+    while started.elapsed() < give_up {
+        if client.try_send(b"a").is_err() {
+            break;
+        }
+        match client.replies_within(Duration::from_secs(1)) {
+            Ok(replies) if !replies.is_empty() => {
+                last = replies.last().cloned();
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    Trickled {
+        last,
+        lasted: started.elapsed(),
+    }
+}
+
+#[test]
+fn slowloris_clients_do_not_starve_normal_senders_and_are_cut_at_the_line_timeout() {
+    const TIMEOUT_SECS: u64 = 4;
+    const SLOW_PER_HOST: usize = 12;
+    const PER_IP: u64 = 8;
+    let (_ca, receiver, node) = node_with(
+        NodeConfig::new()
+            .command_timeout(&format!("{TIMEOUT_SECS}s"))
+            .data_timeout(&format!("{TIMEOUT_SECS}s"))
+            .max_sessions(50)
+            .max_sessions_per_ip(PER_IP),
+        "/ok",
+    );
+    let addr = node.smtp_addr();
+    let give_up = Duration::from_secs(TIMEOUT_SECS * 6);
+    let slow: Vec<_> = (0..SLOW_PER_HOST * 2)
+        .map(|i| {
+            let (host, in_data) = if i % 2 == 0 {
+                (HOST_B, false)
+            } else {
+                (HOST_C, true)
+            };
+            thread::spawn(move || trickle(addr, host, in_data, give_up))
+        })
+        .collect();
+    // Let the tricklers take their slots, then send normal mail while they trickle.
+    thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    for n in 0..10 {
+        let sent = Instant::now();
+        let mut client = SmtpClient::connect(addr);
+        let reply = client.send_mail(
+            "a@example.org",
+            &["bob@in.example.test"],
+            &message(&format!("normal {n}")),
+        );
+        assert_eq!(reply.code, 250, "normal sender {n}: {reply}");
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "normal sender {n} waited {:?}",
+            sent.elapsed()
+        );
+    }
+    let normal_took = started.elapsed();
+    let results: Vec<Trickled> = slow
+        .into_iter()
+        .map(|t| t.join().expect("trickler"))
+        .collect();
+    let refused = results
+        .iter()
+        .filter(|t| {
+            t.last
+                .as_ref()
+                .is_some_and(|r| r.code == 421 && r.enhanced_code() == Some("4.7.0"))
+        })
+        .count();
+    let cut = results
+        .iter()
+        .filter(|t| {
+            t.last
+                .as_ref()
+                .is_some_and(|r| r.code == 421 && r.enhanced_code() == Some("4.4.2"))
+        })
+        .collect::<Vec<_>>();
+    // Each address gets PER_IP sessions; the rest were refused at connect.
+    assert_eq!(
+        refused,
+        2 * (SLOW_PER_HOST - PER_IP as usize),
+        "{results:?}"
+    );
+    assert_eq!(cut.len(), 2 * PER_IP as usize, "{results:?}");
+    for t in &cut {
+        // Cut although a byte arrived every second: the line's time was up.
+        assert!(
+            t.lasted < Duration::from_secs(TIMEOUT_SECS + 8),
+            "a trickler lasted {:?}",
+            t.lasted
+        );
+    }
+    assert_eq!(receiver.received().len(), 10, "only the normal messages");
+    eprintln!(
+        "slowloris: {} trickling sessions cut after {:?}..{:?}, {} refused; 10 normal messages took {normal_took:?}",
+        cut.len(),
+        cut.iter().map(|t| t.lasted).min(),
+        cut.iter().map(|t| t.lasted).max(),
+        refused
+    );
+}
+
+#[test]
+fn a_flood_from_one_address_is_throttled_without_hurting_others() {
+    const PER_IP: u64 = 10;
+    const FLOOD: usize = 200;
+    raise_file_limit();
+    let (_ca, receiver, node) = node_with(
+        NodeConfig::new()
+            .max_sessions(100)
+            .max_sessions_per_ip(PER_IP),
+        "/ok",
+    );
+    let addr = node.smtp_addr();
+    // The flood: many connections from one address, held open, plus a connect/quit storm.
+    let held: Vec<SmtpClient> = (0..FLOOD)
+        .map(|_| SmtpClient::try_connect_from(addr, HOST_B).expect("flood connect"))
+        .collect();
+    let admitted = held.iter().filter(|c| c.greeting().code == 220).count();
+    let refused = held
+        .iter()
+        .filter(|c| c.greeting().code == 421 && c.greeting().text().contains("your address"))
+        .count();
+    assert_eq!(
+        admitted, PER_IP as usize,
+        "the flood gets its address's share"
+    );
+    assert_eq!(refused, FLOOD - PER_IP as usize);
+    let stop = Arc::new(AtomicBool::new(false));
+    let storm = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut refused = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok(client) = SmtpClient::try_connect_from(addr, HOST_B) {
+                    refused += usize::from(client.greeting().code == 421);
+                }
+            }
+            refused
+        })
+    };
+    // Everyone else is served as if nothing happened.
+    let others: Vec<_> = [HOST_C, IpAddr::V4(Ipv4Addr::LOCALHOST)]
+        .into_iter()
+        .map(|host| {
+            thread::spawn(move || {
+                let mut codes = Vec::new();
+                for n in 0..10 {
+                    let mut client = SmtpClient::try_connect_from(addr, host).expect("connect");
+                    let reply = client.send_mail(
+                        "a@example.org",
+                        &["bob@in.example.test"],
+                        &message(&format!("{host} {n}")),
+                    );
+                    codes.push(reply.code);
+                }
+                codes
+            })
+        })
+        .collect();
+    for other in others {
+        let codes = other.join().expect("sender");
+        assert!(codes.iter().all(|&c| c == 250), "{codes:?}");
+    }
+    stop.store(true, Ordering::SeqCst);
+    let storm_refused = storm.join().expect("storm");
+    assert!(
+        storm_refused > 0,
+        "the storm was refused while the flood held its slots"
+    );
+    assert_eq!(receiver.received().len(), 20);
+    drop(held);
+}
+
+/// One 20 MiB message, dot-stuffed and terminated, as the senders put it on the wire.
+fn big_message() -> Vec<u8> {
+    const SIZE: usize = 20 << 20;
+    let line = format!("{}\r\n", "a".repeat(76));
+    let mut data = b"From: <a@example.org>\r\nSubject: big\r\n\r\n".to_vec();
+    while data.len() < SIZE {
+        data.extend_from_slice(line.as_bytes());
+    }
+    data.extend_from_slice(b".\r\n");
+    data
+}
+
+#[test]
+fn in_flight_budget_holds_under_fifty_parallel_20_mib_messages() {
+    const SENDERS: usize = 50;
+    const BUDGET_MIB: u64 = 100;
+    let (_ca, receiver, node) = node_with(
+        NodeConfig::new()
+            .max_message_size("25MiB")
+            .max_in_flight(&format!("{BUDGET_MIB}MiB"))
+            .max_sessions_per_ip(100),
+        "/sink",
+    );
+    let addr = node.smtp_addr();
+    let data = Arc::new(big_message());
+    let started = Instant::now();
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|i| {
+            let data = data.clone();
+            thread::spawn(move || {
+                let mut client = SmtpClient::connect(addr);
+                client.ehlo("client.test");
+                // Half declare their size (refused at DATA when it cannot fit), half do not
+                // (refused at the end of data once the budget runs out).
+                let mail = if i % 2 == 0 {
+                    format!("MAIL FROM:<a@example.org> SIZE={}", data.len())
+                } else {
+                    "MAIL FROM:<a@example.org>".to_string()
+                };
+                assert_eq!(client.command(&mail).code, 250);
+                assert_eq!(client.command("RCPT TO:<bob@in.example.test>").code, 250);
+                let reply = client.command("DATA");
+                if reply.code != 354 {
+                    return reply;
+                }
+                client.send(&data);
+                client.read_reply()
+            })
+        })
+        .collect();
+    let replies: Vec<Reply> = senders
+        .into_iter()
+        .map(|s| s.join().expect("sender"))
+        .collect();
+    let took = started.elapsed();
+    let peak_kib = node.peak_rss_kib();
+    let accepted = replies.iter().filter(|r| r.code == 250).count();
+    let at_data = replies.iter().filter(|r| r.code == 452).count();
+    let at_end = replies.iter().filter(|r| r.code == 451).count();
+    for reply in &replies {
+        let ok = reply.code == 250
+            || (matches!(reply.code, 451 | 452) && reply.enhanced_code() == Some("4.3.1"));
+        assert!(ok, "{reply}");
+    }
+    assert!(accepted > 0, "the budget lets messages through");
+    assert!(
+        at_data + at_end > 0,
+        "50 × 20 MiB exceed a {BUDGET_MIB} MiB budget"
+    );
+    let received = receiver.received();
+    assert_eq!(received.len(), accepted, "one delivery per 250");
+    assert!(
+        received
+            .iter()
+            .all(|r| r.acknowledged && r.body_bytes > 20 << 20)
+    );
+    let budget_kib = BUDGET_MIB * 1024;
+    eprintln!(
+        "in-flight budget {BUDGET_MIB} MiB, {SENDERS} × 20 MiB in parallel: {accepted} accepted, \
+         {at_data} refused at DATA (452), {at_end} at the end of data (451) in {took:?}; \
+         peak RSS (VmHWM) {} MiB",
+        peak_kib / 1024
+    );
+    // Each message in memory is held as received, as parsed text and as its JSON payload, so
+    // the node may need a few times the budget, never the 1 GiB that was sent.
+    assert!(
+        peak_kib < 6 * budget_kib,
+        "peak RSS {peak_kib} KiB is not within 6 × the {budget_kib} KiB budget"
+    );
+}
