@@ -259,6 +259,7 @@ pub async fn deliver(router: &Router, tx: Transaction, peer: &PeerInfo) -> Deliv
                     recipients,
                     webhook: None,
                     webhook_latency: None,
+                    s3_latency: None,
                 }
             })
             .collect();
@@ -285,6 +286,7 @@ pub async fn deliver(router: &Router, tx: Transaction, peer: &PeerInfo) -> Deliv
         async move {
             let deadline = Instant::now() + route.budget;
             // Content goes to S3 first: the payload points at it, and without it no webhook.
+            let s3_started = Instant::now();
             let stored = match &route.storage {
                 None => Stored::default(),
                 Some(storage) => {
@@ -300,11 +302,13 @@ pub async fn deliver(router: &Router, tx: Transaction, peer: &PeerInfo) -> Deliv
                                 recipients,
                                 webhook: None,
                                 webhook_latency: None,
+                                s3_latency: Some(s3_started.elapsed()),
                             };
                         }
                     }
                 }
             };
+            let s3_latency = route.storage.as_ref().map(|_| s3_started.elapsed());
             // The raw bytes are stored (or not needed); the rendered body is all that waits on
             // the receiver from here on.
             drop(raw);
@@ -332,6 +336,7 @@ pub async fn deliver(router: &Router, tx: Transaction, peer: &PeerInfo) -> Deliv
                 recipients,
                 webhook: Some(outcome),
                 webhook_latency: Some(posted.elapsed()),
+                s3_latency,
             }
         }
     })
@@ -381,6 +386,8 @@ pub struct RouteReport {
     /// `None` when the message was refused before any delivery.
     pub webhook: Option<WebhookOutcome>,
     pub webhook_latency: Option<Duration>,
+    /// Time the route's S3 uploads took, when it stores in S3.
+    pub s3_latency: Option<Duration>,
 }
 
 /// Everything the node may remember about one transaction's delivery (DESIGN §6): the outcome

@@ -371,7 +371,11 @@ pub async fn run(raw: RawConfig, config: Config) -> Result<(), StartError> {
             other => break other,
         }
     };
-    log::info!("received {signal:?}: no new sessions; finishing transactions in flight");
+    let signal = match signal {
+        Some(Ok(signal)) => format!("{signal:?}").to_uppercase(),
+        _ => "the end of the signal stream".to_string(),
+    };
+    log::info!("received {signal}: no new sessions; finishing transactions in flight");
     crate::notify::notify("STOPPING=1");
     drop(stop);
     accepting.await;

@@ -83,6 +83,9 @@ impl Server {
             if let Some(latency) = route.webhook_latency {
                 self.metrics.webhook_latency(latency);
             }
+            if let Some(latency) = route.s3_latency {
+                self.metrics.s3_latency(latency);
+            }
         }
         let Some(store) = self.store.clone() else {
             return;
