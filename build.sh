@@ -52,6 +52,8 @@ missing_packages() {
     command -v pkg-config >/dev/null || missing+=(pkg-config)        # finds OpenSSL for native-tls
     dpkg_installed libssl-dev || missing+=(libssl-dev)               # native-tls (OpenSSL)
     command -v c++ >/dev/null || missing+=(g++)                      # compiles RocksDB's C++
+    [ -x /usr/bin/chromium ] || missing+=(chromium)                  # browser of the console tests (ui.rs)
+    command -v npm >/dev/null || missing+=(npm)                      # installs playwright-core
     printf '%s\n' "${missing[@]}"
 }
 
@@ -119,6 +121,20 @@ ensure_schemathesis() {
         "$SCHEMATHESIS_VENV/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
     fi
     export MXNODE_SCHEMATHESIS="$bin"
+}
+
+# The browser driver of tests/tests/ui.rs (npm), pinned by tests/ui/package-lock.json and
+# installed into tests/ui/node_modules (git-ignored). It drives Debian's /usr/bin/chromium and
+# never downloads a browser of its own.
+PLAYWRIGHT_VERSION=1.57.0
+
+ensure_playwright() {
+    local installed
+    installed="$(cd tests/ui && node -p 'require("playwright-core/package.json").version' 2>/dev/null || true)"
+    if [ "$installed" != "$PLAYWRIGHT_VERSION" ]; then
+        log "installing playwright-core $PLAYWRIGHT_VERSION into tests/ui/node_modules"
+        (cd tests/ui && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+    fi
 }
 
 # Host tools of the appliance image and of its VM tests (DESIGN §8), each with the check that
@@ -224,8 +240,11 @@ cmd_bench() {
         exit 1
     fi
     install_bench_dependencies
-    log "cargo build --release -p mxnode -p mxnode-bench"
-    cargo build --release -p mxnode -p mxnode-bench --bins
+    # Two builds: together, cargo would unify features with the bench crate's dependencies and
+    # benchmark a different mxnode binary from the one `image` ships.
+    log "cargo build --release -p mxnode; cargo build --release -p mxnode-bench"
+    cargo build --release -p mxnode
+    cargo build --release -p mxnode-bench --bins
     mkdir -p "$BENCH_OUT"
     log "MIME to payload: cargo bench -p mxnode-bench --bench parse"
     MXNODE_BENCH_OUT="$BENCH_OUT" cargo bench -p mxnode-bench --bench parse >"$BENCH_OUT/parse.md"
@@ -324,6 +343,7 @@ cmd_test() {
     ensure_rust_tools
     ensure_s3_server
     ensure_schemathesis
+    ensure_playwright
     log "cargo fmt --check"
     cargo fmt --all -- --check
     log "cargo clippy"

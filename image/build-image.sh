@@ -48,7 +48,7 @@ readonly KEEP_IMAGES=3
 # shellcheck source=layout.env
 . "$here/layout.env"
 
-log() { printf '==> image: %s\n' "$*" >&2; }
+log() { printf '==> image [%4ss]: %s\n' "$SECONDS" "$*" >&2; }
 
 sha256_of_files() { (cd "$repo" && find "$@" -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16; }
 
@@ -67,7 +67,7 @@ base_key=$(sha256_of_files image/base.sh image/packages image/module-excludes)
 image_key=$( {
     echo "$base_key $version"
     sha256sum <"$binary"
-    sha256_of_files image/build-image.sh image/layout.env image/esp image/rootfs systemd firmware-config README.md
+    sha256_of_files image/build-image.sh image/layout.env image/esp image/rootfs systemd firmware-config
 } | sha256sum | cut -c1-16)
 
 exec 9>"$cache/lock"
@@ -131,14 +131,13 @@ if [ -n "${MXNODE_IMAGE_REFRESH:-}" ] || [ ! -f "$image_dir/SHA256SUMS" ]; then
     install -D -m 0644 "$repo/firmware-config/update-keys.txt" "$rootfs/usr/share/mxnode/update-keys.txt"
     install -D -m 0644 "$repo/firmware-config/kernel-cmdline" "$rootfs/usr/share/mxnode/kernel-cmdline"
     install -D -m 0644 "$here/layout.env" "$rootfs/usr/share/mxnode/layout.env"
-    install -D -m 0644 "$repo/README.md" "$rootfs/usr/share/doc/mxnode/README.md"
 
     chroot "$rootfs" systemd-sysusers
     [ "$(chroot "$rootfs" id -u mxnode):$(chroot "$rootfs" id -g mxnode)" = "$MXNODE_UID:$MXNODE_UID" ] || { echo "mxnode must have uid and gid $MXNODE_UID" >&2; exit 1; }
     chroot "$rootfs" systemctl enable --quiet \
         systemd-networkd.service systemd-resolved.service systemd-timesyncd.service \
         mxnode.service mxnode-data.service mxnode-tls.service mxnode-health.service \
-        mxnode-banner.service mxnode-banner.path mxnode-status.service
+        mxnode-banner.service mxnode-banner.path mxnode-status.service mxnode-network.service
     chroot "$rootfs" systemctl set-default --quiet multi-user.target
     # Jobs that make no sense on a read-only appliance without LVM or package database.
     chroot "$rootfs" systemctl mask --quiet e2scrub_all.timer e2scrub_reap.service \
@@ -151,7 +150,7 @@ if [ -n "${MXNODE_IMAGE_REFRESH:-}" ] || [ ! -f "$image_dir/SHA256SUMS" ]; then
 tmpfs                  /var                   tmpfs  mode=0755,nosuid,nodev,size=25%        0 0
 tmpfs                  /tmp                   tmpfs  mode=1777,nosuid,nodev,size=10%        0 0
 PARTUUID=$STATE_UUID  /var/lib/mxnode-state  ext4   nosuid,nodev,noexec,noatime           0 2
-PARTUUID=$ESP_UUID  /efi                   vfat   umask=0077,nosuid,nodev,noexec,noauto,x-systemd.automount,x-systemd.idle-timeout=60  0 2
+PARTUUID=$ESP_UUID  /efi                   vfat   umask=0077,nosuid,nodev,noexec,noauto,x-systemd.automount,x-systemd.idle-timeout=60  0 0
 # /var/lib/mxnode: the LUKS2 data volume, created, unlocked and mounted by mxnode-data.service.
 FSTAB
     mkdir -p "$rootfs/efi" "$rootfs/var/lib/mxnode-state" "$rootfs/var/lib/mxnode"

@@ -8,14 +8,14 @@
 # a real box. The overlay, the UEFI variables and the TPM state live in IMAGE_DIR/../vm/ and
 # persist between runs, like a device would; --fresh starts from the image again.
 #
-# Ports: MXNODE_VM_SMTP_PORT (default 2525) -> 25, MXNODE_VM_HTTPS_PORT (default 8443) -> 443,
+# Ports: MXNODE_VM_SMTP_PORT (default 10025) -> 25, MXNODE_VM_HTTPS_PORT (default 10443) -> 443,
 # bound to 127.0.0.1 only.
 set -euo pipefail
 
 image_dir=${1:?usage: vm.sh IMAGE_DIR [--fresh]}
 fresh=${2:-}
-smtp_port=${MXNODE_VM_SMTP_PORT:-2525}
-https_port=${MXNODE_VM_HTTPS_PORT:-8443}
+smtp_port=${MXNODE_VM_SMTP_PORT:-10025}
+https_port=${MXNODE_VM_HTTPS_PORT:-10443}
 disk_size=${MXNODE_VM_DISK_SIZE:-8G}
 memory=${MXNODE_VM_MEMORY:-2048}
 readonly OVMF_CODE=/usr/share/OVMF/OVMF_CODE_4M.fd

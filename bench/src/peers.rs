@@ -86,6 +86,29 @@ impl Drop for Child {
     }
 }
 
+/// Clock ticks per second of `/proc/PID/stat` times: `USER_HZ`, 100 on every Linux
+/// architecture we run on (the kernel ABI keeps it fixed whatever the kernel's own HZ).
+const USER_HZ: f64 = 100.0;
+
+/// CPU time (user + system, all threads) process `pid` has used so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; the fields after it start at its `)`.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("malformed /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12th and 13th after the `)`.
+    let ticks = |index: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(index)
+            .context("short /proc/PID/stat")?
+            .parse::<f64>()?)
+    };
+    Ok((ticks(11)? + ticks(12)?) / USER_HZ)
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("find a free port")?;
@@ -407,6 +430,11 @@ impl WebhookSink {
             child,
             _stdout: reader.into_inner(),
         })
+    }
+
+    /// The sink's process id, for its CPU time.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
     }
 
     /// POSTs answered since the sink started.

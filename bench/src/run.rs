@@ -150,6 +150,10 @@ pub struct Scenario {
     pub memory: Option<Memory>,
     /// Whether mxnode's metadata store wrote a database.
     pub store_on: Option<bool>,
+    /// CPU time of mxnode per message in the timed runs, microseconds (all threads).
+    pub cpu_us_per_message: Option<f64>,
+    /// CPU time of the webhook sink per message: what the receiver costs on this machine.
+    pub sink_cpu_us_per_message: Option<f64>,
 }
 
 /// Where messages go for one target, and how to tell that they arrived.
@@ -175,6 +179,11 @@ struct Message {
 }
 
 /// Runs the whole plan; `progress` hears one line per step.
+///
+/// Targets are interleaved: for each size × session count, every target gets its warm-up, then
+/// timed run 1 of every target, run 2 of every target, and so on, then the latency runs. Load
+/// from elsewhere on the machine then hits all targets alike instead of whichever ran during it,
+/// which is what keeps the ratios meaningful on a shared machine.
 pub fn run(plan: &Plan, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<Scenario>> {
     std::fs::create_dir_all(&plan.work)
         .with_context(|| format!("create {}", plan.work.display()))?;
@@ -183,26 +192,22 @@ pub fn run(plan: &Plan, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<Sc
         .iter()
         .map(|&size| write_message(&plan.work, size))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut peers = plan
+        .targets
+        .iter()
+        .map(|&target| Ok((target, start_peer(plan, target)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut scenarios = Vec::new();
-    for &target in &plan.targets {
-        let mut peer = start_peer(plan, target)?;
-        for message in &messages {
-            for &sessions in &plan.sessions {
+    for message in &messages {
+        for &sessions in &plan.sessions {
+            let group = format!("{} × {sessions} sessions", size_label(message.size));
+            progress(&group);
+            let results = run_group(plan, &mut peers, message, sessions, progress)
+                .with_context(|| group.clone())?;
+            for scenario in &results {
                 progress(&format!(
-                    "{} × {} × {sessions} sessions",
-                    target.name(),
-                    size_label(message.size)
-                ));
-                let scenario = run_scenario(plan, target, &mut peer, message, sessions, progress)
-                    .with_context(|| {
-                    format!(
-                        "{} with {} messages and {sessions} sessions",
-                        target.name(),
-                        size_label(message.size)
-                    )
-                })?;
-                progress(&format!(
-                    "  {:.1} msg/s, p50 {:.2} ms, p99 {:.2} ms{}",
+                    "  {:<12} {:>8.1} msg/s, p50 {:.2} ms, p99 {:.2} ms{}",
+                    scenario.target.name(),
                     scenario.rate,
                     scenario.latency.p50_ms,
                     scenario.latency.p99_ms,
@@ -212,8 +217,8 @@ pub fn run(plan: &Plan, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<Sc
                         .map(|m| format!(", peak RSS {:.1} MiB", m.peak_mib))
                         .unwrap_or_default()
                 ));
-                scenarios.push(scenario);
             }
+            scenarios.extend(results);
         }
     }
     add_ratios(&mut scenarios);
@@ -257,24 +262,93 @@ fn start_peer(plan: &Plan, target: Target) -> anyhow::Result<Peer> {
 
 /// The scenario's SMTP server, and what makes its numbers honest.
 struct Under<'a> {
+    target: Target,
     peer: &'a mut Peer,
     addr: SocketAddr,
+    /// The mxnode started for this scenario (mxnode targets).
     node: Option<Mxnode>,
+    /// CPU seconds used by mxnode and by the webhook sink during the timed runs so far, and the
+    /// messages those runs sent.
+    node_cpu: f64,
+    sink_cpu: f64,
+    cpu_messages: usize,
 }
 
-impl Under<'_> {
+impl<'a> Under<'a> {
+    /// Where `target`'s messages go; starts a fresh mxnode (its own scratch directory, by
+    /// `index`) for the mxnode targets.
+    fn start(
+        plan: &Plan,
+        target: Target,
+        index: usize,
+        peer: &'a mut Peer,
+    ) -> anyhow::Result<Under<'a>> {
+        let (addr, node) = match &*peer {
+            Peer::Limit(sink) => (sink.addr, None),
+            Peer::Postfix { postfix, .. } => (postfix.addr, None),
+            Peer::Mxnode { sink, ca, secret } => {
+                let route = RouteTo {
+                    webhook: &sink.url,
+                    secret,
+                    ca_pem: &ca.ca_pem,
+                    domain: RCPT_DOMAIN,
+                };
+                let node = Mxnode::start(
+                    &plan.mxnode,
+                    &plan.mxnode_wrapper,
+                    &plan.work.join(format!("mxnode-{index}")),
+                    &route,
+                )?;
+                (node.addr, Some(node))
+            }
+        };
+        Ok(Under {
+            target,
+            peer,
+            addr,
+            node,
+            node_cpu: 0.0,
+            sink_cpu: 0.0,
+            cpu_messages: 0,
+        })
+    }
+
     /// Sends `count` messages with smtp-source and returns the seconds until all were
     /// delivered (for Postfix: until its queue is empty).
     fn timed(&mut self, message: &Message, sessions: usize, count: usize) -> anyhow::Result<f64> {
         let before = self.delivered_before()?;
+        let cpu_before = self.cpu()?;
         let started = Instant::now();
         source::run(self.addr, &message.lf_file, sessions, count)?;
         if let Peer::Postfix { postfix, .. } = self.peer {
             postfix.wait_until_empty(QUEUE_DRAIN_TIMEOUT)?;
         }
         let seconds = started.elapsed().as_secs_f64();
+        let cpu_after = self.cpu()?;
+        self.node_cpu += cpu_after.0 - cpu_before.0;
+        self.sink_cpu += cpu_after.1 - cpu_before.1;
+        self.cpu_messages += count;
         self.check_delivered(before, count)?;
         Ok(seconds)
+    }
+
+    /// CPU seconds of mxnode and of its webhook sink so far (zero for the other targets).
+    fn cpu(&self) -> anyhow::Result<(f64, f64)> {
+        match (&self.node, &*self.peer) {
+            (Some(node), Peer::Mxnode { sink, .. }) => Ok((
+                crate::peers::cpu_seconds(node.pid())?,
+                crate::peers::cpu_seconds(sink.pid())?,
+            )),
+            _ => Ok((0.0, 0.0)),
+        }
+    }
+
+    /// Microseconds of CPU per message of mxnode and of the sink in the timed runs.
+    fn cpu_per_message(&self) -> Option<(f64, f64)> {
+        (self.node.is_some() && self.cpu_messages > 0).then(|| {
+            let per = |seconds: f64| seconds * 1e6 / self.cpu_messages as f64;
+            (per(self.node_cpu), per(self.sink_cpu))
+        })
     }
 
     /// The sink's counter before a run (mxnode targets).
@@ -352,102 +426,113 @@ impl Under<'_> {
     }
 }
 
-fn run_scenario(
+/// Every target for one message size and session count, interleaved (see [`run`]).
+fn run_group(
     plan: &Plan,
-    target: Target,
-    peer: &mut Peer,
+    peers: &mut [(Target, Peer)],
     message: &Message,
     sessions: usize,
     progress: &mut dyn FnMut(&str),
-) -> anyhow::Result<Scenario> {
-    let (addr, node) = match peer {
-        Peer::Limit(sink) => (sink.addr, None),
-        Peer::Postfix { postfix, .. } => (postfix.addr, None),
-        Peer::Mxnode { sink, ca, secret } => {
-            let route = RouteTo {
-                webhook: &sink.url,
-                secret,
-                ca_pem: &ca.ca_pem,
-                domain: RCPT_DOMAIN,
-            };
-            let node = Mxnode::start(
-                &plan.mxnode,
-                &plan.mxnode_wrapper,
-                &plan.work.join("mxnode"),
-                &route,
-            )?;
-            (node.addr, Some(node))
-        }
-    };
-    let mut under = Under { peer, addr, node };
-    let idle = match &mut under.node {
-        Some(node) => {
-            thread::sleep(IDLE_SETTLE);
-            Some(node.rss()?.0)
-        }
-        None => None,
-    };
-
-    let warmup = (2 * sessions).max(MIN_WARMUP);
-    let warmup_seconds = under.timed(message, sessions, warmup)?;
-    let estimate = warmup as f64 / warmup_seconds;
-    let count = ((estimate * plan.seconds) as usize).clamp(MIN_RUN.max(2 * sessions), MAX_RUN);
-    let mut runs = Vec::new();
-    for _ in 0..plan.runs {
-        let seconds = under.timed(message, sessions, count)?;
-        runs.push(Run {
-            messages: count,
-            seconds,
-            rate: count as f64 / seconds,
+) -> anyhow::Result<Vec<Scenario>> {
+    let mut unders = Vec::with_capacity(peers.len());
+    for (index, (target, peer)) in peers.iter_mut().enumerate() {
+        unders.push(Under::start(plan, *target, index, peer)?);
+    }
+    // Idle memory before any mail, then warm-ups that also size the timed runs.
+    let mut idle = Vec::with_capacity(unders.len());
+    for under in &mut unders {
+        idle.push(match &mut under.node {
+            Some(node) => {
+                thread::sleep(IDLE_SETTLE);
+                Some(node.rss()?.0)
+            }
+            None => None,
         });
     }
-    let rate = median(&runs.iter().map(|r| r.rate).collect::<Vec<_>>()).unwrap_or(0.0);
-    progress(&format!(
-        "  runs: {}",
-        runs.iter()
-            .map(|r| format!("{:.1}", r.rate))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ));
-
-    let latency_rate = rate / 2.0;
-    let latency_count =
-        ((latency_rate * plan.latency_seconds) as usize).clamp(MIN_LATENCY, MAX_LATENCY);
-    let latency = under.latency(message, sessions, latency_count, latency_rate)?;
-
-    let (memory, store_on) = match (&mut under.node, idle) {
-        (Some(node), Some(idle)) => {
-            node.ensure_running()?;
-            let (_, peak) = node.rss()?;
-            thread::sleep(IDLE_SETTLE);
-            let (after, _) = node.rss()?;
-            let in_flight = (sessions * message.size) as f64;
-            let mib = |bytes: f64| bytes / f64::from(1 << 20);
-            let memory = Memory {
-                idle_mib: mib(idle as f64),
-                peak_mib: mib(peak as f64),
-                in_flight_mib: mib(in_flight),
-                per_in_flight_mib: (peak as f64 - idle as f64) / in_flight,
-                after_mib: mib(after as f64),
-            };
-            (Some(memory), Some(node.store_is_on()))
+    let mut counts = Vec::with_capacity(unders.len());
+    for under in &mut unders {
+        let warmup = (2 * sessions).max(MIN_WARMUP);
+        let seconds = under.timed(message, sessions, warmup)?;
+        let estimate = warmup as f64 / seconds;
+        counts.push(((estimate * plan.seconds) as usize).clamp(MIN_RUN.max(2 * sessions), MAX_RUN));
+        // CPU is accounted over the timed runs only.
+        under.node_cpu = 0.0;
+        under.sink_cpu = 0.0;
+        under.cpu_messages = 0;
+    }
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); unders.len()];
+    for round in 0..plan.runs {
+        for (i, under) in unders.iter_mut().enumerate() {
+            let seconds = under
+                .timed(message, sessions, counts[i])
+                .with_context(|| format!("{} run {}", under.target.name(), round + 1))?;
+            runs[i].push(Run {
+                messages: counts[i],
+                seconds,
+                rate: counts[i] as f64 / seconds,
+            });
         }
-        _ => (None, None),
-    };
-    Ok(Scenario {
-        target,
-        size: message.size,
-        size_label: size_label(message.size),
-        sessions,
-        runs,
-        rate,
-        ratio_to_postfix: None,
-        ratio_to_limit: None,
-        latency,
-        receiver_delay_ms: target.receiver_delay_ms(),
-        memory,
-        store_on,
-    })
+    }
+    let mut scenarios = Vec::with_capacity(unders.len());
+    for (i, under) in unders.iter_mut().enumerate() {
+        let runs = std::mem::take(&mut runs[i]);
+        let rate = median(&runs.iter().map(|r| r.rate).collect::<Vec<_>>()).unwrap_or(0.0);
+        progress(&format!(
+            "  {:<12} runs: {}",
+            under.target.name(),
+            runs.iter()
+                .map(|r| format!("{:.1}", r.rate))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let latency_rate = rate / 2.0;
+        let latency_count =
+            ((latency_rate * plan.latency_seconds) as usize).clamp(MIN_LATENCY, MAX_LATENCY);
+        let latency = under
+            .latency(message, sessions, latency_count, latency_rate)
+            .with_context(|| format!("{} latency run", under.target.name()))?;
+        let (memory, store_on) = match (&mut under.node, idle[i]) {
+            (Some(node), Some(idle)) => {
+                node.ensure_running()?;
+                let (_, peak) = node.rss()?;
+                let in_flight = (sessions * message.size) as f64;
+                let mib = |bytes: f64| bytes / f64::from(1 << 20);
+                let memory = Memory {
+                    idle_mib: mib(idle as f64),
+                    peak_mib: mib(peak as f64),
+                    in_flight_mib: mib(in_flight),
+                    per_in_flight_mib: (peak as f64 - idle as f64) / in_flight,
+                    after_mib: 0.0,
+                };
+                (Some(memory), Some(node.store_is_on()))
+            }
+            _ => (None, None),
+        };
+        scenarios.push(Scenario {
+            target: under.target,
+            size: message.size,
+            size_label: size_label(message.size),
+            sessions,
+            runs,
+            rate,
+            ratio_to_postfix: None,
+            ratio_to_limit: None,
+            latency,
+            receiver_delay_ms: under.target.receiver_delay_ms(),
+            memory,
+            store_on,
+            cpu_us_per_message: under.cpu_per_message().map(|(node, _)| node),
+            sink_cpu_us_per_message: under.cpu_per_message().map(|(_, sink)| sink),
+        });
+    }
+    // Memory once the node is idle again: what it keeps after the load.
+    thread::sleep(IDLE_SETTLE);
+    for (under, scenario) in unders.iter_mut().zip(&mut scenarios) {
+        if let (Some(node), Some(memory)) = (&mut under.node, &mut scenario.memory) {
+            memory.after_mib = node.rss()?.0 as f64 / f64::from(1 << 20);
+        }
+    }
+    Ok(scenarios)
 }
 
 /// Fills in each scenario's ratio to Postfix and to the limit of the same size and sessions.

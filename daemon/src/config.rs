@@ -16,6 +16,11 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+/// `node.runtime_dir` when not set: a tmpfs on the appliance.
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/mxnode";
+/// Where the node keeps its own self-signed HTTPS certificate, under `node.data_dir`.
+pub const SELF_SIGNED_DIR: &str = "tls";
+
 /// Default SMTP `SIZE`: what common MX providers accept.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 25 * 1024 * 1024;
 /// Default concurrent SMTP sessions across all clients.
@@ -111,6 +116,7 @@ pub struct RawNode {
     pub hostname: Option<String>,
     pub data_dir: Option<String>,
     pub master_key: Option<String>,
+    pub runtime_dir: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -255,6 +261,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// 32-byte node master key, when configured.
     pub master_key: Option<Secret>,
+    /// Volatile state for the console (the setup token file the login banner shows); a tmpfs
+    /// on the appliance (`/run/mxnode`).
+    pub runtime_dir: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -281,6 +290,10 @@ pub struct TlsFiles {
 pub struct HttpConfig {
     pub listen: Option<SocketAddr>,
     pub tls: Option<TlsFiles>,
+    /// `tls` names the node's own certificate under `data_dir/tls/`, generated self-signed on
+    /// first start because `http.tls_cert`/`http.tls_key` are not set on a non-loopback
+    /// address (the setup page must never be served in the clear).
+    pub self_signed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -592,6 +605,12 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| "/var/lib/mxnode".into()),
         );
+        let runtime_dir = PathBuf::from(
+            raw.node
+                .runtime_dir
+                .clone()
+                .unwrap_or_else(|| DEFAULT_RUNTIME_DIR.into()),
+        );
         let master_key = raw.node.master_key.as_deref().and_then(|value| {
             let bytes = v.secret("node.master_key", value)?;
             match decode_master_key(&bytes) {
@@ -670,7 +689,8 @@ impl Config {
             );
         }
 
-        let http = HttpConfig {
+        let mut http = HttpConfig {
+            self_signed: false,
             listen: raw
                 .http
                 .listen
@@ -684,14 +704,18 @@ impl Config {
                 }),
             tls: v.tls("http", &raw.http.tls_cert, &raw.http.tls_key),
         };
-        // API keys and session cookies never cross a network in the clear.
+        // API keys and session cookies never cross a network in the clear: without configured
+        // files, a non-loopback listener uses the node's own self-signed certificate.
         if let (Some(addr), None) = (http.listen, &http.tls)
             && !addr.ip().is_loopback()
+            && raw.http.tls_cert.is_none()
+            && raw.http.tls_key.is_none()
         {
-            v.error(
-                "http.listen",
-                "plain HTTP is only allowed on a loopback address; set http.tls_cert and http.tls_key",
-            );
+            http.tls = Some(TlsFiles {
+                cert: data_dir.join(SELF_SIGNED_DIR).join("cert.pem"),
+                key: data_dir.join(SELF_SIGNED_DIR).join("key.pem"),
+            });
+            http.self_signed = true;
         }
 
         let retention = RetentionConfig {
@@ -889,6 +913,7 @@ impl Config {
                 hostname,
                 data_dir,
                 master_key,
+                runtime_dir,
             },
             smtp,
             http,
@@ -1093,13 +1118,15 @@ webhook_secret = "{SECRET}"
     #[test]
     fn plain_http_api_is_allowed_only_on_loopback() {
         let with_http = |listen: &str| minimal() + &format!("\n[http]\nlisten = \"{listen}\"\n");
-        assert!(errors(&with_http("127.0.0.1:8443")).is_empty());
-        assert_eq!(
-            errors(&with_http("0.0.0.0:443")),
-            vec![
-                "http.listen: plain HTTP is only allowed on a loopback address; set http.tls_cert and http.tls_key"
-            ]
-        );
+        let config = |listen: &str| {
+            Config::from_raw(RawConfig::parse(&with_http(listen)).expect("parses")).expect("valid")
+        };
+        let loopback = config("127.0.0.1:8443");
+        assert!(loopback.http.tls.is_none() && !loopback.http.self_signed);
+        let public = config("0.0.0.0:443");
+        assert!(public.http.self_signed);
+        let tls = public.http.tls.expect("self-signed files");
+        assert!(tls.cert.starts_with(&public.node.data_dir), "{tls:?}");
     }
 
     #[test]

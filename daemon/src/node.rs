@@ -149,6 +149,91 @@ impl SettingsBackend for NodeSettings {
         );
         Ok(self.current())
     }
+
+    fn test_delivery(&self, index: usize) -> Option<crate::api::settings::TestDelivery> {
+        use crate::api::settings::TestDelivery;
+        use crate::webhook::{WebhookClient, WebhookOutcome};
+        let config = Config::from_raw(self.live.effective()).ok()?;
+        let route = config.routes.get(index)?;
+        let client = match WebhookClient::new(route) {
+            Ok(client) => client,
+            Err(e) => {
+                return Some(TestDelivery {
+                    outcome: "failed",
+                    status: None,
+                    detail: e.to_string(),
+                });
+            }
+        };
+        let now = std::time::SystemTime::now();
+        let id = crate::store::new_id("msg_test_", now);
+        let body = sample_payload(&id, &config.node.hostname, route, now);
+        let deadline = Instant::now() + route.webhook_budget.min(TEST_DELIVERY_BUDGET);
+        let outcome = smol::block_on(client.deliver_until(&id, Arc::new(body), deadline));
+        log::info!("settings: test delivery {id} through route {index}");
+        Some(match outcome {
+            WebhookOutcome::Accepted { status, .. } => TestDelivery {
+                outcome: "accepted",
+                status: Some(status),
+                detail: String::new(),
+            },
+            WebhookOutcome::Rejected { status, reason } => TestDelivery {
+                outcome: "rejected",
+                status: Some(status),
+                detail: reason,
+            },
+            WebhookOutcome::Failed {
+                last_error,
+                last_status,
+                ..
+            } => TestDelivery {
+                outcome: "failed",
+                status: last_status,
+                detail: last_error,
+            },
+        })
+    }
+}
+
+/// How long a console test delivery may retry (the operator is waiting for the page).
+const TEST_DELIVERY_BUDGET: Duration = Duration::from_secs(10);
+
+/// A version 1 payload (DESIGN §4) that says it is a test, to an address the route matches.
+fn sample_payload(
+    id: &str,
+    hostname: &str,
+    route: &crate::config::Route,
+    now: std::time::SystemTime,
+) -> Vec<u8> {
+    let rcpt = match route.name.strip_prefix("*@") {
+        Some(domain) => format!("test@{domain}"),
+        None => route.name.clone(),
+    };
+    let sender = format!("mxnode-test@{hostname}");
+    let received_at = humantime::format_rfc3339_seconds(now).to_string();
+    serde_json::json!({
+        "version": 1,
+        "id": id,
+        "test": true,
+        "received_at": received_at,
+        "envelope": {
+            "mail_from": sender, "rcpt_to": [rcpt], "helo": hostname,
+            "remote_ip": "127.0.0.1", "tls": null
+        },
+        "message_id": format!("<{id}@{hostname}>"),
+        "subject": "mxnode test delivery",
+        "date": received_at,
+        "from": [{"name": "mxnode", "address": sender}],
+        "to": [{"name": null, "address": rcpt}], "cc": [], "reply_to": [],
+        "headers": [{"name": "Subject", "value": "mxnode test delivery"}],
+        "text": "A test delivery sent from the mxnode console. No mail was received.",
+        "html": null,
+        "attachments": [],
+        "size": 0,
+        "warnings": []
+    })
+    .to_string()
+    .into_bytes()
 }
 
 /// Deletes what retention has ended, at start and then every [`SWEEP_INTERVAL`], until `stop`
@@ -248,10 +333,28 @@ fn prepare_http(
     settings: Arc<dyn SettingsBackend>,
 ) -> Result<HttpService, StartError> {
     let api = Arc::new(crate::api::Api::new(store, metrics, settings));
+    if let (true, Some(files)) = (config.http.self_signed, &config.http.tls) {
+        let dir = files.cert.parent().unwrap_or(&config.node.data_dir);
+        crate::dev::ensure_self_signed(dir, &config.node.hostname).map_err(|e| {
+            StartError::HttpTls(format!("cannot create the self-signed certificate: {e}"))
+        })?;
+    }
     let tls = match &config.http.tls {
         Some(files) => Some(crate::smtp::tls::acceptor(files).map_err(StartError::HttpTls)?),
         None => None,
     };
+    // Setup mode (no admin yet): the one-time token goes to the journal and the runtime dir,
+    // with the fingerprint an operator compares against the browser's certificate warning.
+    let fingerprint = config
+        .http
+        .tls
+        .as_ref()
+        .and_then(|files| std::fs::read(&files.cert).ok())
+        .and_then(|pem| crate::api::admin::certificate_fingerprint(&pem));
+    api.set_tls_certificate(config.http.tls.as_ref().map(|files| files.cert.clone()));
+    if let Err(e) = api.begin_setup(Some(&config.node.runtime_dir), fingerprint.as_deref()) {
+        log::error!("setup: cannot determine whether an admin exists: {e}");
+    }
     let listener = crate::http::server::bind(addr).map_err(StartError::HttpListen)?;
     if let Ok(addr) = listener.get_ref().local_addr() {
         let scheme = if tls.is_some() { "https" } else { "http" };

@@ -79,6 +79,8 @@ pub struct ApiAnswer {
     pub content_type: String,
     /// `WWW-Authenticate`, empty when absent.
     pub www_authenticate: String,
+    /// `Set-Cookie`, empty when absent.
+    pub set_cookie: String,
     pub body: String,
 }
 
@@ -122,11 +124,27 @@ impl ApiClient {
         key: Option<&str>,
         body: Option<(&str, Vec<u8>)>,
     ) -> ApiAnswer {
+        let headers: Vec<(&str, String)> = key
+            .map(|key| ("Authorization", format!("Bearer {key}")))
+            .into_iter()
+            .collect();
+        self.request_with_headers(method, path, &headers, body)
+    }
+
+    /// Sends `method path` with `headers` (e.g. a session cookie and a CSRF token) and `body`
+    /// as `(content type, bytes)` (if any).
+    pub fn request_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Option<(&str, Vec<u8>)>,
+    ) -> ApiAnswer {
         let mut builder = ureq::http::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
-        if let Some(key) = key {
-            builder = builder.header("Authorization", format!("Bearer {key}"));
+        for (name, value) in headers {
+            builder = builder.header(*name, value);
         }
         let result = match body {
             Some((content_type, bytes)) => self.agent.run(
@@ -147,7 +165,11 @@ impl ApiClient {
                 .unwrap_or_default()
                 .to_string()
         };
-        let (content_type, www_authenticate) = (header("content-type"), header("www-authenticate"));
+        let (content_type, www_authenticate, set_cookie) = (
+            header("content-type"),
+            header("www-authenticate"),
+            header("set-cookie"),
+        );
         let body = response
             .body_mut()
             .with_config()
@@ -158,6 +180,7 @@ impl ApiClient {
             status: response.status().as_u16(),
             content_type,
             www_authenticate,
+            set_cookie,
             body,
         }
     }

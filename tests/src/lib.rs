@@ -8,7 +8,8 @@
 //! small file helpers ([`corpus_dir`], [`crlf`], [`scan_for_marker`]), and
 //! for the fault tests a proxy that breaks connections ([`FaultProxy`]) and
 //! the no-loss [`ledger`]. The REST API is reached with
-//! [`ApiClient`] (and contract-tested with [`schemathesis_bin`]).
+//! [`ApiClient`] (and contract-tested with [`schemathesis_bin`]). The
+//! appliance image is built and booted in qemu by [`vm`].
 //!
 //! **Architecture Invariant:** the harness never writes message content,
 //! webhook bodies or daemon logs to disk. Tests prove "content never at rest"

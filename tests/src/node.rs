@@ -287,6 +287,9 @@ impl NodeConfig {
         let _ = writeln!(out, "[node]");
         let _ = writeln!(out, "hostname = {}", toml_string(&self.hostname));
         let _ = writeln!(out, "data_dir = {}", path(data_dir));
+        // The setup token file, beside data_dir inside the test's temp dir.
+        let runtime_dir = data_dir.parent().unwrap_or(data_dir).join("run");
+        let _ = writeln!(out, "runtime_dir = {}", path(&runtime_dir));
         if let Some(key) = &self.master_key {
             let _ = writeln!(out, "master_key = {}", toml_string(key));
         }
@@ -609,6 +612,19 @@ impl Node {
         &self.data_dir
     }
 
+    /// `[node] runtime_dir`, where the node writes its setup token.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.temp.path().join("run")
+    }
+
+    /// The one-time setup token the node wrote at start (`runtime_dir/setup-token`), or `None`
+    /// once setup is complete.
+    pub fn setup_token(&self) -> Option<String> {
+        fs::read_to_string(self.runtime_dir().join("setup-token"))
+            .ok()
+            .map(|text| text.trim().to_string())
+    }
+
     /// The node's temp directory: config file, `data/`, and `tmp/` (its
     /// TMPDIR). Everything the daemon could write lies below it.
     pub fn temp_root(&self) -> &Path {
@@ -921,6 +937,7 @@ mod tests {
         let expect = r#"[node]
 hostname = "mx.test"
 data_dir = "/tmp/x/data"
+runtime_dir = "/tmp/x/run"
 master_key = "abababababababababababababababababababababababababababababababab"
 
 [smtp]

@@ -57,8 +57,14 @@ fn the_api_conforms_to_its_openapi_spec() {
         ],
     );
     assert_eq!(code, 0, "schemathesis found problems:\n{output}");
+    // The console's session routes authenticate by cookie, which schemathesis does not hold:
+    // they answer 401, and schemathesis warns "Authentication failed" (a warning, not a
+    // failed check).
+    let failed = output
+        .lines()
+        .any(|line| line.contains(" failed") && !line.contains("Authentication failed"));
     assert!(
-        output.contains("passed") && !output.contains(" failed"),
+        output.contains("passed") && !failed,
         "unexpected schemathesis output:\n{output}"
     );
 }

@@ -294,20 +294,22 @@ fn appliance_boots_delivers_mail_keeps_state_across_reboot_and_unlocks_by_tpm() 
 }
 
 #[test]
-fn without_a_tpm_the_data_volume_fills_the_boot_disk_and_opens_with_the_key_file_on_state() {
+fn without_a_tpm_the_data_volume_fills_the_boot_disk_opens_with_the_key_file_and_the_network_comes_from_state()
+ {
     if skip() {
         return;
     }
     let image = Image::build();
     let ca = ca_for_guest();
     let receiver = Receiver::start(&ca, &new_webhook_secret());
-    // A server's disk larger than the image, no second disk, no TPM.
-    let machine = Machine::new(
-        &image,
-        &provisioned_state(&ca, &receiver),
-        DataStorage::GrownBootDisk(GROWN_BY),
-        false,
+    // A server's disk larger than the image, no second disk, no TPM, and a static address
+    // instead of DHCP, kept on the state partition as the setup page would keep it (qemu's
+    // user network: the guest is 10.0.2.15, the gateway 10.0.2.2, DNS 10.0.2.3).
+    let state = provisioned_state(&ca, &receiver).file(
+        "network/10-mxnode-static.network",
+        "[Match]\nType=ether\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\nDNS=10.0.2.3\n",
     );
+    let machine = Machine::new(&image, &state, DataStorage::GrownBootDisk(GROWN_BY), false);
     let mut vm = machine.boot();
     let status = wait_for_status(&mut vm, FIRST_BOOT_TIMEOUT);
     assert_eq!(field(&status, "data"), "LUKS2");
@@ -327,6 +329,10 @@ fn without_a_tpm_the_data_volume_fills_the_boot_disk_and_opens_with_the_key_file
     assert!(
         console.contains("no TPM2 found"),
         "the fallback is announced"
+    );
+    assert!(
+        console.contains("mxnode-network: using 10-mxnode-static.network"),
+        "the static network configuration on the state partition is used"
     );
     mail_reaches_the_host_receiver(&machine, &receiver, "appliance-without-tpm");
     vm.power_down();

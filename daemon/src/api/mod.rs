@@ -12,6 +12,7 @@
 //!
 //! All methods block on the store; async callers run them on `smol::unblock`.
 
+pub mod admin;
 pub mod emails;
 pub mod keys;
 pub mod settings;
@@ -187,11 +188,23 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// Who is calling: the raw `Authorization` header and, for the log, the client address.
+/// Who is calling: the raw `Authorization` header and, for the log, the client address; for
+/// the console, the session cookie and what the CSRF check needs.
 #[derive(Clone, Default)]
 pub struct Caller {
     pub authorization: Option<String>,
     pub remote: Option<IpAddr>,
+    /// The console's session cookie value (used only when no `Authorization` is sent).
+    pub session: Option<String>,
+    /// The `X-CSRF-Token` header.
+    pub csrf: Option<String>,
+    /// The `Origin` header, when the browser sent one.
+    pub origin: Option<String>,
+    /// The `Host` header (`host[:port]`), which a same-origin `Origin` must name.
+    pub host: Option<String>,
+    /// Whether the request changes state (any method but GET/HEAD/OPTIONS): sessions then
+    /// need the CSRF token.
+    pub state_changing: bool,
 }
 
 impl Caller {
@@ -199,7 +212,7 @@ impl Caller {
     pub fn bearer(key: &str) -> Caller {
         Caller {
             authorization: Some(format!("Bearer {key}")),
-            remote: None,
+            ..Caller::default()
         }
     }
 }
@@ -210,7 +223,9 @@ impl fmt::Debug for Caller {
         f.debug_struct("Caller")
             .field("authorization", &self.authorization.as_ref().map(|_| "…"))
             .field("remote", &self.remote)
-            .finish()
+            .field("session", &self.session.as_ref().map(|_| "…"))
+            .field("state_changing", &self.state_changing)
+            .finish_non_exhaustive()
     }
 }
 
@@ -224,6 +239,9 @@ pub struct Principal {
 impl Principal {
     /// The audit log's `actor`.
     pub fn actor(&self) -> String {
+        if let Some(user) = self.key_id.strip_prefix(admin::SESSION_PRINCIPAL_PREFIX) {
+            return format!("admin:{user}");
+        }
         format!("key:{}", self.key_id)
     }
 
@@ -257,6 +275,8 @@ pub struct Api {
     clock: Clock,
     /// Rate limit of failed-authentication records.
     failures: Mutex<FailureWindow>,
+    /// Setup mode, the console's sessions and login lockouts.
+    admin: admin::AdminState,
 }
 
 impl fmt::Debug for Api {
@@ -295,6 +315,7 @@ impl Api {
             settings,
             clock,
             failures: Mutex::new(FailureWindow::default()),
+            admin: admin::AdminState::default(),
         }
     }
 
@@ -320,6 +341,9 @@ impl Api {
     /// Checks the caller's key and that it holds `scope` (or `admin`).
     pub fn authenticate(&self, caller: &Caller, scope: Scope) -> Result<Principal, ApiError> {
         let Some(header) = caller.authorization.as_deref() else {
+            if caller.session.is_some() {
+                return self.authenticate_session(caller, scope);
+            }
             return Err(ApiError::unauthorized(
                 "missing API key: send `Authorization: Bearer <key>`",
             ));

@@ -30,6 +30,23 @@ pub trait SettingsBackend: Send + Sync {
     fn writable(&self) -> bool {
         true
     }
+    /// Posts a signed sample payload through route number `index`'s webhook client (the
+    /// console's "send test delivery"); `None` when there is no such route.
+    fn test_delivery(&self, index: usize) -> Option<TestDelivery> {
+        let _ = index;
+        None
+    }
+}
+
+/// What the receiver answered to a test delivery (`POST /api/v1/settings/routes/{index}/test`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TestDelivery {
+    /// `accepted`, `rejected` or `failed` (classified as for real mail, DESIGN §4).
+    pub outcome: &'static str,
+    /// The receiver's HTTP status, when it answered.
+    pub status: Option<u16>,
+    /// A short, sanitised reason or error; never the payload.
+    pub detail: String,
 }
 
 /// `value` with every non-null value under a [`SECRET_KEYS`] key replaced by [`MASK`].
@@ -159,6 +176,33 @@ impl Api {
     }
 
     /// `PUT /api/v1/settings` (`settings:write`): replaces the sections the document holds.
+    /// `POST /api/v1/settings/routes/{index}/test` (`settings:write`): a signed sample payload
+    /// through the route's webhook client; audited as `route.test`.
+    pub fn test_route(&self, caller: &Caller, index: &str) -> Result<TestDelivery, ApiError> {
+        let principal = self.authenticate(caller, Scope::SettingsWrite)?;
+        let Some(index) = index.parse::<usize>().ok() else {
+            return Err(ApiError::not_found("route"));
+        };
+        let Some(result) = self.settings.test_delivery(index) else {
+            return Err(ApiError::not_found("route"));
+        };
+        self.audit_best_effort(
+            &principal.actor(),
+            "route.test",
+            Some(format!("routes[{index}]")),
+            Some(
+                format!(
+                    "{} {}",
+                    result.outcome,
+                    result.status.map(|s| s.to_string()).unwrap_or_default()
+                )
+                .trim()
+                .to_string(),
+            ),
+        );
+        Ok(result)
+    }
+
     pub fn put_settings(&self, caller: &Caller, body: &[u8]) -> Result<Value, ApiError> {
         let principal = self.authenticate(caller, Scope::SettingsWrite)?;
         if !self.settings.writable() {

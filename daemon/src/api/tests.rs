@@ -226,7 +226,7 @@ fn every_route_answers_401_without_a_valid_key() {
             "basic auth",
             Caller {
                 authorization: Some("Basic YWRtaW46YWRtaW4=".into()),
-                remote: None,
+                ..Caller::default()
             },
         ),
         ("malformed key", Caller::bearer("not-a-key")),
@@ -850,4 +850,213 @@ fn error_bodies_have_the_contract_shape() {
     );
     let caller = format!("{:?}", Caller::bearer("mxk_secret"));
     assert!(!caller.contains("mxk_secret"), "{caller}");
+}
+
+/// Console sessions (`admin.rs`): setup, login, lockout, CSRF, expiry.
+mod console {
+    use super::*;
+    use crate::api::admin::{
+        CLIENT_FAILURES_BEFORE_LOCKOUT, GLOBAL_FAILURES_BEFORE_LOCKOUT, LOCKOUT,
+        SESSION_IDLE_TIMEOUT, SESSION_MAX_AGE,
+    };
+
+    const PASSWORD: &str = "correct horse battery staple";
+
+    fn from(ip: &str) -> Caller {
+        Caller {
+            remote: Some(ip.parse().expect("an IP")),
+            host: Some("node.test:443".into()),
+            ..Caller::default()
+        }
+    }
+
+    fn setup_body(token: &str, password: &str) -> Vec<u8> {
+        json!({"token": token, "username": "admin", "password": password})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn login_body(password: &str) -> Vec<u8> {
+        json!({"username": "admin", "password": password})
+            .to_string()
+            .into_bytes()
+    }
+
+    /// A fixture whose admin exists; returns it.
+    fn with_admin() -> Fixture {
+        let f = fixture();
+        f.api.set_password_iterations(1000);
+        let token = f
+            .api
+            .begin_setup(None, None)
+            .expect("setup")
+            .expect("token");
+        f.api
+            .complete_setup(&from("192.0.2.1"), &setup_body(&token, PASSWORD))
+            .expect("setup completes");
+        f
+    }
+
+    /// Logs in from `ip`; the caller carries the session (no CSRF token yet).
+    fn session(f: &Fixture, ip: &str) -> (Caller, String) {
+        let new = f
+            .api
+            .login(&from(ip), &login_body(PASSWORD))
+            .expect("login");
+        let caller = Caller {
+            session: Some(new.session_id),
+            ..from(ip)
+        };
+        (caller, new.view.csrf_token)
+    }
+
+    #[test]
+    fn setup_needs_the_token_and_happens_only_once() {
+        let f = fixture();
+        f.api.set_password_iterations(1000);
+        assert!(f.api.setup_status().expect("status").setup_required);
+        let token = f
+            .api
+            .begin_setup(None, None)
+            .expect("setup")
+            .expect("token");
+        let who = from("192.0.2.1");
+        let wrong = f.api.complete_setup(&who, &setup_body("0000", PASSWORD));
+        assert_eq!(wrong.map_err(|e| e.code), Err("wrong_setup_token"));
+        let short = f.api.complete_setup(&who, &setup_body(&token, "short"));
+        let error = short.expect_err("too short");
+        assert_eq!(error.code, "invalid_admin");
+        assert_eq!(error.fields[0].key, "password");
+        // No login before setup.
+        let early = f.api.login(&who, &login_body(PASSWORD));
+        assert_eq!(early.map(|_| ()).map_err(|e| e.code), Err("setup_required"));
+        let admin = f.api.complete_setup(&who, &setup_body(&token, PASSWORD));
+        assert_eq!(admin.expect("created").username, "admin");
+        assert!(!f.api.setup_status().expect("status").setup_required);
+        let again = f.api.complete_setup(&who, &setup_body(&token, PASSWORD));
+        assert_eq!(again.map_err(|e| e.code), Err("setup_complete"));
+        // A restart finds the admin and starts no setup mode.
+        assert_eq!(f.api.begin_setup(None, None).expect("no setup"), None);
+        let actions = f.actions();
+        assert!(
+            actions.contains(&"setup.complete".to_string()),
+            "{actions:?}"
+        );
+        assert!(actions.contains(&"login.failed".to_string()), "{actions:?}");
+        // The password is stored only as a hash.
+        let stored = f.store.get_setting("admin").expect("read").expect("admin");
+        assert!(!String::from_utf8_lossy(&stored).contains(PASSWORD));
+    }
+
+    #[test]
+    fn session_acts_with_every_scope_and_state_changes_need_the_csrf_token() {
+        let f = with_admin();
+        let (caller, csrf) = session(&f, "192.0.2.2");
+        assert!(f.api.list_emails(&caller, &EmailFilters::default()).is_ok());
+        let create = json!({"name": "ci", "scopes": ["emails:read"]}).to_string();
+        let writing = Caller {
+            state_changing: true,
+            ..caller.clone()
+        };
+        let refused = f.api.create_key(&writing, create.as_bytes());
+        assert_eq!(refused.map(|_| ()).map_err(|e| e.code), Err("csrf"));
+        let wrong = Caller {
+            csrf: Some("0".repeat(64)),
+            ..writing.clone()
+        };
+        let refused = f.api.create_key(&wrong, create.as_bytes());
+        assert_eq!(refused.map(|_| ()).map_err(|e| e.code), Err("csrf"));
+        let foreign = Caller {
+            csrf: Some(csrf.clone()),
+            origin: Some("https://evil.example".into()),
+            ..writing.clone()
+        };
+        let refused = f.api.create_key(&foreign, create.as_bytes());
+        assert_eq!(refused.map(|_| ()).map_err(|e| e.code), Err("cross_origin"));
+        let good = Caller {
+            csrf: Some(csrf.clone()),
+            origin: Some("https://node.test:443".into()),
+            ..writing.clone()
+        };
+        assert!(f.api.create_key(&good, create.as_bytes()).is_ok());
+        f.api.logout(&good).expect("logout");
+        let after = f.api.list_emails(&caller, &EmailFilters::default());
+        assert_eq!(
+            after.map(|_| ()).map_err(|e| e.code),
+            Err("session_expired")
+        );
+        let actions = f.actions();
+        for action in ["login", "api_key.create", "logout"] {
+            assert!(
+                actions.contains(&action.to_string()),
+                "{action}: {actions:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn session_expires_when_idle_and_at_its_maximum_age() {
+        let f = with_admin();
+        let (caller, _) = session(&f, "192.0.2.3");
+        f.advance(SESSION_IDLE_TIMEOUT - Duration::from_secs(1));
+        assert!(f.api.session_info(&caller).is_ok());
+        f.advance(SESSION_IDLE_TIMEOUT);
+        let idle = f.api.session_info(&caller);
+        assert_eq!(idle.map(|_| ()).map_err(|e| e.code), Err("session_expired"));
+
+        let (caller, _) = session(&f, "192.0.2.3");
+        let step = SESSION_IDLE_TIMEOUT / 2;
+        let mut waited = Duration::ZERO;
+        while waited + step < SESSION_MAX_AGE {
+            f.advance(step);
+            waited += step;
+            assert!(f.api.session_info(&caller).is_ok(), "active at {waited:?}");
+        }
+        f.advance(step);
+        let old = f.api.session_info(&caller);
+        assert_eq!(old.map(|_| ()).map_err(|e| e.code), Err("session_expired"));
+    }
+
+    #[test]
+    fn status_needs_settings_read_and_names_the_version() {
+        let f = with_admin();
+        let reader = f.caller(&["settings:read"]);
+        let status = f.api.node_status(&reader).expect("status");
+        assert_eq!(status.version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(status.tls, None);
+        let other = f.caller(&["emails:read"]);
+        assert_eq!(f.api.node_status(&other).map_err(|e| e.status), Err(403));
+        let (session, _) = session(&f, "192.0.2.4");
+        assert!(f.api.node_status(&session).is_ok());
+    }
+
+    #[test]
+    fn wrong_passwords_lock_out_the_client_then_everyone() {
+        let f = with_admin();
+        let guesser = from("198.51.100.1");
+        for _ in 0..CLIENT_FAILURES_BEFORE_LOCKOUT {
+            let wrong = f.api.login(&guesser, &login_body("not the password"));
+            assert_eq!(wrong.map(|_| ()).map_err(|e| e.code), Err("unauthorized"));
+        }
+        // Locked out even with the right password; another client is not.
+        let locked = f.api.login(&guesser, &login_body(PASSWORD));
+        let error = locked.map(|_| ()).expect_err("locked out");
+        assert_eq!((error.status, error.code), (429, "locked_out"));
+        assert!(error.message.contains("15 minute"), "{}", error.message);
+        assert!(
+            f.api
+                .login(&from("192.0.2.9"), &login_body(PASSWORD))
+                .is_ok()
+        );
+        f.advance(LOCKOUT);
+        assert!(f.api.login(&guesser, &login_body(PASSWORD)).is_ok());
+
+        // Many addresses, each below its own limit, trip the global lockout.
+        for i in 0..GLOBAL_FAILURES_BEFORE_LOCKOUT {
+            let ip = format!("203.0.113.{}", i % 250);
+            let _ = f.api.login(&from(&ip), &login_body("guess"));
+        }
+        let global = f.api.login(&from("192.0.2.10"), &login_body(PASSWORD));
+        assert_eq!(global.map(|_| ()).map_err(|e| e.code), Err("locked_out"));
+    }
 }

@@ -18,9 +18,13 @@ use tide::http::mime;
 use tide::utils::After;
 use tide::{Request, Response, StatusCode};
 
+use crate::api::admin::SESSION_COOKIE;
 use crate::api::emails::{AuditFilters, EmailFilters};
 use crate::api::{Api, ApiError, Caller, Scope};
 use crate::metrics::Format;
+
+/// The header that carries a console session's CSRF token on every state change.
+pub const CSRF_HEADER: &str = "X-CSRF-Token";
 
 /// Largest request body accepted (a settings document with many routes fits easily).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -47,19 +51,53 @@ pub fn app(api: Arc<Api>) -> tide::Server<State> {
         .put(put_settings);
     app.at("/api/v1/keys").get(list_keys).post(create_key);
     app.at("/api/v1/keys/:id").delete(revoke_key);
+    app.at("/api/v1/status").get(node_status);
+    app.at("/api/v1/settings/routes/:index/test")
+        .post(test_route);
+    app.at("/api/v1/setup")
+        .get(setup_status)
+        .post(complete_setup);
+    app.at("/api/v1/session")
+        .get(session_info)
+        .post(login)
+        .delete(logout);
+    crate::http::ui::mount(&mut app);
     app
+}
+
+/// The last value of header `name`.
+fn header(req: &Request<State>, name: &str) -> Option<String> {
+    req.header(name)
+        .map(|values| values.last().as_str().to_string())
+}
+
+/// The value of cookie `name` in the `Cookie` header(s).
+fn cookie(req: &Request<State>, name: &str) -> Option<String> {
+    req.header("Cookie")?
+        .iter()
+        .flat_map(|value| value.as_str().split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim().to_string())
+        .last()
 }
 
 /// The caller's credentials and address.
 fn caller(req: &Request<State>) -> Caller {
     Caller {
-        authorization: req
-            .header("Authorization")
-            .map(|values| values.last().as_str().to_string()),
+        authorization: header(req, "Authorization"),
         remote: req
             .peer_addr()
             .and_then(|addr| addr.parse::<SocketAddr>().ok())
             .map(|addr| addr.ip()),
+        session: cookie(req, SESSION_COOKIE),
+        csrf: header(req, CSRF_HEADER),
+        origin: header(req, "Origin"),
+        host: header(req, "Host"),
+        state_changing: !matches!(
+            req.method(),
+            tide::http::Method::Get | tide::http::Method::Head | tide::http::Method::Options
+        ),
     }
 }
 
@@ -320,6 +358,85 @@ async fn revoke_key(req: Request<State>) -> tide::Result {
     let caller = caller(&req);
     let id = req.param("id")?.to_string();
     no_content(call(&req, move |api| api.revoke_key(&caller, &id)).await)
+}
+
+async fn node_status(req: Request<State>) -> tide::Result {
+    let caller = caller(&req);
+    json(
+        StatusCode::Ok,
+        call(&req, move |api| api.node_status(&caller)).await,
+    )
+}
+
+async fn test_route(req: Request<State>) -> tide::Result {
+    let caller = caller(&req);
+    let index = req.param("index")?.to_string();
+    json(
+        StatusCode::Ok,
+        call(&req, move |api| api.test_route(&caller, &index)).await,
+    )
+}
+
+async fn setup_status(req: Request<State>) -> tide::Result {
+    json(
+        StatusCode::Ok,
+        call(&req, move |api| api.setup_status()).await,
+    )
+}
+
+async fn complete_setup(mut req: Request<State>) -> tide::Result {
+    let caller = caller(&req);
+    let body = match json_body(&mut req).await {
+        Ok(body) => body,
+        Err(e) => return Ok(error_response(&e)),
+    };
+    json(
+        StatusCode::Created,
+        call(&req, move |api| api.complete_setup(&caller, &body)).await,
+    )
+}
+
+/// `Set-Cookie` for the session cookie: `value` for `max_age` seconds (0 deletes it).
+fn session_cookie(value: &str, max_age: u64) -> String {
+    format!(
+        "{SESSION_COOKIE}={value}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={max_age}"
+    )
+}
+
+async fn login(mut req: Request<State>) -> tide::Result {
+    let caller = caller(&req);
+    let body = match json_body(&mut req).await {
+        Ok(body) => body,
+        Err(e) => return Ok(error_response(&e)),
+    };
+    match call(&req, move |api| api.login(&caller, &body)).await {
+        Ok(session) => {
+            let mut res = json(StatusCode::Created, Ok(&session.view))?;
+            res.insert_header(
+                "Set-Cookie",
+                session_cookie(&session.session_id, session.max_age.as_secs()),
+            );
+            Ok(res)
+        }
+        Err(e) => Ok(error_response(&e)),
+    }
+}
+
+async fn session_info(req: Request<State>) -> tide::Result {
+    let caller = caller(&req);
+    json(
+        StatusCode::Ok,
+        call(&req, move |api| api.session_info(&caller)).await,
+    )
+}
+
+async fn logout(req: Request<State>) -> tide::Result {
+    let caller = caller(&req);
+    let mut res = no_content(call(&req, move |api| api.logout(&caller)).await)?;
+    if res.status() == StatusCode::NoContent {
+        res.insert_header("Set-Cookie", session_cookie("", 0));
+    }
+    Ok(res)
 }
 
 /// Reads a JSON body, but only for a caller whose key holds `scope`: 401 and 403 come before

@@ -4,3 +4,4 @@
 pub mod api;
 pub mod dev_receiver;
 pub mod server;
+pub mod ui;

@@ -1075,10 +1075,7 @@ impl DataReader {
         while let Some(rest) = input.get(i..).filter(|rest| !rest.is_empty()) {
             if self.position == LinePosition::Text {
                 // Fast path: plain text up to the next byte that matters.
-                let run = rest
-                    .iter()
-                    .position(|&b| matches!(b, b'\r' | b'\n' | 0))
-                    .unwrap_or(rest.len());
+                let run = memchr::memchr3(b'\r', b'\n', 0, rest).unwrap_or(rest.len());
                 if run > 0 {
                     self.store(rest.get(..run).unwrap_or_default());
                     i += run;

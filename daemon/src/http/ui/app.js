@@ -1,0 +1,390 @@
+// The node's web console: setup, login and the admin pages, as vanilla JavaScript over the
+// node's own REST API (DESIGN §7). Served by the node itself; nothing is loaded from elsewhere.
+// Every value from the API reaches the page through textContent, never as HTML.
+"use strict";
+
+/** The session's CSRF token, sent as X-CSRF-Token with every state change. */
+let csrf = null;
+
+/** `h("p", {class: "x"}, "text", child)`: an element; strings become text nodes. */
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else el.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+/** Calls the API; throws an Error with `status`, `code` and `fields` on a non-2xx answer. */
+async function api(method, path, body) {
+  const headers = {};
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (csrf && method !== "GET") headers["X-CSRF-Token"] = csrf;
+  const res = await fetch(path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    credentials: "same-origin",
+  });
+  const text = await res.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (_) { data = null; }
+  if (!res.ok) {
+    const error = (data && data.error) || {};
+    const err = new Error(error.message || `the node answered ${res.status}`);
+    err.status = res.status;
+    err.code = error.code;
+    err.fields = error.fields || [];
+    throw err;
+  }
+  return data;
+}
+
+function show(...children) {
+  const main = document.getElementById("main");
+  main.replaceChildren(...children);
+}
+
+/** A form whose inputs show field errors below themselves. `fields`: [name, label, attrs]. */
+function form(id, title, fields, submitLabel, onSubmit) {
+  const status = h("p", { class: "error", role: "alert", id: `${id}-error` });
+  const el = h("form", { id, novalidate: true },
+    fields.map(([name, label, attrs]) => {
+      const input = attrs && attrs.type === "select"
+        ? h("select", { id: `${id}-${name}`, name }, (attrs.options || []).map((o) => h("option", { value: o }, o || "any")))
+        : h("input", Object.assign({ id: `${id}-${name}`, name, type: "text" }, attrs || {}));
+      return h("div", {}, h("label", { for: `${id}-${name}` }, label), input,
+        h("div", { class: "field-error", "data-field": name }));
+    }),
+    h("button", { type: "submit" }, submitLabel), status);
+  el.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    status.textContent = "";
+    el.querySelectorAll(".field-error").forEach((e) => { e.textContent = ""; });
+    const values = Object.fromEntries(new FormData(el).entries());
+    try {
+      await onSubmit(values, el);
+    } catch (err) {
+      status.textContent = err.message;
+      for (const f of err.fields || []) {
+        // Settings keys look like "route[2].webhook" or "retention.metadata": match the last part.
+        const name = String(f.key).split(".").pop();
+        const slot = el.querySelector(`.field-error[data-field="${CSS.escape(name)}"]`);
+        if (slot) slot.textContent = f.message;
+        else status.append(h("div", {}, `${f.key}: ${f.message}`));
+      }
+    }
+  });
+  return h("section", { class: "card" }, title ? h("h2", {}, title) : null, el);
+}
+
+// ---------------------------------------------------------------- setup and login
+
+function setupView() {
+  document.getElementById("nav").hidden = true;
+  show(
+    h("h1", {}, "Set up this node"),
+    h("p", {}, "Enter the one-time setup token shown on the node's console (and in ",
+      h("span", { class: "mono" }, "/run/mxnode/setup-token"),
+      "), then choose the admin account. Check that the certificate fingerprint your browser shows matches the one on the console."),
+    form("setup", null, [
+      ["token", "Setup token", { autocomplete: "off", required: true }],
+      ["username", "Admin user name", { autocomplete: "username", value: "admin" }],
+      ["password", "Password (at least 12 characters)", { type: "password", autocomplete: "new-password" }],
+    ], "Create admin", async (v) => {
+      await api("POST", "/api/v1/setup", { token: v.token.trim(), username: v.username, password: v.password });
+      loginView("Setup is complete. Log in with the account you just created.");
+    }),
+  );
+}
+
+function loginView(notice) {
+  document.getElementById("nav").hidden = true;
+  csrf = null;
+  show(
+    h("h1", {}, "Log in"),
+    notice ? h("p", { class: "ok", id: "notice" }, notice) : null,
+    form("login", null, [
+      ["username", "User name", { autocomplete: "username" }],
+      ["password", "Password", { type: "password", autocomplete: "current-password" }],
+    ], "Log in", async (v) => {
+      const session = await api("POST", "/api/v1/session", { username: v.username, password: v.password });
+      csrf = session.csrf_token;
+      location.hash = "#status";
+      route();
+    }),
+  );
+}
+
+// ---------------------------------------------------------------- console pages
+
+function duration(seconds) {
+  const d = Math.floor(seconds / 86400), hrs = Math.floor((seconds % 86400) / 3600), m = Math.floor((seconds % 3600) / 60);
+  return d > 0 ? `${d} d ${hrs} h` : hrs > 0 ? `${hrs} h ${m} min` : `${m} min ${seconds % 60} s`;
+}
+
+async function statusView() {
+  const [status, session] = await Promise.all([api("GET", "/api/v1/status"), api("GET", "/api/v1/session")]);
+  const tls = status.tls;
+  show(
+    h("h1", {}, "Node status"),
+    h("section", { class: "card" }, h("dl", { class: "facts" },
+      h("dt", {}, "Version"), h("dd", { id: "version" }, status.version),
+      h("dt", {}, "Uptime"), h("dd", {}, duration(status.uptime_seconds)),
+      h("dt", {}, "Metadata store on disk"), h("dd", {}, `${(status.store_size_bytes / 1048576).toFixed(1)} MiB`),
+      h("dt", {}, "Logged in as"), h("dd", {}, session.username),
+      h("dt", {}, "Session ends"), h("dd", {}, session.expires_at),
+    )),
+    h("section", { class: "card" }, h("h2", {}, "TLS certificate (this console)"),
+      tls === null ? h("p", { class: "muted" }, "Plain HTTP on a loopback address: no certificate.") :
+        h("dl", { class: "facts", id: "certificate" },
+          h("dt", {}, "Subject"), h("dd", {}, tls.subject),
+          h("dt", {}, "Issuer"), h("dd", {}, tls.issuer),
+          h("dt", {}, "Expires"), h("dd", { class: tls.days_left < 30 ? "error" : "" }, `${tls.not_after} (${tls.days_left} days)`),
+          h("dt", {}, "SHA-256 fingerprint"), h("dd", { class: "mono" }, tls.sha256_fingerprint)),
+      h("p", { class: "muted" }, "To replace it, set http.tls_cert and http.tls_key and restart the node.")),
+  );
+}
+
+function randomSecret() {
+  const bytes = new Uint8Array(24);
+  crypto.getRandomValues(bytes);
+  return "whsec_" + btoa(String.fromCharCode(...bytes));
+}
+
+async function routesView() {
+  const settings = await api("GET", "/api/v1/settings");
+  const routes = settings.routes || [];
+  const save = async (next) => {
+    await api("PUT", "/api/v1/settings", { routes: next });
+    await routesView();
+  };
+  const secretOut = h("div", { id: "secret-once" });
+  const result = h("p", { id: "test-result", role: "status" });
+  const addForm = form("route", "Add a route", [
+    ["match", "Recipients (exact address or *@domain)", { placeholder: "*@in.example.com" }],
+    ["webhook", "Webhook URL (https://…)", { type: "url" }],
+    ["webhook_secret", "Webhook secret (whsec_…)", { autocomplete: "off" }],
+    ["webhook_ca", "Extra CA bundle file on the node (optional)", {}],
+    ["attachments", "Attachments", { type: "select", options: ["inline", "s3"] }],
+    ["s3", "S3 connection name (when attachments go to S3)", {}],
+  ], "Add route", async (v) => {
+    const route = { match: v.match, webhook: v.webhook, webhook_secret: v.webhook_secret, attachments: v.attachments };
+    if (v.webhook_ca) route.webhook_ca = v.webhook_ca;
+    if (v.s3) route.s3 = v.s3;
+    await save(routes.concat([route]));
+  });
+  const generate = h("button", { type: "button", class: "secondary", id: "generate-secret", onclick: () => {
+    const secret = randomSecret();
+    document.getElementById("route-webhook_secret").value = secret;
+    secretOut.replaceChildren(h("p", {}, "Copy this secret to the receiver now; the node will never show it again:"),
+      h("div", { class: "once" }, secret));
+  } }, "Generate whsec_ secret");
+  addForm.querySelector("form").insertBefore(h("div", {}, generate, secretOut), addForm.querySelector("button[type=submit]"));
+  show(
+    h("h1", {}, "Routes"),
+    h("section", { class: "card" },
+      routes.length === 0 ? h("p", { class: "muted" }, "No routes yet: mail is refused (550 5.1.1) until one matches.") :
+        h("div", { class: "table-wrap" }, h("table", { id: "routes" },
+          h("tr", {}, h("th", {}, "Recipients"), h("th", {}, "Webhook"), h("th", {}, "Attachments"), h("th", {}, "")),
+          routes.map((r, i) => h("tr", {},
+            h("td", { class: "mono" }, r.match), h("td", { class: "mono" }, r.webhook),
+            h("td", {}, r.attachments || "inline", r.s3 ? ` (${r.s3})` : ""),
+            h("td", {},
+              h("button", { type: "button", class: "secondary", "data-test": i, onclick: async () => {
+                result.textContent = "Sending a signed sample payload…";
+                try {
+                  const answer = await api("POST", `/api/v1/settings/routes/${i}/test`);
+                  const status = answer.status === null ? "no HTTP answer" : `HTTP ${answer.status}`;
+                  result.textContent = `Test delivery ${answer.outcome}: the receiver gave ${status}` + (answer.detail ? ` (${answer.detail})` : ".");
+                } catch (err) { result.textContent = err.message; }
+              } }, "Send test delivery"), " ",
+              h("button", { type: "button", class: "danger", onclick: async () => {
+                if (!confirm(`Delete the route for ${r.match}?`)) return;
+                await save(routes.filter((_, j) => j !== i));
+              } }, "Delete")),
+          )))),
+      result),
+    addForm,
+  );
+}
+
+async function retentionView() {
+  const settings = await api("GET", "/api/v1/settings");
+  const r = settings.retention || {};
+  const f = form("retention", "Retention and subject storage", [
+    ["metadata", "Keep delivery metadata for (e.g. 24h, 30d)", { value: r.metadata || "", placeholder: "24h (default)" }],
+    ["audit", "Keep the audit log for (e.g. 90d)", { value: r.audit || "", placeholder: "90d (default)" }],
+    ["store_subject", "Store subjects", { type: "select", options: ["true", "false"] }],
+  ], "Save", async (v) => {
+    // An empty field keeps the default.
+    const retention = { store_subject: v.store_subject === "true" };
+    if (v.metadata) retention.metadata = v.metadata;
+    if (v.audit) retention.audit = v.audit;
+    await api("PUT", "/api/v1/settings", { retention });
+    f.querySelector("form").append(h("p", { class: "ok" }, "Saved; in effect now."));
+  });
+  f.querySelector("select").value = r.store_subject === false ? "false" : "true";
+  show(h("h1", {}, "Retention"), f);
+}
+
+const SCOPES = ["metrics:read", "emails:read", "emails:delete", "audit:read", "settings:read", "settings:write", "update:read", "update:write", "admin"];
+
+async function keysView() {
+  const list = await api("GET", "/api/v1/keys");
+  const created = h("div", { id: "key-once" });
+  const scopeBoxes = h("div", { class: "checks" }, SCOPES.map((s) =>
+    h("label", {}, h("input", { type: "checkbox", name: "scope", value: s }), " ", s)));
+  const f = form("key", "Create an API key", [["name", "Name", {}]], "Create key", async (v, el) => {
+    const scopes = [...el.querySelectorAll("input[name=scope]:checked")].map((c) => c.value);
+    const key = await api("POST", "/api/v1/keys", { name: v.name, scopes });
+    await keysView();
+    document.getElementById("key-once").replaceChildren(
+      h("p", {}, `Key "${key.name}" created. Copy it now; it is shown only this once:`),
+      h("div", { class: "once", id: "new-key" }, key.key));
+  });
+  f.querySelector("form").insertBefore(h("div", {}, h("label", {}, "Scopes"), scopeBoxes), f.querySelector("button[type=submit]"));
+  show(
+    h("h1", {}, "API keys"),
+    created,
+    h("section", { class: "card" }, h("div", { class: "table-wrap" }, h("table", { id: "keys" },
+      h("tr", {}, h("th", {}, "Id"), h("th", {}, "Name"), h("th", {}, "Scopes"), h("th", {}, "Created"), h("th", {}, "")),
+      list.keys.map((k) => h("tr", {},
+        h("td", { class: "mono" }, k.id), h("td", {}, k.name), h("td", {}, k.scopes.join(", ")), h("td", {}, k.created_at),
+        h("td", {}, h("button", { type: "button", class: "danger", onclick: async () => {
+          if (!confirm(`Revoke key ${k.name}?`)) return;
+          await api("DELETE", `/api/v1/keys/${encodeURIComponent(k.id)}`);
+          await keysView();
+        } }, "Revoke"))))))),
+    f,
+  );
+}
+
+async function logView(filters) {
+  filters = filters || {};
+  const query = new URLSearchParams({ limit: "100" });
+  for (const [k, v] of Object.entries(filters)) if (v) query.set(k, v);
+  const page = await api("GET", `/api/v1/emails?${query}`);
+  const filterForm = form("filters", "Filter", [
+    ["status", "Status", { type: "select", options: ["", "delivered", "tempfailed", "rejected", "failed"] }],
+    ["recipient", "Recipient address", { value: filters.recipient || "" }],
+  ], "Apply", async (v) => logView({ status: v.status, recipient: v.recipient }));
+  filterForm.querySelector("select").value = filters.status || "";
+  const erasure = form("erasure", "Erase every record for an address", [["address", "Address", {}]], "Erase", async (v) => {
+    const result = await api("POST", "/api/v1/erasure", { address: v.address });
+    await logView(filters);
+    document.getElementById("main").prepend(h("p", { class: "ok" }, `Erased ${result.deleted} record(s).`));
+  });
+  show(
+    h("h1", {}, "Delivery log"),
+    filterForm,
+    h("section", { class: "card" }, page.items.length === 0 ? h("p", { class: "muted", id: "no-records" }, "No records.") :
+      h("div", { class: "table-wrap" }, h("table", { id: "records" },
+        h("tr", {}, h("th", {}, "Received"), h("th", {}, "Recipients"), h("th", {}, "Subject"), h("th", {}, "Status"), h("th", {}, "SMTP"), h("th", {}, "")),
+        page.items.map((r) => h("tr", {},
+          h("td", {}, r.received_at), h("td", { class: "mono" }, r.recipients.join(", ")),
+          h("td", {}, r.subject === null ? h("span", { class: "muted" }, "(not stored)") : r.subject),
+          h("td", {}, r.status), h("td", {}, r.smtp_code),
+          h("td", {}, h("button", { type: "button", class: "danger", onclick: async () => {
+            if (!confirm("Delete this record?")) return;
+            await api("DELETE", `/api/v1/emails/${encodeURIComponent(r.id)}`);
+            await logView(filters);
+          } }, "Delete"))))))),
+    erasure,
+  );
+}
+
+async function auditView() {
+  const page = await api("GET", "/api/v1/audit?limit=200");
+  show(
+    h("h1", {}, "Audit log"),
+    h("section", { class: "card" }, h("div", { class: "table-wrap" }, h("table", { id: "audit" },
+      h("tr", {}, h("th", {}, "Time"), h("th", {}, "Actor"), h("th", {}, "Action"), h("th", {}, "Target"), h("th", {}, "Detail")),
+      page.items.map((e) => h("tr", {},
+        h("td", {}, e.time), h("td", { class: "mono" }, e.actor), h("td", {}, e.action),
+        h("td", { class: "mono" }, e.target || ""), h("td", {}, e.detail || "")))))),
+  );
+}
+
+async function complianceView() {
+  const [settings, health] = await Promise.all([api("GET", "/api/v1/settings"), api("GET", "/healthz")]);
+  const r = settings.retention || {};
+  const routes = settings.routes || [];
+  const s3 = settings.s3 || {};
+  const storeSubject = r.store_subject !== false;
+  const item = (...t) => h("li", {}, ...t);
+  show(
+    h("h1", {}, "Compliance report"),
+    h("p", { class: "muted" }, `Generated ${new Date().toISOString()} from the live settings of mxnode ${health.version}.`),
+    h("button", { type: "button", id: "print", onclick: () => window.print() }, "Print"),
+    h("section", { class: "card" }, h("h2", {}, "What this node stores"),
+      h("ul", {},
+        item("Per delivery attempt, encrypted: record id, Message-ID, recipient address(es), route, ",
+          storeSubject ? "subject, " : "", "received and delivered times, status, SMTP reply code, webhook HTTP status and latency, attachment summary (file name, content type, size), message size."),
+        item(storeSubject ? "Subjects are stored." : "Subjects are not stored."),
+        item("An audit log of security-relevant events (logins, key and settings changes, deletions, exports)."))),
+    h("section", { class: "card" }, h("h2", {}, "Never stored"),
+      h("ul", {}, item("Message bodies, attachments and headers other than Message-ID (never written to any disk)."),
+        item("The sender address."), item("Anything derived from content (hashes, links, extracted text)."),
+        item("Passwords and API keys (only hashes); secrets are encrypted."))),
+    h("section", { class: "card" }, h("h2", {}, "Where"),
+      h("ul", {}, item("Metadata: this node's own store (RocksDB), nowhere else."),
+        routes.map((rt) => item(`Mail for ${rt.match}: posted to ${rt.webhook}` +
+          (rt.attachments === "s3" ? `; attachments and raw message stored in S3 connection "${rt.s3}" (${(s3[rt.s3] || {}).endpoint || "?"})` : "; attachments inline in the webhook payload"))),
+        routes.length === 0 ? item("No routes: all mail is refused.") : null)),
+    h("section", { class: "card" }, h("h2", {}, "How long"),
+      h("dl", { class: "facts" },
+        h("dt", {}, "Delivery metadata"), h("dd", { id: "retention-metadata" }, r.metadata || "24h"),
+        h("dt", {}, "Audit log"), h("dd", {}, r.audit || "90d"),
+        h("dt", {}, "Message content"), h("dd", {}, "only in memory until the receiver answered (seconds)"))),
+    h("section", { class: "card" }, h("h2", {}, "Encryption"),
+      h("dl", { class: "facts" },
+        h("dt", {}, "In transit"), h("dd", {}, "SMTP STARTTLS (TLS 1.2+) when a certificate is set; webhooks and S3 over verified HTTPS (TLS 1.2+); this console over HTTPS."),
+        h("dt", {}, "At rest"), h("dd", {}, "every stored value AES-256-GCM under per-hour/per-day keys wrapped by the node master key; expired keys are destroyed (crypto-shredding)."),
+        h("dt", {}, "Disk encryption (LUKS)"), h("dd", { id: "luks" }, "unknown (reported on the appliance)"),
+        h("dt", {}, "TPM sealing"), h("dd", {}, "unknown (reported on the appliance)"))),
+  );
+}
+
+// ---------------------------------------------------------------- routing
+
+const VIEWS = { status: statusView, routes: routesView, retention: retentionView, keys: keysView, log: logView, audit: auditView, compliance: complianceView };
+
+async function route() {
+  const name = (location.hash || "#status").slice(1);
+  const view = VIEWS[name] || statusView;
+  document.getElementById("nav").hidden = false;
+  document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.getAttribute("href") === `#${name}`));
+  try {
+    await view();
+  } catch (err) {
+    if (err.status === 401) loginView(err.message);
+    else show(h("p", { class: "error" }, err.message));
+  }
+}
+
+async function boot() {
+  document.getElementById("logout").addEventListener("click", async () => {
+    try { await api("DELETE", "/api/v1/session"); } catch (_) { /* already ended */ }
+    loginView("You are logged out.");
+  });
+  window.addEventListener("hashchange", () => { if (csrf) route(); });
+  try {
+    const setup = await api("GET", "/api/v1/setup");
+    if (setup.setup_required) return setupView();
+    const session = await api("GET", "/api/v1/session");
+    csrf = session.csrf_token;
+    await route();
+  } catch (err) {
+    if (err.status === 401) loginView();
+    else show(h("p", { class: "error" }, err.message));
+  }
+}
+
+document.addEventListener("DOMContentLoaded", boot);

@@ -1,0 +1,304 @@
+//! The console's authentication end to end (issue 5, DESIGN §7): the real binary over HTTPS
+//! (test CA) in setup mode, its token file, setup with and without the token, login with its
+//! cookie, lockout after wrong passwords, CSRF and Origin checks on state changes, logout.
+//! Session expiry by time is pinned in the controller's tests (`api/tests.rs`, `console`),
+//! which move the clock.
+
+use std::os::unix::fs::PermissionsExt as _;
+
+use mxnode_tests::{ApiAnswer, ApiClient, Node, NodeConfig, TestCa};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn start() -> (TestCa, Node) {
+    let ca = TestCa::new();
+    let node = Node::start(&NodeConfig::new().http(&ca));
+    (ca, node)
+}
+
+fn setup(api: &ApiClient, token: &str, password: &str) -> ApiAnswer {
+    api.post(
+        "/api/v1/setup",
+        None,
+        &json!({"token": token, "username": "admin", "password": password}),
+    )
+}
+
+fn login(api: &ApiClient, password: &str) -> ApiAnswer {
+    api.post(
+        "/api/v1/session",
+        None,
+        &json!({"username": "admin", "password": password}),
+    )
+}
+
+/// The `name=value` part of a `Set-Cookie` header.
+fn cookie_of(answer: &ApiAnswer) -> String {
+    answer
+        .set_cookie
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `method path` with the session cookie and, when given, the CSRF token and Origin.
+fn with_session(
+    api: &ApiClient,
+    method: &str,
+    path: &str,
+    cookie: &str,
+    csrf: Option<&str>,
+    origin: Option<&str>,
+    body: Option<&Value>,
+) -> ApiAnswer {
+    let mut headers = vec![("Cookie", cookie.to_string())];
+    if let Some(csrf) = csrf {
+        headers.push(("X-CSRF-Token", csrf.to_string()));
+    }
+    if let Some(origin) = origin {
+        headers.push(("Origin", origin.to_string()));
+    }
+    let body = body.map(|b| ("application/json", b.to_string().into_bytes()));
+    api.request_with_headers(method, path, &headers, body)
+}
+
+/// Completes setup on `node` and logs in: the cookie and the CSRF token.
+fn admin_session(node: &Node, api: &ApiClient) -> (String, String) {
+    let token = node.setup_token().expect("the node is in setup mode");
+    assert_eq!(setup(api, &token, PASSWORD).status, 201);
+    let answer = login(api, PASSWORD);
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    let csrf = answer.json()["csrf_token"]
+        .as_str()
+        .expect("a CSRF token")
+        .to_string();
+    (cookie_of(&answer), csrf)
+}
+
+#[test]
+fn setup_mode_demands_the_token_and_ends_for_good() {
+    let (ca, mut node) = start();
+    let api = ApiClient::new(&node, &ca);
+    let status = api.get("/api/v1/setup", None);
+    assert_eq!(
+        status.json(),
+        json!({"setup_required": true}),
+        "{}",
+        status.body
+    );
+
+    // The token file is private, and the journal announces the token and the fingerprint.
+    let token = node.setup_token().expect("the token file exists");
+    assert_eq!(token.len(), 32, "{token}");
+    let file = node.runtime_dir().join("setup-token");
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(&node.runtime_dir()), 0o700);
+    let log = node.log();
+    assert!(
+        log.contains(&token),
+        "the log names the setup token:\n{log}"
+    );
+    assert!(log.contains("SHA-256 fingerprint"), "{log}");
+
+    // Without the token: nothing.
+    let wrong = setup(&api, "00000000000000000000000000000000", PASSWORD);
+    assert_eq!(
+        (wrong.status, wrong.error_code().as_str()),
+        (403, "wrong_setup_token")
+    );
+    assert!(
+        wrong.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("console")
+    );
+    let early = login(&api, PASSWORD);
+    assert_eq!(
+        (early.status, early.error_code().as_str()),
+        (409, "setup_required")
+    );
+    let weak = setup(&api, &token, "short");
+    assert_eq!(weak.status, 400, "{}", weak.body);
+    assert_eq!(weak.json()["error"]["fields"][0]["key"], "password");
+
+    let done = setup(&api, &token, PASSWORD);
+    assert_eq!(done.status, 201, "{}", done.body);
+    assert_eq!(done.json(), json!({"username": "admin"}));
+    assert!(node.setup_token().is_none(), "the token file is deleted");
+    let again = setup(&api, &token, PASSWORD);
+    assert_eq!(
+        (again.status, again.error_code().as_str()),
+        (409, "setup_complete")
+    );
+    assert!(
+        !node.log().contains(PASSWORD),
+        "the password never reaches the log"
+    );
+
+    // After a restart the admin is still there and no new token appears.
+    node.terminate();
+    node.restart();
+    let api = ApiClient::new(&node, &ca);
+    assert_eq!(
+        api.get("/api/v1/setup", None).json(),
+        json!({"setup_required": false})
+    );
+    assert!(node.setup_token().is_none());
+    assert_eq!(login(&api, PASSWORD).status, 201);
+}
+
+#[test]
+fn session_cookie_drives_the_api_and_state_changes_need_csrf_token_and_origin() {
+    let (ca, node) = start();
+    let api = ApiClient::new(&node, &ca);
+    let token = node.setup_token().expect("setup mode");
+    assert_eq!(setup(&api, &token, PASSWORD).status, 201);
+    let answer = login(&api, PASSWORD);
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(
+            answer.set_cookie.contains(attribute),
+            "{}",
+            answer.set_cookie
+        );
+    }
+    let cookie = cookie_of(&answer);
+    let csrf = answer.json()["csrf_token"]
+        .as_str()
+        .expect("csrf")
+        .to_string();
+
+    let emails = with_session(&api, "GET", "/api/v1/emails", &cookie, None, None, None);
+    assert_eq!(emails.status, 200, "{}", emails.body);
+    let info = with_session(&api, "GET", "/api/v1/session", &cookie, None, None, None);
+    assert_eq!(
+        info.json()["csrf_token"],
+        csrf.as_str(),
+        "a reload recovers the token"
+    );
+
+    let key = json!({"name": "ci", "scopes": ["emails:read"]});
+    let no_token = with_session(
+        &api,
+        "POST",
+        "/api/v1/keys",
+        &cookie,
+        None,
+        None,
+        Some(&key),
+    );
+    assert_eq!(
+        (no_token.status, no_token.error_code().as_str()),
+        (403, "csrf"),
+        "{}",
+        no_token.body
+    );
+    assert!(no_token.body.contains("CSRF"), "{}", no_token.body);
+    let foreign = with_session(
+        &api,
+        "POST",
+        "/api/v1/keys",
+        &cookie,
+        Some(&csrf),
+        Some("https://evil.example"),
+        Some(&key),
+    );
+    assert_eq!(
+        (foreign.status, foreign.error_code().as_str()),
+        (403, "cross_origin")
+    );
+    let origin = api_origin(&node);
+    let created = with_session(
+        &api,
+        "POST",
+        "/api/v1/keys",
+        &cookie,
+        Some(&csrf),
+        Some(&origin),
+        Some(&key),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+
+    let out = with_session(
+        &api,
+        "DELETE",
+        "/api/v1/session",
+        &cookie,
+        Some(&csrf),
+        None,
+        None,
+    );
+    assert_eq!(out.status, 204, "{}", out.body);
+    assert!(out.set_cookie.contains("Max-Age=0"), "{}", out.set_cookie);
+    let after = with_session(&api, "GET", "/api/v1/emails", &cookie, None, None, None);
+    assert_eq!(
+        (after.status, after.error_code().as_str()),
+        (401, "session_expired")
+    );
+
+    // The audit log shows who did what.
+    let (cookie, _) = {
+        let answer = login(&api, PASSWORD);
+        (cookie_of(&answer), ())
+    };
+    let audit = with_session(
+        &api,
+        "GET",
+        "/api/v1/audit?limit=100",
+        &cookie,
+        None,
+        None,
+        None,
+    );
+    let actions: Vec<String> = audit.json()["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["action"].as_str().map(str::to_string))
+        .collect();
+    for action in ["setup.complete", "login", "logout", "api_key.create"] {
+        assert!(
+            actions.contains(&action.to_string()),
+            "{action}: {actions:?}"
+        );
+    }
+    assert!(audit.body.contains("admin:admin"), "{}", audit.body);
+}
+
+/// `https://127.0.0.1:PORT`, what a browser sends as `Origin`.
+fn api_origin(node: &Node) -> String {
+    node.api_url("")
+}
+
+#[test]
+fn wrong_passwords_lock_the_client_out_with_a_clear_message() {
+    let (ca, node) = start();
+    let api = ApiClient::new(&node, &ca);
+    let (_, _) = admin_session(&node, &api);
+    for attempt in 1..=5 {
+        let wrong = login(&api, "not the password at all");
+        assert_eq!(wrong.status, 401, "attempt {attempt}: {}", wrong.body);
+        assert!(
+            wrong.body.contains("wrong user name or password"),
+            "{}",
+            wrong.body
+        );
+    }
+    let locked = login(&api, PASSWORD);
+    assert_eq!(
+        (locked.status, locked.error_code().as_str()),
+        (429, "locked_out"),
+        "{}",
+        locked.body
+    );
+    assert!(
+        locked.body.contains("try again in 15 minute"),
+        "{}",
+        locked.body
+    );
+    assert!(!node.log().contains("not the password at all"));
+}

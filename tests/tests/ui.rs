@@ -1,0 +1,121 @@
+//! The web console in a real browser (issue 5): Debian's headless Chromium driven by
+//! playwright-core (`tests/ui/console.mjs`, installed by `./build.sh test` into
+//! `tests/ui/node_modules`) against the real node over HTTPS, a real HTTPS receiver and a real
+//! SMTP client. The script walks setup (refused without the token), login, a route to the
+//! receiver, a real email in the delivery log and its deletion, the audit log, an API key
+//! created and revoked, retention with a field error, the compliance report and logout, and
+//! saves a screenshot of each page under `$CARGO_TARGET_DIR/ui-artifacts/` (never the repo).
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use mxnode_tests::{
+    Node, NodeConfig, Receiver, SmtpClient, TestCa, new_webhook_secret, workspace_dir,
+};
+
+/// The whole browser walk must finish within this (setup and login hash a password with
+/// 600,000 PBKDF2 rounds in an unoptimised build).
+const UI_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Where the screenshots go: `$CARGO_TARGET_DIR/ui-artifacts/console`, else the system temp dir.
+fn artifacts_dir() -> PathBuf {
+    let root = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = root.join("ui-artifacts").join("console");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the artifacts dir");
+    dir
+}
+
+#[test]
+fn console_walkthrough_in_headless_chromium() {
+    let ui_dir = workspace_dir().join("tests/ui");
+    assert!(
+        ui_dir.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is missing: run ./build.sh test (npm ci in tests/ui)"
+    );
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").is_file(),
+        "/usr/bin/chromium is missing: run ./build.sh test (apt chromium)"
+    );
+    let ca = TestCa::new();
+    let receiver = Receiver::start(&ca, &new_webhook_secret());
+    let node = Node::start(&NodeConfig::new().http(&ca));
+    let token = node.setup_token().expect("the node is in setup mode");
+    let artifacts = artifacts_dir();
+
+    let mut child = Command::new("node")
+        .arg(ui_dir.join("console.mjs"))
+        .current_dir(&ui_dir)
+        .env("MXNODE_URL", node.api_url(""))
+        .env("SETUP_TOKEN", &token)
+        .env("RECEIVER_URL", receiver.url("/ok"))
+        .env("RECEIVER_SECRET", receiver.secret())
+        .env("RECEIVER_CA", receiver.ca_pem())
+        .env("ARTIFACTS", &artifacts)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start node (nodejs)");
+    let mut stdin = child.stdin.take().expect("piped");
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+
+    let deadline = Instant::now() + UI_TIMEOUT;
+    let mut output = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line == "SEND_MAIL" => {
+                let mut client = SmtpClient::connect(node.smtp_addr());
+                let reply = client.send_mail(
+                    "alice@example.org",
+                    &["bob@in.example.test"],
+                    b"From: Alice <alice@example.org>\r\nTo: bob@in.example.test\r\n\
+                      Subject: Console test\r\nMessage-ID: <console@example.org>\r\n\r\nHello\r\n",
+                );
+                assert_eq!(reply.code, 250, "{reply}");
+                // The console's test delivery, then this message.
+                assert_eq!(receiver.wait_for(2, Duration::from_secs(10)).len(), 2);
+                writeln!(stdin, "SENT").expect("answer the script");
+            }
+            Ok(line) => output.push(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                panic!("the browser walk took longer than {UI_TIMEOUT:?}: {output:?}");
+            }
+        }
+    }
+    drop(stdin);
+    let status = child.wait().expect("wait for the script");
+    let errors = errors.join().unwrap_or_default();
+    assert!(
+        status.success() && output.iter().any(|l| l == "UI_OK"),
+        "the browser walk failed ({status}); screenshots in {}:\n{}\n{errors}",
+        artifacts.display(),
+        output.join("\n")
+    );
+    eprintln!("screenshots: {}", artifacts.display());
+}

@@ -1,0 +1,197 @@
+// Drives the node's web console in Debian's headless Chromium through playwright-core
+// (started by tests/tests/ui.rs, which owns the node, the receiver and the SMTP client).
+//
+// Environment: MXNODE_URL (https://127.0.0.1:PORT), SETUP_TOKEN, RECEIVER_URL, RECEIVER_SECRET,
+// RECEIVER_CA (a file on the node's host), ARTIFACTS (a directory for screenshots and the
+// browser profile), CHROMIUM (default /usr/bin/chromium). When the script needs a real email,
+// it prints "SEND_MAIL" on stdout and waits for one line on stdin.
+//
+// Exit status 0 when every step passed; otherwise the failing step is printed on stderr.
+
+import { chromium } from "playwright-core";
+import { mkdtempSync } from "node:fs";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set`);
+  return value;
+};
+const base = env("MXNODE_URL");
+const artifacts = env("ARTIFACTS");
+const PASSWORD = "correct horse battery staple";
+const stdin = createInterface({ input: process.stdin });
+const lines = stdin[Symbol.asyncIterator]();
+
+let step = "start";
+let shot = 0;
+async function snap(page, name) {
+  shot += 1;
+  await page.screenshot({ path: join(artifacts, `${String(shot).padStart(2, "0")}-${name}.png`), fullPage: true });
+}
+function check(condition, what) {
+  if (!condition) throw new Error(`${step}: ${what}`);
+}
+
+const context = await chromium.launchPersistentContext(mkdtempSync(join(artifacts, "profile-")), {
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  ignoreHTTPSErrors: true,
+  viewport: { width: 1100, height: 800 },
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const violations = [];
+const page = context.pages()[0] || (await context.newPage());
+try {
+  page.setDefaultTimeout(20_000);
+  page.on("dialog", (dialog) => dialog.accept());
+  // Script errors and CSP violations ("Refused to …") fail the walk; the 4xx answers this walk
+// provokes on purpose (and the browser's favicon request) are logged as failed loads.
+page.on("console", (msg) => {
+  if (msg.type() === "error" && !msg.text().startsWith("Failed to load resource")) violations.push(msg.text());
+});
+  page.on("pageerror", (err) => violations.push(String(err)));
+
+  step = "setup page";
+  const response = await page.goto(base + "/");
+  const csp = response.headers()["content-security-policy"] || "";
+  check(csp.includes("default-src 'self'") && !csp.includes("unsafe-inline"), `CSP: ${csp}`);
+  await page.waitForSelector("#setup");
+  await snap(page, "setup");
+
+  step = "setup refused without the token";
+  await page.fill("#setup-token", "not-the-token");
+  await page.fill("#setup-password", PASSWORD);
+  await page.click("#setup button[type=submit]");
+  await page.waitForSelector("#setup-error:has-text('wrong setup token')");
+  await snap(page, "setup-wrong-token");
+
+  step = "setup field errors";
+  await page.fill("#setup-token", env("SETUP_TOKEN"));
+  await page.fill("#setup-password", "short");
+  await page.click("#setup button[type=submit]");
+  await page.waitForSelector("#setup .field-error[data-field=password]:has-text('at least 12')");
+
+  step = "setup with the token";
+  await page.fill("#setup-password", PASSWORD);
+  await page.click("#setup button[type=submit]");
+  await page.waitForSelector("#login");
+  await snap(page, "login");
+
+  step = "wrong password";
+  await page.fill("#login-username", "admin");
+  await page.fill("#login-password", "not the password");
+  await page.click("#login button[type=submit]");
+  await page.waitForSelector("#login-error:has-text('wrong user name or password')");
+
+  step = "login";
+  await page.fill("#login-password", PASSWORD);
+  await page.click("#login button[type=submit]");
+  await page.waitForSelector("#version");
+  await page.waitForSelector("#certificate dd.mono");
+  await snap(page, "status");
+
+  step = "add a route";
+  await page.click("nav a[href='#routes']");
+  await page.waitForSelector("#route");
+  await page.click("#generate-secret");
+  const shown = await page.textContent("#secret-once .once");
+  check(/^whsec_[A-Za-z0-9+/=]{32}$/.test(shown.trim()), `generated secret ${shown}`);
+  await snap(page, "routes-secret-shown-once");
+  // A bad URL first: the settings API's field error appears under the field.
+  await page.fill("#route-match", "*@in.example.test");
+  await page.fill("#route-webhook", "ftp://nowhere");
+  await page.click("#route button[type=submit]");
+  await page.waitForSelector("#route .field-error[data-field=webhook]:not(:empty)");
+  await snap(page, "routes-field-error");
+  await page.fill("#route-webhook", env("RECEIVER_URL"));
+  await page.fill("#route-webhook_secret", env("RECEIVER_SECRET"));
+  await page.fill("#route-webhook_ca", env("RECEIVER_CA"));
+  await page.click("#route button[type=submit]");
+  await page.waitForSelector("#routes td:has-text('*@in.example.test')");
+  await snap(page, "routes");
+
+  step = "send test delivery";
+  await page.click("#routes button[data-test='0']");
+  await page.waitForSelector("#test-result:has-text('Test delivery accepted')");
+  await snap(page, "routes-test-delivery");
+
+  step = "a real email";
+  process.stdout.write("SEND_MAIL\n");
+  const answer = await lines.next();
+  check(answer.value === "SENT", `the test answered ${answer.value}`);
+
+  step = "delivery log";
+  await page.click("nav a[href='#log']");
+  await page.waitForSelector("#records td:has-text('Console test')");
+  await snap(page, "delivery-log");
+  await page.click("#records button.danger");
+  await page.waitForSelector("#no-records");
+  await snap(page, "delivery-log-after-delete");
+
+  step = "audit log";
+  await page.click("nav a[href='#audit']");
+  for (const action of ["setup.complete", "login", "settings.update", "email.delete", "login.failed"]) {
+    await page.waitForSelector(`#audit td:text-is('${action}')`);
+  }
+  await snap(page, "audit");
+
+  step = "API keys";
+  await page.click("nav a[href='#keys']");
+  await page.waitForSelector("#key");
+  await page.fill("#key-name", "ci reader");
+  await page.check("input[name=scope][value='emails:read']");
+  await page.click("#key button[type=submit]");
+  const key = await page.textContent("#new-key");
+  check(/^mxk_[0-9a-f]{16}_[0-9a-f]{64}$/.test(key.trim()), `new key ${key}`);
+  await snap(page, "keys-created");
+  await page.click("#keys button.danger");
+  await page.waitForFunction(() => !document.querySelector("#keys td") );
+  await snap(page, "keys-revoked");
+
+  step = "retention";
+  await page.click("nav a[href='#retention']");
+  await page.waitForSelector("#retention");
+  await page.fill("#retention-metadata", "soon");
+  await page.click("#retention button[type=submit]");
+  await page.waitForSelector("#retention .field-error[data-field=metadata]:not(:empty)");
+  await snap(page, "retention-field-error");
+  await page.fill("#retention-metadata", "48h");
+  await page.click("#retention button[type=submit]");
+  await page.waitForSelector("#retention .ok");
+
+  step = "compliance report";
+  await page.click("nav a[href='#compliance']");
+  await page.waitForSelector("#retention-metadata:text-is('48h')");
+  await snap(page, "compliance");
+  await page.emulateMedia({ media: "print" });
+  await snap(page, "compliance-print");
+  await page.emulateMedia({ media: "screen" });
+
+  step = "narrow screen";
+  await page.setViewportSize({ width: 380, height: 760 });
+  await page.click("nav a[href='#log']");
+  await page.waitForSelector("#filters");
+  await snap(page, "narrow-delivery-log");
+  await page.setViewportSize({ width: 1100, height: 800 });
+
+  step = "logout";
+  await page.click("#logout");
+  await page.waitForSelector("#login");
+  const status = await page.evaluate(async () => (await fetch("/api/v1/emails")).status);
+  check(status === 401, `after logout the API answered ${status}`);
+
+  step = "no script errors";
+  check(violations.length === 0, `console errors: ${violations.join(" | ")}`);
+  console.log("UI_OK");
+} catch (err) {
+  console.error(`failed at step "${step}": ${err.stack || err}`);
+  console.error(`page text: ${await page.textContent("main").catch(() => "?")}`);
+  await snap(page, "failure").catch(() => {});
+  process.exitCode = 1;
+} finally {
+  await context.close();
+  stdin.close();
+}
