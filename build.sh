@@ -240,6 +240,8 @@ cmd_bench() {
         exit 1
     fi
     install_bench_dependencies
+    # Absolute: cargo runs the parse benchmark in the bench crate's directory.
+    BENCH_OUT="$(realpath -m "$BENCH_OUT")"
     # Two builds: together, cargo would unify features with the bench crate's dependencies and
     # benchmark a different mxnode binary from the one `image` ships.
     log "cargo build --release -p mxnode; cargo build --release -p mxnode-bench"
@@ -368,6 +370,9 @@ case "${1:-}" in
         ;;
     image)
         cmd_image
+        # Exit here, inside the parsed case: bash reads a script as it runs, and an edit to
+        # this file during a long image build must not be read half-way after it.
+        exit 0
         ;;
     vm)
         shift
@@ -381,6 +386,8 @@ case "${1:-}" in
     bench)
         shift
         cmd_bench "$@"
+        # As for image: the sweep takes minutes, and bash must not read an edited script on.
+        exit 0
         ;;
     -h | --help | help)
         usage

@@ -366,7 +366,13 @@ pub async fn deliver(router: &Router, tx: Transaction, peer: &PeerInfo) -> Deliv
         Outcome::Delivered { ids }
     };
     log::info!(
-        "delivery finished: {} bytes, {} attachment(s), {:?} in {} ms",
+        "delivery finished: {}, {} bytes, {} attachment(s), {:?} in {} ms",
+        report
+            .routes
+            .iter()
+            .map(|r| r.delivery_id.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
         report.size,
         report.attachments.len(),
         outcome_label(&outcome),

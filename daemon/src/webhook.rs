@@ -219,7 +219,17 @@ impl WebhookClient {
             let attempt = self.attempt(id, body.clone(), remaining.min(MAX_ATTEMPT_TIME));
             let (last_error, last_status) = match attempt.await {
                 Ok((status, _)) if classify(status) == StatusClass::Accepted => {
-                    log::info!(
+                    // Success at the first attempt is the common case, and the delivery's own
+                    // line (`delivery finished`, with this id) says it: one log line per message
+                    // instead of two, which at thousands of messages a second is journald's
+                    // rate limit and a system call each.
+                    let level = if attempts > 1 {
+                        log::Level::Info
+                    } else {
+                        log::Level::Debug
+                    };
+                    log::log!(
+                        level,
                         "webhook {id}: accepted with {status} after {attempts} attempt(s) in {} ms",
                         started.elapsed().as_millis()
                     );
