@@ -1354,4 +1354,54 @@ webhook_secret = "{SECRET}"
             "{errs:?}"
         );
     }
+
+    #[test]
+    fn update_table_defaults_and_every_problem_by_key() {
+        let config = RawConfig::parse(&minimal())
+            .and_then(Config::from_raw)
+            .expect("valid");
+        let u = &config.update;
+        assert_eq!(u.keys, PathBuf::from(DEFAULT_UPDATE_KEYS));
+        assert_eq!(u.channel, None);
+        assert_eq!(u.check_interval, DEFAULT_UPDATE_CHECK_INTERVAL);
+        assert!(u.auto_apply);
+        assert_eq!(u.maintenance_window, None);
+        assert_eq!(u.state_dir, PathBuf::from(DEFAULT_UPDATE_STATE_DIR));
+        assert_eq!(u.spool_dir, PathBuf::from("/tmp/mxnode-config-test/update"));
+        assert_eq!(u.compatible, crate::update::DEFAULT_COMPATIBLE);
+
+        let text = minimal()
+            + "[update]\nchannel = \"https://updates.example.test/stable\"\n\
+               maintenance_window = \"02:00-04:00\"\ncheck_interval = \"30m\"\n";
+        let config = RawConfig::parse(&text)
+            .and_then(Config::from_raw)
+            .expect("valid");
+        assert_eq!(
+            config.update.channel.as_deref(),
+            Some("https://updates.example.test/stable/"),
+            "the channel is a directory"
+        );
+        assert!(config.update.maintenance_window.is_some());
+
+        let text = minimal()
+            + "[update]\nchannel = \"http://updates.example.test/\"\n\
+               channel_ca = \"/nonexistent/ca.pem\"\ncheck_interval = \"1s\"\n\
+               maintenance_window = \"2am\"\ncompatible = \"\"\nmirror = \"x\"\n";
+        assert_eq!(errors(&text), ["update.mirror: unknown key"]);
+        let text = text.replace("mirror = \"x\"\n", "");
+        let keys: Vec<String> = errors(&text)
+            .iter()
+            .map(|e| e.split(':').next().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "update.channel",
+                "update.maintenance_window",
+                "update.compatible",
+                "update.check_interval",
+                "update.channel_ca",
+            ]
+        );
+    }
 }

@@ -305,5 +305,8 @@ fn channel_check_stages_a_signed_release_and_refusals_are_audited() {
         .map(|e| e.expect("entry").file_name())
         .filter(|n| n.to_string_lossy().starts_with("upload-"))
         .collect();
-    assert!(leftovers.is_empty(), "spooled uploads are removed: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "spooled uploads are removed: {leftovers:?}"
+    );
 }

@@ -531,8 +531,9 @@ impl Updater {
         }
     }
 
-    /// A refusal or failure the installer recorded since the last call, to audit once.
-    pub fn installer_refusal(&self) -> Option<ErrorView> {
+    /// A refusal, failure or rollback the installer recorded since the last call, to audit
+    /// once, with the installer's state (`refused`, `failed`, `rolled-back`).
+    pub fn installer_event(&self) -> Option<(String, ErrorView)> {
         let status = StateDir(self.config.state_dir.clone()).status()?;
         if !matches!(status.state.as_str(), "refused" | "failed" | "rolled-back") {
             return None;
@@ -545,7 +546,7 @@ impl Updater {
             return None;
         }
         *audited = Some(status.at);
-        status.error
+        status.error.map(|e| (status.state, e))
     }
 }
 
@@ -680,11 +681,22 @@ pub async fn run(updater: Arc<Updater>, audit: Audit, stop: smol::channel::Recei
             next_check = std::time::Instant::now() + interval;
         }
         smol::unblock(move || {
-            if let Some(error) = u.installer_refusal() {
-                a(
-                    "update.refused",
-                    format!("update refused: {} ({})", error.message, error.code),
-                );
+            match u.installer_event() {
+                Some((state, error)) if state == "rolled-back" => {
+                    a("update.rolled_back", error.message);
+                }
+                Some((state, error)) => {
+                    let verb = if state == "failed" {
+                        "failed"
+                    } else {
+                        "refused"
+                    };
+                    a(
+                        &format!("update.{verb}"),
+                        format!("update {verb}: {} ({})", error.message, error.code),
+                    );
+                }
+                None => {}
             }
             if due {
                 let _ = record_outcome(&a, "system check", u.check(SystemTime::now()));
