@@ -973,6 +973,24 @@ impl Config {
     }
 }
 
+/// Only `[update]` of a file (and the `node.data_dir` its defaults derive from), for root's
+/// `mxnode update …`: the rest of the node's configuration (its secrets among it, which root's
+/// installer unit is not given) is not its concern. Unknown keys anywhere are still errors.
+pub fn update_only(raw: &RawConfig) -> Result<UpdateConfig, ConfigErrors> {
+    let mut v = Validator { errors: Vec::new() };
+    let data_dir = PathBuf::from(
+        raw.node
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| "/var/lib/mxnode".into()),
+    );
+    let update = update_config(&mut v, raw.update.clone().unwrap_or_default(), &data_dir);
+    if !v.errors.is_empty() {
+        return Err(ConfigErrors(v.errors));
+    }
+    Ok(update)
+}
+
 /// Validates `[update]`.
 fn update_config(v: &mut Validator, raw: RawUpdate, data_dir: &Path) -> UpdateConfig {
     let channel = raw.channel.map(|url| {
