@@ -417,3 +417,50 @@ fn installer_cli_reads_only_the_update_table_and_refuses_without_ab_boot() {
     assert_eq!(status["floor"], env!("CARGO_PKG_VERSION"));
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
 }
+
+#[test]
+fn without_auto_apply_a_check_only_stages_and_apply_requests() {
+    let ca = TestCa::new();
+    let releases = Releases::new();
+    let served = tempfile::tempdir().expect("temp dir");
+    publish(
+        &releases.sign("good", "9.0.0"),
+        &served.path().join("stable"),
+    );
+    let server = StaticServer::start(&ca, served.path());
+    let node_dirs = tempfile::tempdir().expect("temp dir");
+    let spool = node_dirs.path().join("spool");
+    let node = Node::start(
+        &NodeConfig::new()
+            .http(&ca)
+            .api_key("operator", &["update:write", "update:read", "audit:read"])
+            .extra_toml(&format!(
+                "[update]\nkeys = {:?}\nchannel = {:?}\nchannel_ca = {:?}\nauto_apply = false\n\
+                 state_dir = {:?}\nspool_dir = {:?}\n",
+                path_str(&releases.keys_file()),
+                server.url("/stable"),
+                path_str(&ca.ca_pem),
+                path_str(&node_dirs.path().join("state")),
+                path_str(&spool),
+            )),
+    );
+    let api = ApiClient::new(&node, &ca);
+    let key = node.api_key("operator");
+
+    let early = api.post("/api/v1/update/apply", Some(key), &Value::Null);
+    assert_eq!(early.status, 409, "{}", early.body);
+    assert_eq!(early.error_code(), "nothing_staged");
+
+    let checked = api.post("/api/v1/update/check", Some(key), &Value::Null);
+    assert_eq!(checked.status, 200, "{}", checked.body);
+    assert_eq!(checked.json()["state"], "staged");
+    assert!(spool.join("staged/root.erofs").exists());
+    assert!(!spool.join("request.json").exists(), "staged only");
+    assert_eq!(audit(&api, key, "update.staged").len(), 1);
+
+    let applied = api.post("/api/v1/update/apply", Some(key), &Value::Null);
+    assert_eq!(applied.status, 200, "{}", applied.body);
+    assert_eq!(applied.json()["state"], "requested");
+    assert!(spool.join("request.json").exists());
+    assert_eq!(audit(&api, key, "update.requested").len(), 1);
+}
