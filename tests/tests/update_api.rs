@@ -237,6 +237,10 @@ fn channel_check_stages_a_signed_release_and_refusals_are_audited() {
         !spool.join("staged/root.erofs").exists(),
         "a mismatching artifact is never staged"
     );
+    assert!(
+        !spool.join("request.json").exists(),
+        "the earlier request is withdrawn when its staged files are replaced"
+    );
     let view = api.get("/api/v1/update", Some(reader)).json();
     assert_eq!(view["state"], "refused", "{view}");
     assert_eq!(view["last_error"]["code"], "artifact_mismatch");

@@ -230,6 +230,14 @@ impl Updater {
         let Ok(_guard) = self.busy.try_lock() else {
             return Err(UpdateError::Busy);
         };
+        // Root is reading the staged release: replacing it now would fail that install.
+        if StateDir(self.config.state_dir.clone())
+            .status()
+            .is_some_and(|s| s.state == "installing")
+            && self.config.spool_dir.join(REQUEST_FILE).exists()
+        {
+            return Err(UpdateError::Busy);
+        }
         let result = f();
         self.set(now, |s| match &result {
             Ok(Outcome::UpToDate { .. }) => {
@@ -291,7 +299,7 @@ impl Updater {
             }
             policy::check_space(&manifest, self.available_space()?)
                 .map_err(UpdateError::Refused)?;
-            let _ = fs::remove_dir_all(&staged);
+            self.unstage();
             fs::create_dir_all(&staged).map_err(|e| {
                 UpdateError::failed("spool", format!("cannot create {}: {e}", staged.display()))
             })?;
@@ -373,7 +381,7 @@ impl Updater {
             }
         };
         let staged = self.staged_dir();
-        let _ = fs::remove_dir_all(&staged);
+        self.unstage();
         fs::rename(&incoming, &staged)
             .map_err(|e| UpdateError::failed("spool", format!("cannot stage the bundle: {e}")))?;
         self.staged(&manifest, &bytes, &signature, now, true)
@@ -399,6 +407,13 @@ impl Updater {
                 requested: true,
             })
         })
+    }
+
+    /// Withdraws the install request and removes the staged release (the request always
+    /// goes first: it must never name files that are being replaced).
+    fn unstage(&self) {
+        let _ = fs::remove_file(self.config.spool_dir.join(REQUEST_FILE));
+        let _ = fs::remove_dir_all(self.staged_dir());
     }
 
     fn staged_dir(&self) -> PathBuf {
