@@ -434,6 +434,7 @@ fn without_auto_apply_a_check_only_stages_and_apply_requests() {
     let server = StaticServer::start(&ca, served.path());
     let node_dirs = tempfile::tempdir().expect("temp dir");
     let spool = node_dirs.path().join("spool");
+    fs::create_dir_all(node_dirs.path().join("state")).expect("state dir");
     let node = Node::start(
         &NodeConfig::new()
             .http(&ca)
@@ -467,4 +468,19 @@ fn without_auto_apply_a_check_only_stages_and_apply_requests() {
     assert_eq!(applied.json()["state"], "requested");
     assert!(spool.join("request.json").exists());
     assert_eq!(audit(&api, key, "update.requested").len(), 1);
+
+    // Root installed it (as `mxnode update install` records) and the reboot is still to come:
+    // a check neither downloads nor requests it again.
+    fs::remove_file(spool.join("request.json")).expect("root took the request");
+    fs::write(
+        node_dirs.path().join("state/pending.json"),
+        serde_json::json!({"version": "9.0.0", "slot": "b", "from_version": "0.1.0",
+                           "from_slot": "a", "at": "2026-01-01T00:00:00Z"})
+        .to_string(),
+    )
+    .expect("pending.json");
+    let again = api.post("/api/v1/update/check", Some(key), &Value::Null);
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.json()["state"], "reboot-pending", "{}", again.body);
+    assert!(!spool.join("request.json").exists(), "not requested again");
 }

@@ -94,6 +94,8 @@ pub enum Outcome {
     UpToDate { version: String },
     /// A release is staged; `requested` if `request.json` was written.
     Staged { version: String, requested: bool },
+    /// The release is installed in the other slot and waits for the reboot (`pending.json`).
+    AwaitingReboot { version: String },
 }
 
 /// The node's own view of the update, besides the installer's files.
@@ -250,6 +252,11 @@ impl Updater {
                 s.available = Some(version.clone());
                 s.last_error = None;
             }
+            Ok(Outcome::AwaitingReboot { version }) => {
+                s.state = "reboot-pending";
+                s.available = Some(version.clone());
+                s.last_error = None;
+            }
             Err(e) => {
                 s.state = if matches!(e, UpdateError::Refused(_)) {
                     "refused"
@@ -291,6 +298,15 @@ impl Updater {
                 });
             }
             let manifest = self.judge(&manifest_bytes, &signature, now)?;
+            // Installed already, the reboot still to come: nothing to fetch or install again.
+            if StateDir(self.config.state_dir.clone())
+                .pending()
+                .is_some_and(|p| p.version == manifest.version.to_string())
+            {
+                return Ok(Outcome::AwaitingReboot {
+                    version: manifest.version.to_string(),
+                });
+            }
             let staged = self.staged_dir();
             if fs::read(staged.join(MANIFEST_FILE)).ok().as_deref() == Some(&manifest_bytes[..])
                 && self.staged_complete(&manifest)
@@ -730,6 +746,9 @@ pub fn record_outcome(
     match &result {
         Ok(Outcome::UpToDate { version }) => {
             log::info!("update: {what}: up to date ({version})");
+        }
+        Ok(Outcome::AwaitingReboot { version }) => {
+            log::info!("update: {what}: {version} is installed and waits for the reboot");
         }
         Ok(Outcome::Staged { version, requested }) => audit(
             if *requested {
