@@ -483,4 +483,34 @@ fn without_auto_apply_a_check_only_stages_and_apply_requests() {
     assert_eq!(again.status, 200, "{}", again.body);
     assert_eq!(again.json()["state"], "reboot-pending", "{}", again.body);
     assert!(!spool.join("request.json").exists(), "not requested again");
+
+    // A refusal root's installer recorded (it cannot reach the store) is audited by the node.
+    fs::write(
+        node_dirs.path().join("state/status.json"),
+        serde_json::json!({"state": "refused", "version": "9.0.0", "slot": "b",
+                           "progress": {"done": 0, "total": 0},
+                           "error": {"code": "not_blessed", "message": "the current boot is not blessed yet"},
+                           "at": "2026-01-01T00:00:01Z", "reboot_at": null})
+        .to_string(),
+    )
+    .expect("status.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let refused = loop {
+        let events = audit(&api, key, "update.refused");
+        if !events.is_empty() || std::time::Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    assert_eq!(
+        refused.len(),
+        1,
+        "the installer's refusal is audited once: {refused:?}"
+    );
+    assert!(
+        refused[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("not_blessed")),
+        "{refused:?}"
+    );
 }
