@@ -321,7 +321,7 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
 struct HttpService {
     listener: smol::Async<std::net::TcpListener>,
     app: tide::Server<crate::http::api::State>,
-    tls: Option<async_native_tls::TlsAcceptor>,
+    tls: Option<Arc<crate::smtp::tls::ReloadableAcceptor>>,
 }
 
 /// Builds the API on `store` and binds `http.listen`; logs `listening on https://ADDR`.
@@ -331,6 +331,7 @@ fn prepare_http(
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     settings: Arc<dyn SettingsBackend>,
+    smtp_tls: Option<Arc<crate::smtp::tls::ReloadableAcceptor>>,
 ) -> Result<HttpService, StartError> {
     let api = Arc::new(crate::api::Api::new(store, metrics, settings));
     if let (true, Some(files)) = (config.http.self_signed, &config.http.tls) {
@@ -339,19 +340,25 @@ fn prepare_http(
             StartError::HttpTls(format!("cannot create the self-signed certificate: {e}"))
         })?;
     }
-    let tls = match &config.http.tls {
-        Some(files) => Some(crate::smtp::tls::acceptor(files).map_err(StartError::HttpTls)?),
-        None => None,
-    };
+    // A certificate uploaded through the console wins over the configured files.
+    let tls = crate::certificate::starting_acceptor(
+        &config.node.data_dir,
+        config.http.tls.as_ref(),
+        "https",
+    )
+    .map_err(StartError::HttpTls)?;
     // Setup mode (no admin yet): the one-time token goes to the journal and the runtime dir,
     // with the fingerprint an operator compares against the browser's certificate warning.
-    let fingerprint = config
-        .http
-        .tls
+    let fingerprint = tls
         .as_ref()
-        .and_then(|files| std::fs::read(&files.cert).ok())
+        .and_then(|t| std::fs::read(t.files().cert).ok())
         .and_then(|pem| crate::api::admin::certificate_fingerprint(&pem));
-    api.set_tls_certificate(config.http.tls.as_ref().map(|files| files.cert.clone()));
+    api.set_tls_certificate(tls.as_ref().map(|t| t.files().cert));
+    api.set_certificates(Arc::new(crate::certificate::NodeCertificates::new(
+        config.node.data_dir.clone(),
+        smtp_tls,
+        tls.clone(),
+    )));
     if let Err(e) = api.begin_setup(Some(&config.node.runtime_dir), fingerprint.as_deref()) {
         log::error!("setup: cannot determine whether an admin exists: {e}");
     }
@@ -389,12 +396,13 @@ pub async fn run(raw: RawConfig, config: Config) -> Result<(), StartError> {
     if config.routes.is_empty() {
         log::warn!("no [[route]] is configured: every recipient will be refused with 550 5.1.1");
     }
-    let tls = match &config.smtp.tls {
-        Some(files) => {
-            Some(crate::smtp::tls::ReloadableAcceptor::load(files).map_err(StartError::Tls)?)
-        }
-        None => None,
-    };
+    // A certificate uploaded through the console wins over the configured files.
+    let tls = crate::certificate::starting_acceptor(
+        &config.node.data_dir,
+        config.smtp.tls.as_ref(),
+        "smtp",
+    )
+    .map_err(StartError::Tls)?;
     let session_config = Arc::new(SessionConfig {
         hostname: config.node.hostname.clone(),
         max_message_size: config.smtp.max_message_size,
@@ -411,7 +419,7 @@ pub async fn run(raw: RawConfig, config: Config) -> Result<(), StartError> {
         store_subject: std::sync::atomic::AtomicBool::new(config.retention.store_subject),
         metrics: metrics.clone(),
         budget: InFlightBudget::new(config.smtp.max_in_flight),
-        tls,
+        tls: tls.clone(),
         max_sessions: config.smtp.max_sessions,
         max_sessions_per_ip: config.smtp.max_sessions_per_ip,
         active: AtomicUsize::new(0),
@@ -434,6 +442,7 @@ pub async fn run(raw: RawConfig, config: Config) -> Result<(), StartError> {
             store.clone(),
             metrics.clone(),
             settings,
+            tls,
         )?),
         None => None,
     };

@@ -18,6 +18,7 @@ pub mod keys;
 pub mod settings;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 use std::fmt;
 use std::net::IpAddr;

@@ -52,6 +52,7 @@ pub fn app(api: Arc<Api>) -> tide::Server<State> {
     app.at("/api/v1/keys").get(list_keys).post(create_key);
     app.at("/api/v1/keys/:id").delete(revoke_key);
     app.at("/api/v1/status").get(node_status);
+    app.at("/api/v1/tls").get(get_tls).put(put_tls);
     app.at("/api/v1/settings/routes/:index/test")
         .post(test_route);
     app.at("/api/v1/setup")
@@ -365,6 +366,26 @@ async fn node_status(req: Request<State>) -> tide::Result {
     json(
         StatusCode::Ok,
         call(&req, move |api| api.node_status(&caller)).await,
+    )
+}
+
+async fn get_tls(req: Request<State>) -> tide::Result {
+    let caller = caller(&req);
+    json(
+        StatusCode::Ok,
+        call(&req, move |api| api.get_tls(&caller)).await,
+    )
+}
+
+async fn put_tls(mut req: Request<State>) -> tide::Result {
+    let caller = caller(&req);
+    let body = match authenticated_body(&mut req, &caller, Scope::SettingsWrite).await {
+        Ok(body) => body,
+        Err(e) => return Ok(error_response(&e)),
+    };
+    json(
+        StatusCode::Ok,
+        call(&req, move |api| api.put_tls(&caller, &body)).await,
     )
 }
 
