@@ -150,6 +150,10 @@ impl SettingsBackend for NodeSettings {
         Ok(self.current())
     }
 
+    fn probe_s3(&self, name: &str) -> Option<crate::api::settings::S3Probe> {
+        self.probe(name)
+    }
+
     fn test_delivery(&self, index: usize) -> Option<crate::api::settings::TestDelivery> {
         use crate::api::settings::TestDelivery;
         use crate::webhook::{WebhookClient, WebhookOutcome};
@@ -191,6 +195,23 @@ impl SettingsBackend for NodeSettings {
                 status: last_status,
                 detail: last_error,
             },
+        })
+    }
+}
+
+impl NodeSettings {
+    fn probe(&self, name: &str) -> Option<crate::api::settings::S3Probe> {
+        use crate::api::settings::S3Probe;
+        let config = Config::from_raw(self.live.effective()).ok()?;
+        let connection = config.s3.get(name)?;
+        let outcome = smol::block_on(crate::s3::probe_connection(name, connection));
+        log::info!(
+            "settings: S3 probe of s3.{name}: {}",
+            if outcome.is_ok() { "ok" } else { "failed" }
+        );
+        Some(match outcome {
+            Ok(detail) => S3Probe { ok: true, detail },
+            Err(detail) => S3Probe { ok: false, detail },
         })
     }
 }

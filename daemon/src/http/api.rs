@@ -53,6 +53,7 @@ pub fn app(api: Arc<Api>) -> tide::Server<State> {
     app.at("/api/v1/keys/:id").delete(revoke_key);
     app.at("/api/v1/status").get(node_status);
     app.at("/api/v1/tls").get(get_tls).put(put_tls);
+    app.at("/api/v1/settings/s3/:name/probe").post(probe_s3);
     app.at("/api/v1/settings/routes/:index/test")
         .post(test_route);
     app.at("/api/v1/setup")
@@ -386,6 +387,15 @@ async fn put_tls(mut req: Request<State>) -> tide::Result {
     json(
         StatusCode::Ok,
         call(&req, move |api| api.put_tls(&caller, &body)).await,
+    )
+}
+
+async fn probe_s3(req: Request<State>) -> tide::Result {
+    let caller = caller(&req);
+    let name = req.param("name")?.to_string();
+    json(
+        StatusCode::Ok,
+        call(&req, move |api| api.probe_s3(&caller, &name)).await,
     )
 }
 

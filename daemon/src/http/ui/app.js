@@ -58,7 +58,9 @@ function form(id, title, fields, submitLabel, onSubmit) {
     fields.map(([name, label, attrs]) => {
       const input = attrs && attrs.type === "select"
         ? h("select", { id: `${id}-${name}`, name }, (attrs.options || []).map((o) => h("option", { value: o }, o || "any")))
-        : h("input", Object.assign({ id: `${id}-${name}`, name, type: "text" }, attrs || {}));
+        : attrs && attrs.type === "textarea"
+          ? h("textarea", Object.assign({ id: `${id}-${name}`, name, rows: 8, spellcheck: "false" }, attrs, { type: undefined }))
+          : h("input", Object.assign({ id: `${id}-${name}`, name, type: "text" }, attrs || {}));
       return h("div", {}, h("label", { for: `${id}-${name}` }, label), input,
         h("div", { class: "field-error", "data-field": name }));
     }),
@@ -148,7 +150,122 @@ async function statusView() {
           h("dt", {}, "Issuer"), h("dd", {}, tls.issuer),
           h("dt", {}, "Expires"), h("dd", { class: tls.days_left < 30 ? "error" : "" }, `${tls.not_after} (${tls.days_left} days)`),
           h("dt", {}, "SHA-256 fingerprint"), h("dd", { class: "mono" }, tls.sha256_fingerprint)),
-      h("p", { class: "muted" }, "To replace it, set http.tls_cert and http.tls_key and restart the node.")),
+      h("p", {}, h("a", { href: "#tls" }, "Replace the certificate"), " (no restart needed).")),
+  );
+}
+
+/** The facts of a certificate as a definition list. */
+function certificateFacts(c, id) {
+  return h("dl", { class: "facts", id },
+    h("dt", {}, "Subject"), h("dd", {}, c.subject),
+    h("dt", {}, "Issuer"), h("dd", {}, c.issuer),
+    h("dt", {}, "Names (SANs)"), h("dd", { class: "mono" }, c.sans.length ? c.sans.join(", ") : "none"),
+    h("dt", {}, "Valid from"), h("dd", {}, c.not_before),
+    h("dt", {}, "Expires"), h("dd", { class: c.days_left < 30 ? "error" : "" }, `${c.not_after} (${c.days_left} days)`),
+    h("dt", {}, "Chain"), h("dd", {}, `${c.chain_length} certificate(s)`),
+    h("dt", {}, "SHA-256 fingerprint"), h("dd", { class: "mono", "data-fingerprint": "" }, c.sha256_fingerprint));
+}
+
+async function tlsView() {
+  const state = await api("GET", "/api/v1/tls");
+  const used = state.used_by.map((l) => (l === "smtp" ? "SMTP STARTTLS" : "HTTPS (this console and the API)")).join(" and ");
+  const done = h("p", { class: "ok", id: "tls-done", role: "status" });
+  const f = form("tls", "Upload a certificate", [
+    ["certificate", "Certificate chain (PEM: the server certificate first, then each issuer)", { type: "textarea", placeholder: "-----BEGIN CERTIFICATE-----" }],
+    ["key", "Private key (PEM, not encrypted; stored readable by the node only, never shown again)", { type: "textarea", placeholder: "-----BEGIN PRIVATE KEY-----", autocomplete: "off" }],
+  ], "Install certificate", async (v, el) => {
+    const next = await api("PUT", "/api/v1/tls", { certificate: v.certificate, key: v.key });
+    el.reset();
+    await tlsView();
+    document.getElementById("tls-done").textContent =
+      `Installed: new connections get ${next.certificate.subject} (SHA-256 ${next.certificate.sha256_fingerprint}).`;
+  });
+  // PEM files can also be picked from disk; they are read in the browser into the fields.
+  for (const name of ["certificate", "key"]) {
+    const area = f.querySelector(`#tls-${name}`);
+    area.after(h("input", { type: "file", accept: ".pem,.crt,.key,.txt", "aria-label": `${name} file`, onchange: async (event) => {
+      const file = event.target.files[0];
+      if (file) area.value = await file.text();
+    } }));
+  }
+  show(
+    h("h1", {}, "TLS certificate"),
+    h("section", { class: "card" }, h("h2", {}, "In use"),
+      state.certificate === null ? h("p", { class: "muted" }, "No listener uses TLS: configure smtp.tls_cert or an HTTPS http.listen.") :
+        [certificateFacts(state.certificate, "current-certificate"),
+          h("p", { class: "muted" }, `Served by ${used}; `,
+            state.source === "uploaded" ? "uploaded through this console." : "from the configuration file's tls_cert/tls_key.")],
+      done),
+    state.used_by.length ? f : null,
+  );
+}
+
+async function s3View(editing) {
+  const settings = await api("GET", "/api/v1/settings");
+  const connections = settings.s3 || {};
+  const names = Object.keys(connections).sort();
+  const result = h("p", { id: "probe-result", role: "status" });
+  const current = editing ? connections[editing] || {} : {};
+  const save = async (next) => {
+    await api("PUT", "/api/v1/settings", { s3: next });
+    await s3View();
+  };
+  const f = form("s3", editing ? `Edit connection "${editing}"` : "Add a connection", [
+    ["name", "Name (used by routes as s3 = \"name\")", { value: editing || "", placeholder: "primary" }],
+    ["endpoint", "Endpoint (https://host[:port])", { type: "url", value: current.endpoint || "" }],
+    ["bucket", "Bucket", { value: current.bucket || "" }],
+    ["region", "Region", { value: current.region || "", placeholder: "us-east-1 (default)" }],
+    ["access_key_id", "Access key id", { value: current.access_key_id || "", autocomplete: "off" }],
+    ["secret_access_key", "Secret access key (write-only)", { type: "password", autocomplete: "new-password",
+      placeholder: editing ? "unchanged unless you type a new one" : "" }],
+    ["path_style", "Addressing", { type: "select", options: ["true", "false"] }],
+    ["prefix", "Key prefix (optional)", { value: current.prefix || "" }],
+    ["ca", "Extra CA bundle file on the node (optional)", { value: current.ca || "" }],
+  ], editing ? "Save connection" : "Add connection", async (v) => {
+    const name = v.name.trim();
+    const connection = { endpoint: v.endpoint, bucket: v.bucket, access_key_id: v.access_key_id, path_style: v.path_style === "true" };
+    if (v.region) connection.region = v.region;
+    if (v.prefix) connection.prefix = v.prefix;
+    if (v.ca) connection.ca = v.ca;
+    // An empty secret keeps the stored one (the API treats a missing secret so).
+    if (v.secret_access_key) connection.secret_access_key = v.secret_access_key;
+    const next = Object.assign({}, connections);
+    if (editing && editing !== name) delete next[editing];
+    next[name] = connection;
+    await save(next);
+  });
+  f.querySelector("select").value = current.path_style === false ? "false" : "true";
+  show(
+    h("h1", {}, "S3 connections"),
+    h("section", { class: "card" },
+      names.length === 0 ? h("p", { class: "muted", id: "no-s3" }, "No S3 connections: routes deliver attachments inline.") :
+        h("div", { class: "table-wrap" }, h("table", { id: "s3-connections" },
+          h("tr", {}, h("th", {}, "Name"), h("th", {}, "Endpoint"), h("th", {}, "Bucket"), h("th", {}, "Secret"), h("th", {}, "")),
+          names.map((name) => {
+            const c = connections[name];
+            return h("tr", {},
+              h("td", { class: "mono" }, name), h("td", { class: "mono" }, c.endpoint || ""),
+              h("td", { class: "mono" }, c.bucket || ""), h("td", {}, c.secret_access_key ? "set" : "not set"),
+              h("td", {},
+                h("button", { type: "button", class: "secondary", "data-probe": name, onclick: async () => {
+                  result.className = "";
+                  result.textContent = `Probing ${name}: write, read back, delete…`;
+                  try {
+                    const answer = await api("POST", `/api/v1/settings/s3/${encodeURIComponent(name)}/probe`);
+                    result.className = answer.ok ? "ok" : "error";
+                    result.textContent = answer.ok ? `Probe passed: ${answer.detail}` : `Probe failed: ${answer.detail}`;
+                  } catch (err) { result.className = "error"; result.textContent = err.message; }
+                } }, "Probe"), " ",
+                h("button", { type: "button", class: "secondary", "data-edit": name, onclick: () => s3View(name) }, "Edit"), " ",
+                h("button", { type: "button", class: "danger", "data-delete": name, onclick: async () => {
+                  if (!confirm(`Delete the S3 connection ${name}?`)) return;
+                  const next = Object.assign({}, connections);
+                  delete next[name];
+                  try { await save(next); } catch (err) { result.className = "error"; result.textContent = err.message; }
+                } }, "Delete")));
+          }))),
+      result),
+    f,
   );
 }
 
@@ -354,7 +471,7 @@ async function complianceView() {
 
 // ---------------------------------------------------------------- routing
 
-const VIEWS = { status: statusView, routes: routesView, retention: retentionView, keys: keysView, log: logView, audit: auditView, compliance: complianceView };
+const VIEWS = { status: statusView, tls: tlsView, s3: s3View, routes: routesView, retention: retentionView, keys: keysView, log: logView, audit: auditView, compliance: complianceView };
 
 async function route() {
   const name = (location.hash || "#status").slice(1);
