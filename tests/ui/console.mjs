@@ -172,20 +172,22 @@ page.on("console", (msg) => {
 
   step = "S3 edit keeps the secret";
   await page.click("button[data-edit=primary]");
-  await page.waitForSelector("#s3-prefix");
+  await page.waitForSelector("#s3[data-editing=primary]");
   check((await page.inputValue("#s3-secret_access_key")) === "", "the secret field starts empty");
+  check((await page.inputValue("#s3-bucket")) === "mail", "the form holds the connection");
   await page.fill("#s3-prefix", "console");
   await page.click("#s3 button[type=submit]");
-  await page.waitForSelector("#s3-connections td:has-text('primary')");
+  await page.waitForSelector("#s3:not([data-editing])");
   await page.click("button[data-probe=primary]");
   await page.waitForSelector("#probe-result.ok:has-text('Probe passed')");
 
   step = "S3 probe with a wrong secret";
   await page.click("button[data-edit=primary]");
-  await page.waitForSelector("#s3-prefix");
+  await page.waitForSelector("#s3[data-editing=primary]");
+  check((await page.inputValue("#s3-prefix")) === "console", "the edited prefix was saved");
   await page.fill("#s3-secret_access_key", "not-the-secret-key");
   await page.click("#s3 button[type=submit]");
-  await page.waitForSelector("#s3-connections td:has-text('primary')");
+  await page.waitForSelector("#s3:not([data-editing])");
   await page.click("button[data-probe=primary]");
   await page.waitForSelector("#probe-result.error:has-text('Probe failed')");
   await snap(page, "s3-probe-failed");

@@ -218,7 +218,7 @@ async function s3View(editing) {
     ["access_key_id", "Access key id", { value: current.access_key_id || "", autocomplete: "off" }],
     ["secret_access_key", "Secret access key (write-only)", { type: "password", autocomplete: "new-password",
       placeholder: editing ? "unchanged unless you type a new one" : "" }],
-    ["path_style", "Addressing", { type: "select", options: ["true", "false"] }],
+    ["path_style", "Path-style addressing (host/bucket/key; false: bucket.host/key)", { type: "select", options: ["true", "false"] }],
     ["prefix", "Key prefix (optional)", { value: current.prefix || "" }],
     ["ca", "Extra CA bundle file on the node (optional)", { value: current.ca || "" }],
   ], editing ? "Save connection" : "Add connection", async (v) => {
@@ -235,6 +235,7 @@ async function s3View(editing) {
     await save(next);
   });
   f.querySelector("select").value = current.path_style === false ? "false" : "true";
+  if (editing) f.querySelector("form").dataset.editing = editing;
   show(
     h("h1", {}, "S3 connections"),
     h("section", { class: "card" },
@@ -261,7 +262,10 @@ async function s3View(editing) {
                   if (!confirm(`Delete the S3 connection ${name}?`)) return;
                   const next = Object.assign({}, connections);
                   delete next[name];
-                  try { await save(next); } catch (err) { result.className = "error"; result.textContent = err.message; }
+                  try { await save(next); } catch (err) {
+                    result.className = "error";
+                    result.textContent = [err.message].concat((err.fields || []).map((e) => `${e.key}: ${e.message}`)).join("; ");
+                  }
                 } }, "Delete")));
           }))),
       result),
