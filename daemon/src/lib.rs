@@ -20,4 +20,5 @@ pub mod s3;
 pub mod settings;
 pub mod smtp;
 pub mod store;
+pub mod volume;
 pub mod webhook;

@@ -375,6 +375,7 @@ fn prepare_http(
         .and_then(|t| std::fs::read(t.files().cert).ok())
         .and_then(|pem| crate::api::admin::certificate_fingerprint(&pem));
     api.set_tls_certificate(tls.as_ref().map(|t| t.files().cert));
+    api.set_data_dir(config.node.data_dir.clone());
     api.set_certificates(Arc::new(crate::certificate::NodeCertificates::new(
         config.node.data_dir.clone(),
         smtp_tls,

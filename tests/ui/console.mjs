@@ -95,6 +95,9 @@ page.on("console", (msg) => {
   await page.click("#login button[type=submit]");
   await page.waitForSelector("#version");
   await page.waitForSelector("#certificate dd.mono");
+  check(/used of .* free/.test(await page.textContent("#disk")), "disk use of data_dir");
+  check((await page.textContent("#volume")) === "unknown (not an appliance image)", "volume state off the appliance");
+  check(/\(in \d+ days\)/.test(await page.textContent("#cert-expiry")), "certificate expiry");
   await snap(page, "status");
 
   step = "TLS certificate page";
@@ -243,6 +246,7 @@ page.on("console", (msg) => {
   step = "compliance report";
   await page.click("nav a[href='#compliance']");
   await page.waitForSelector("#retention-metadata:text-is('48h')");
+  check((await page.textContent("#luks")) === "unknown (not an appliance image)", "LUKS state off the appliance");
   await snap(page, "compliance");
   await page.emulateMedia({ media: "print" });
   await snap(page, "compliance-print");

@@ -215,6 +215,8 @@ pub(crate) struct AdminState {
     started: std::time::Instant,
     /// The HTTPS certificate file, for the status page (set by the node at start).
     tls_cert: Mutex<Option<PathBuf>>,
+    /// `node.data_dir`, for the status page's disk use (set by the node at start).
+    data_dir: Mutex<Option<PathBuf>>,
     /// The node's TLS listeners, for the certificate page (set by the node at start).
     certificates: Mutex<Option<std::sync::Arc<dyn super::tls::CertificateBackend>>>,
 }
@@ -231,6 +233,7 @@ impl Default for AdminState {
             started: std::time::Instant::now(),
             tls_cert: Mutex::new(None),
             certificates: Mutex::new(None),
+            data_dir: Mutex::new(None),
             iterations: AtomicU32::new(PBKDF2_ITERATIONS),
             setup: Mutex::new(None),
             sessions: Mutex::new(HashMap::new()),
@@ -298,6 +301,10 @@ pub struct NodeStatus {
     pub store_size_bytes: u64,
     /// The certificate the TLS listeners serve (HTTPS's when both have TLS).
     pub tls: Option<crate::certificate::CertificateFacts>,
+    /// The file system holding `node.data_dir`.
+    pub disk: Option<crate::volume::DiskUse>,
+    /// The appliance's data volume (encryption, unlock method); `null` off the appliance.
+    pub volume: Option<crate::volume::VolumeState>,
 }
 
 /// The SHA-256 fingerprint of the first certificate of a PEM file, `AB:CD:…`.
@@ -402,6 +409,11 @@ impl Api {
         *lock(&self.admin.tls_cert) = path;
     }
 
+    /// Names `node.data_dir` for the status page's disk use.
+    pub fn set_data_dir(&self, dir: PathBuf) {
+        *lock(&self.admin.data_dir) = Some(dir);
+    }
+
     /// Hands the controller the node's TLS listeners (the certificate page).
     pub fn set_certificates(&self, backend: std::sync::Arc<dyn super::tls::CertificateBackend>) {
         *lock(&self.admin.certificates) = Some(backend);
@@ -428,6 +440,10 @@ impl Api {
             uptime_seconds: self.admin.started.elapsed().as_secs(),
             store_size_bytes: self.store.size_bytes(),
             tls,
+            disk: lock(&self.admin.data_dir)
+                .clone()
+                .and_then(|dir| crate::volume::disk_use(&dir)),
+            volume: crate::volume::volume_state(Path::new(crate::volume::VOLUME_STATE_FILE)),
         })
     }
 

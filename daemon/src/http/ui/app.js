@@ -140,6 +140,11 @@ async function statusView() {
       h("dt", {}, "Version"), h("dd", { id: "version" }, status.version),
       h("dt", {}, "Uptime"), h("dd", {}, duration(status.uptime_seconds)),
       h("dt", {}, "Metadata store on disk"), h("dd", {}, `${(status.store_size_bytes / 1048576).toFixed(1)} MiB`),
+      h("dt", {}, "Data file system"), h("dd", { id: "disk" }, status.disk === null ? "unknown" :
+        `${gib(status.disk.used_bytes)} used of ${gib(status.disk.total_bytes)}; ${gib(status.disk.available_bytes)} free (${Math.round(100 * status.disk.used_bytes / Math.max(status.disk.total_bytes, 1))} % used)`),
+      h("dt", {}, "Data volume"), h("dd", { id: "volume" }, volumeText(status.volume)),
+      h("dt", {}, "Certificate expires"), h("dd", { id: "cert-expiry", class: tls && tls.days_left < 30 ? "error" : "" },
+        tls === null ? "no TLS" : `${tls.not_after} (in ${tls.days_left} days)`),
       h("dt", {}, "Logged in as"), h("dd", {}, session.username),
       h("dt", {}, "Session ends"), h("dd", {}, session.expires_at),
     )),
@@ -271,6 +276,18 @@ async function s3View(editing) {
       result),
     f,
   );
+}
+
+function gib(bytes) {
+  return bytes >= 1073741824 ? `${(bytes / 1073741824).toFixed(1)} GiB` : `${(bytes / 1048576).toFixed(0)} MiB`;
+}
+
+/** The data volume's encryption in words; unknown off the appliance. */
+function volumeText(v) {
+  if (v === null) return "unknown (not an appliance image)";
+  const protector = { tpm2: "sealed in the TPM 2.0 (PCR 7)", keyfile: "key file on the state partition (no TPM)" }[v.protector] || v.protector;
+  const unlocked = { tpm2: "the TPM", keyfile: "the key file", "recovery-key": "the recovery key" }[v.unlocked_by] || v.unlocked_by;
+  return `${v.format}, ${protector}; unlocked at this boot by ${unlocked}`;
 }
 
 function randomSecret() {
@@ -434,7 +451,8 @@ async function auditView() {
 }
 
 async function complianceView() {
-  const [settings, health] = await Promise.all([api("GET", "/api/v1/settings"), api("GET", "/healthz")]);
+  const [settings, health, status] = await Promise.all([api("GET", "/api/v1/settings"), api("GET", "/healthz"), api("GET", "/api/v1/status")]);
+  const v = status.volume;
   const r = settings.retention || {};
   const routes = settings.routes || [];
   const s3 = settings.s3 || {};
@@ -468,8 +486,8 @@ async function complianceView() {
       h("dl", { class: "facts" },
         h("dt", {}, "In transit"), h("dd", {}, "SMTP STARTTLS (TLS 1.2+) when a certificate is set; webhooks and S3 over verified HTTPS (TLS 1.2+); this console over HTTPS."),
         h("dt", {}, "At rest"), h("dd", {}, "every stored value AES-256-GCM under per-hour/per-day keys wrapped by the node master key; expired keys are destroyed (crypto-shredding)."),
-        h("dt", {}, "Disk encryption (LUKS)"), h("dd", { id: "luks" }, "unknown (reported on the appliance)"),
-        h("dt", {}, "TPM sealing"), h("dd", {}, "unknown (reported on the appliance)"))),
+        h("dt", {}, "Disk encryption (LUKS)"), h("dd", { id: "luks" }, v === null ? "unknown (not an appliance image)" : `${v.format}: the data volume holding the store is encrypted`),
+        h("dt", {}, "TPM sealing"), h("dd", { id: "tpm" }, v === null ? "unknown (not an appliance image)" : volumeText(v)))),
   );
 }
 
