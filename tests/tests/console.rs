@@ -479,3 +479,64 @@ fn certificate_uploads_are_refused_field_by_field_and_a_good_one_survives_a_rest
         "the upload wins over the configured files after a restart"
     );
 }
+
+#[test]
+fn the_recovery_key_is_shown_until_confirmed_then_deleted() {
+    let (ca, node) = start();
+    let api = ApiClient::new(&node, &ca);
+    let (cookie, csrf) = admin_session(&node, &api);
+    let origin = api_origin(&node);
+    let get = || {
+        with_session(
+            &api,
+            "GET",
+            "/api/v1/recovery-key",
+            &cookie,
+            None,
+            None,
+            None,
+        )
+    };
+    let delete = |csrf: Option<&str>| {
+        with_session(
+            &api,
+            "DELETE",
+            "/api/v1/recovery-key",
+            &cookie,
+            csrf,
+            Some(&origin),
+            None,
+        )
+    };
+    // Off the appliance there is none.
+    assert_eq!(get().status, 404, "{}", get().body);
+
+    let key = "fjhkbclr-dvlcgnbn-lbvfivre-rjnfhdeb-ejuckbvk-gtdtrllc-lhibtrci-cuebhtfn";
+    let file = node.data_dir().join("recovery-key");
+    std::fs::write(&file, format!("{key}\n")).expect("write the recovery key");
+    let shown = get();
+    assert_eq!(shown.status, 200, "{}", shown.body);
+    assert_eq!(shown.json(), json!({"recovery_key": key}));
+    assert_eq!(
+        get().json(),
+        json!({"recovery_key": key}),
+        "until confirmed"
+    );
+
+    let refused = delete(None);
+    assert_eq!(
+        (refused.status, refused.error_code().as_str()),
+        (403, "csrf"),
+        "{}",
+        refused.body
+    );
+    assert!(file.exists(), "no CSRF token, no deletion");
+    assert_eq!(delete(Some(&csrf)).status, 204);
+    assert!(!file.exists());
+    assert_eq!(get().status, 404);
+    assert_eq!(delete(Some(&csrf)).status, 404);
+    assert!(!node.log().contains(key), "the key is never logged");
+    let audit = with_session(&api, "GET", "/api/v1/audit", &cookie, None, None, None);
+    assert!(audit.body.contains("recovery_key.delete"), "{}", audit.body);
+    assert!(!audit.body.contains(key));
+}

@@ -6,10 +6,12 @@
 //! STARTTLS and HTTPS serve the new certificate, without a restart), a route to the receiver,
 //! an S3 connection to a real s3s-fs with its probe, edited and deleted, a real email in the
 //! delivery log and its deletion, the audit log, an API key created and revoked, retention
-//! with a field error, the compliance report and logout, and saves a screenshot of each page
+//! with a field error, the compliance report and logout (after login first the data volume's
+//! recovery key, shown once and deleted on confirmation), and saves a screenshot of each page
 //! under `$CARGO_TARGET_DIR/ui-artifacts/` (never the repo).
 
 use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -88,6 +90,13 @@ fn console_walkthrough_in_headless_chromium() {
     let s3 = S3Server::start();
     s3.create_bucket("mail");
     let pid = node.pid();
+    // What the appliance's first boot leaves for the admin (mxnode-data): the data volume's
+    // recovery key, shown once after login and deleted when the admin confirms.
+    let recovery_key = "fjhkbclr-dvlcgnbn-lbvfivre-rjnfhdeb-ejuckbvk-gtdtrllc-lhibtrci-cuebhtfn";
+    let recovery_file = node.data_dir().join("recovery-key");
+    std::fs::write(&recovery_file, format!("{recovery_key}\n")).expect("write the recovery key");
+    std::fs::set_permissions(&recovery_file, std::fs::Permissions::from_mode(0o400))
+        .expect("chmod the recovery key");
     assert_eq!(
         served_certificate(node.http_addr(), &ca.ca_pem),
         der(&ca.cert_pem)
@@ -107,6 +116,7 @@ fn console_walkthrough_in_headless_chromium() {
         .env("TLS_KEY", read(&new_key))
         .env("TLS_WRONG_KEY", read(&other_key))
         .env("TLS_FINGERPRINT", fingerprint(&der(&new_cert)))
+        .env("RECOVERY_KEY", recovery_key)
         .env("S3_ENDPOINT", s3.endpoint())
         .env("S3_ACCESS_KEY", s3.access_key())
         .env("S3_SECRET_KEY", s3.secret_key())
@@ -187,6 +197,10 @@ fn console_walkthrough_in_headless_chromium() {
         "the browser walk failed ({status}); screenshots in {}:\n{}\n{errors}",
         artifacts.display(),
         output.join("\n")
+    );
+    assert!(
+        !recovery_file.exists(),
+        "the confirmed recovery key is deleted from the node"
     );
     eprintln!("screenshots: {}", artifacts.display());
 }

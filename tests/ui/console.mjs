@@ -4,7 +4,8 @@
 // Environment: MXNODE_URL (https://127.0.0.1:PORT), SETUP_TOKEN, RECEIVER_URL, RECEIVER_SECRET,
 // RECEIVER_CA (a file on the node's host), TLS_CHAIN, TLS_KEY, TLS_WRONG_KEY (PEM text of the
 // certificate to upload), TLS_FINGERPRINT (its SHA-256), S3_ENDPOINT, S3_ACCESS_KEY,
-// S3_SECRET_KEY (an s3s-fs with bucket "mail"), ARTIFACTS (a directory for screenshots and the
+// S3_SECRET_KEY (an s3s-fs with bucket "mail"), RECOVERY_KEY (the key the node holds in its
+// data_dir, shown once after login), ARTIFACTS (a directory for screenshots and the
 // browser profile), CHROMIUM (default /usr/bin/chromium). When the script needs a real email,
 // it prints "SEND_MAIL" on stdout and waits for one line on stdin; after installing the
 // certificate it prints "CERT_INSTALLED", after the S3 probe "PROBED", and waits likewise for
@@ -90,9 +91,17 @@ page.on("console", (msg) => {
   await page.click("#login button[type=submit]");
   await page.waitForSelector("#login-error:has-text('wrong user name or password')");
 
-  step = "login";
+  step = "login shows the recovery key once";
   await page.fill("#login-password", PASSWORD);
   await page.click("#login button[type=submit]");
+  await page.waitForSelector("#recovery-key");
+  check((await page.textContent("#recovery-key")) === env("RECOVERY_KEY"), "the recovery key shown");
+  check(await page.isDisabled("#recovery-confirm"), "confirming needs the checkbox");
+  await snap(page, "recovery-key");
+  await page.check("#recovery-stored");
+  await page.click("#recovery-confirm");
+
+  step = "status";
   await page.waitForSelector("#version");
   await page.waitForSelector("#certificate dd.mono");
   check(/used of .* free/.test(await page.textContent("#disk")), "disk use of data_dir");
@@ -214,7 +223,7 @@ page.on("console", (msg) => {
 
   step = "audit log";
   await page.click("nav a[href='#audit']");
-  for (const action of ["setup.complete", "login", "settings.update", "email.delete", "login.failed", "tls.update", "s3.probe"]) {
+  for (const action of ["setup.complete", "login", "settings.update", "email.delete", "login.failed", "tls.update", "s3.probe", "recovery_key.show", "recovery_key.delete"]) {
     await page.waitForSelector(`#audit td:text-is('${action}')`);
   }
   await snap(page, "audit");

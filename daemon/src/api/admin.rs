@@ -414,6 +414,10 @@ impl Api {
         *lock(&self.admin.data_dir) = Some(dir);
     }
 
+    pub(crate) fn data_dir(&self) -> Option<PathBuf> {
+        lock(&self.admin.data_dir).clone()
+    }
+
     /// Hands the controller the node's TLS listeners (the certificate page).
     pub fn set_certificates(&self, backend: std::sync::Arc<dyn super::tls::CertificateBackend>) {
         *lock(&self.admin.certificates) = Some(backend);
@@ -440,8 +444,8 @@ impl Api {
             uptime_seconds: self.admin.started.elapsed().as_secs(),
             store_size_bytes: self.store.size_bytes(),
             tls,
-            disk: lock(&self.admin.data_dir)
-                .clone()
+            disk: self
+                .data_dir()
                 .and_then(|dir| crate::volume::disk_use(&dir)),
             volume: crate::volume::volume_state(Path::new(crate::volume::VOLUME_STATE_FILE)),
         })

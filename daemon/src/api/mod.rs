@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod emails;
 pub mod keys;
+pub mod recovery;
 pub mod settings;
 #[cfg(test)]
 mod tests;

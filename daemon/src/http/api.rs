@@ -54,6 +54,9 @@ pub fn app(api: Arc<Api>) -> tide::Server<State> {
     app.at("/api/v1/status").get(node_status);
     app.at("/api/v1/tls").get(get_tls).put(put_tls);
     app.at("/api/v1/settings/s3/:name/probe").post(probe_s3);
+    app.at("/api/v1/recovery-key")
+        .get(get_recovery_key)
+        .delete(delete_recovery_key);
     app.at("/api/v1/settings/routes/:index/test")
         .post(test_route);
     app.at("/api/v1/setup")
@@ -388,6 +391,19 @@ async fn put_tls(mut req: Request<State>) -> tide::Result {
         StatusCode::Ok,
         call(&req, move |api| api.put_tls(&caller, &body)).await,
     )
+}
+
+async fn get_recovery_key(req: Request<State>) -> tide::Result {
+    let caller = caller(&req);
+    json(
+        StatusCode::Ok,
+        call(&req, move |api| api.get_recovery_key(&caller)).await,
+    )
+}
+
+async fn delete_recovery_key(req: Request<State>) -> tide::Result {
+    let caller = caller(&req);
+    no_content(call(&req, move |api| api.delete_recovery_key(&caller)).await)
 }
 
 async fn probe_s3(req: Request<State>) -> tide::Result {

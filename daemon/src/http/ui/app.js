@@ -109,6 +109,7 @@ function setupView() {
 function loginView(notice) {
   document.getElementById("nav").hidden = true;
   csrf = null;
+  recoveryChecked = false;
   show(
     h("h1", {}, "Log in"),
     notice ? h("p", { class: "ok", id: "notice" }, notice) : null,
@@ -491,6 +492,54 @@ async function complianceView() {
   );
 }
 
+// ---------------------------------------------------------------- recovery key
+
+/** Whether this login already asked for a waiting recovery key (once per login). */
+let recoveryChecked = false;
+
+/** The data volume's recovery key when the node still holds one, else null. */
+async function recoveryPending() {
+  if (recoveryChecked) return null;
+  try {
+    return (await api("GET", "/api/v1/recovery-key")).recovery_key;
+  } catch (err) {
+    if (err.status !== 404) throw err;
+    recoveryChecked = true;
+    return null;
+  }
+}
+
+/** Shows the recovery key until the admin confirms storing it; then the node deletes it. */
+function recoveryView(key) {
+  document.getElementById("nav").hidden = true;
+  const confirmButton = h("button", { type: "button", id: "recovery-confirm", disabled: true, onclick: async () => {
+    try {
+      await api("DELETE", "/api/v1/recovery-key");
+      recoveryChecked = true;
+      location.hash = "#status";
+      await route();
+    } catch (err) { error.textContent = err.message; }
+  } }, "I stored it: delete it from the node");
+  const error = h("p", { class: "error", role: "alert" });
+  show(
+    h("h1", {}, "Store the data volume's recovery key"),
+    h("section", { class: "card" },
+      h("p", {}, "This node's data is on an encrypted volume. If the TPM or the key file can no longer unlock it ",
+        "(firmware or Secure Boot changes, a moved disk), this recovery key is the only way to open it. ",
+        "Write it down or put it in your password manager now: once you confirm, the node deletes its only copy and never shows it again."),
+      h("div", { class: "once", id: "recovery-key" }, key),
+      h("label", { class: "check" }, h("input", { type: "checkbox", id: "recovery-stored", onchange: (event) => {
+        confirmButton.disabled = !event.target.checked;
+      } }), " I have stored the recovery key somewhere safe, outside this node."),
+      confirmButton, " ",
+      h("button", { type: "button", class: "secondary", id: "recovery-later", onclick: async () => {
+        recoveryChecked = true;
+        await route();
+      } }, "Remind me at the next login"),
+      error),
+  );
+}
+
 // ---------------------------------------------------------------- routing
 
 const VIEWS = { status: statusView, tls: tlsView, s3: s3View, routes: routesView, retention: retentionView, keys: keysView, log: logView, audit: auditView, compliance: complianceView };
@@ -501,6 +550,8 @@ async function route() {
   document.getElementById("nav").hidden = false;
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.getAttribute("href") === `#${name}`));
   try {
+    const recovery = await recoveryPending();
+    if (recovery !== null) return recoveryView(recovery);
     await view();
   } catch (err) {
     if (err.status === 401) loginView(err.message);
