@@ -488,6 +488,7 @@ pub async fn run(raw: RawConfig, config: Config) -> Result<(), StartError> {
     }
     crate::notify::notify("READY=1");
     let (stop, stopped) = smol::channel::bounded::<()>(1);
+    let https_tls = http.as_ref().and_then(|http| http.tls.clone());
     let serving_api = http.map(|http| {
         smol::spawn(crate::http::server::run(
             http.listener,
@@ -501,7 +502,10 @@ pub async fn run(raw: RawConfig, config: Config) -> Result<(), StartError> {
     // SIGHUP reloads the STARTTLS certificate (the unit's ExecReload); SIGTERM/SIGINT stop.
     let signal = loop {
         match signals.next().await {
-            Some(Ok(Signal::Hup)) => reload_tls(&server),
+            Some(Ok(Signal::Hup)) => {
+                reload_tls(&server);
+                reload_https_tls(https_tls.as_deref());
+            }
             other => break other,
         }
     };
@@ -539,6 +543,21 @@ pub async fn run(raw: RawConfig, config: Config) -> Result<(), StartError> {
         log::info!("all sessions finished; exiting");
     }
     Ok(())
+}
+
+/// SIGHUP: re-reads the HTTPS certificate and key files in use for new connections, keeping
+/// the certificate in use when they do not make a working one.
+fn reload_https_tls(tls: Option<&crate::smtp::tls::ReloadableAcceptor>) {
+    if let Some(tls) = tls {
+        match tls.reload() {
+            Ok(()) => log::info!(
+                "received SIGHUP: reloaded the HTTPS certificate and key for new connections"
+            ),
+            Err(e) => log::error!(
+                "received SIGHUP: HTTPS certificate not reloaded, keeping the certificate in use: {e}"
+            ),
+        }
+    }
 }
 
 /// SIGHUP: re-reads `smtp.tls_cert` and `smtp.tls_key` for new STARTTLS sessions. Files that do

@@ -478,6 +478,22 @@ fn certificate_uploads_are_refused_field_by_field_and_a_good_one_survives_a_rest
         uploaded,
         "the upload wins over the configured files after a restart"
     );
+    // SIGHUP re-reads the files in use, the uploaded ones, for both listeners.
+    node.reload();
+    for line in [
+        "reloaded the HTTPS certificate and key",
+        "reloaded smtp.tls_cert and smtp.tls_key",
+    ] {
+        assert!(
+            node.wait_for_log(line, std::time::Duration::from_secs(10)),
+            "{}",
+            node.log()
+        );
+    }
+    assert_eq!(
+        mxnode_tests::served_certificate(node.http_addr(), &ca.ca_pem),
+        uploaded
+    );
 }
 
 #[test]
