@@ -1,15 +1,14 @@
 //! The web console in a real browser (issue 5): Debian's headless Chromium driven by
 //! playwright-core (`tests/ui/console.mjs`, installed by `./build.sh test` into
-//! `tests/ui/node_modules`) against the real node over HTTPS, a real HTTPS receiver and a real
-//! SMTP client. The script walks setup (refused without the token), login, a certificate upload
-//! (a key that does not match first; then this test checks with its own TLS client that
-//! STARTTLS and HTTPS serve the new certificate, without a restart), a route to the receiver,
-//! an S3 connection to a real s3s-fs with its probe, edited and deleted, a real email in the
-//! delivery log and its deletion, the audit log, an API key created and revoked, retention
-//! with a field error, the compliance report and logout (after login first the data volume's
-//! recovery key, shown once and deleted on confirmation), and saves a screenshot of each page
-//! under `$CARGO_TARGET_DIR/ui-artifacts/` (never the repo).
-
+//! `tests/ui/node_modules`) against the real node over HTTPS, a real HTTPS receiver, a real
+//! S3 store (s3s-fs) and a real SMTP client. The script walks setup (refused without the
+//! token), login, the data volume's recovery key (shown once, deleted on confirmation), the
+//! status page, a certificate upload (a key that does not match first; then this test checks
+//! with its own TLS clients that STARTTLS and HTTPS serve the new certificate, without a
+//! restart), a route to the receiver, an S3 connection with its probe (edited and deleted), a
+//! real email in the delivery log and its deletion, the audit log, an API key created and
+//! revoked, retention with a field error, the compliance report and logout, and saves a
+//! screenshot of each page under `$CARGO_TARGET_DIR/ui-artifacts/` (never the repo).
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
