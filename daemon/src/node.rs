@@ -499,7 +499,8 @@ pub async fn run(raw: RawConfig, config: Config) -> Result<(), StartError> {
     });
     let accepting = smol::spawn(server::run(listeners, server.clone(), stopped));
 
-    // SIGHUP reloads the STARTTLS certificate (the unit's ExecReload); SIGTERM/SIGINT stop.
+    // SIGHUP reloads the STARTTLS and HTTPS certificates (the unit's ExecReload); SIGTERM/SIGINT
+    // stop.
     let signal = loop {
         match signals.next().await {
             Some(Ok(Signal::Hup)) => {
