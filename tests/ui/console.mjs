@@ -104,7 +104,7 @@ page.on("console", (msg) => {
   step = "status";
   await page.waitForSelector("#version");
   await page.waitForSelector("#certificate dd.mono");
-  check(/used of .* free/.test(await page.textContent("#disk")), "disk use of data_dir");
+  check(/used of .* available to the node/.test(await page.textContent("#disk")), "disk use of data_dir");
   check((await page.textContent("#volume")) === "unknown (not an appliance image)", "volume state off the appliance");
   check(/\(in \d+ days\)/.test(await page.textContent("#cert-expiry")), "certificate expiry");
   await snap(page, "status");
@@ -266,6 +266,13 @@ page.on("console", (msg) => {
   await page.click("nav a[href='#log']");
   await page.waitForSelector("#filters");
   await snap(page, "narrow-delivery-log");
+  for (const [view, selector] of [["tls", "#tls"], ["s3", "#s3"]]) {
+    await page.click(`nav a[href='#${view}']`);
+    await page.waitForSelector(selector);
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    check(overflow <= 0, `the ${view} page fits a narrow screen (${overflow}px too wide)`);
+    await snap(page, `narrow-${view}`);
+  }
   await page.setViewportSize({ width: 1100, height: 800 });
 
   step = "logout";

@@ -142,7 +142,7 @@ async function statusView() {
       h("dt", {}, "Uptime"), h("dd", {}, duration(status.uptime_seconds)),
       h("dt", {}, "Metadata store on disk"), h("dd", {}, `${(status.store_size_bytes / 1048576).toFixed(1)} MiB`),
       h("dt", {}, "Data file system"), h("dd", { id: "disk" }, status.disk === null ? "unknown" :
-        `${gib(status.disk.used_bytes)} used of ${gib(status.disk.total_bytes)}; ${gib(status.disk.available_bytes)} free (${Math.round(100 * status.disk.used_bytes / Math.max(status.disk.total_bytes, 1))} % used)`),
+        `${gib(status.disk.used_bytes)} used of ${gib(status.disk.total_bytes)}; ${gib(status.disk.available_bytes)} available to the node (${Math.round(100 * status.disk.used_bytes / Math.max(status.disk.total_bytes, 1))} % used)`),
       h("dt", {}, "Data volume"), h("dd", { id: "volume" }, volumeText(status.volume)),
       h("dt", {}, "Certificate expires"), h("dd", { id: "cert-expiry", class: tls && tls.days_left < 30 ? "error" : "" },
         tls === null ? "no TLS" : `${tls.not_after} (in ${tls.days_left} days)`),
