@@ -574,6 +574,16 @@ mod tests {
             !format!("{upload:?}").contains("PRIVATE"),
             "Debug hides the key"
         );
+
+        // A traditional (SEC1) key is accepted and stored as PKCS#8, which the TLS layer loads.
+        let sec1 = PKey::private_key_from_pem(p.leaf_key.as_bytes())
+            .and_then(|k| k.ec_key())
+            .and_then(|k| k.private_key_to_pem())
+            .expect("SEC1 PEM");
+        let sec1 = String::from_utf8(sec1).expect("PEM is text");
+        assert!(sec1.starts_with("-----BEGIN EC PRIVATE KEY-----"));
+        let upload = validate(&chain, &sec1, NOW).expect("a SEC1 key is accepted");
+        assert!(upload.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
     }
 
     #[test]
