@@ -147,11 +147,11 @@ pub fn markdown(scenarios: &[Scenario], checks: &[Check], runs: usize) -> String
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| size | sessions | target | msg/s (median of {runs}) | × postfix | × limit | p50 ms | p99 ms | at msg/s | peak RSS MiB | RSS per MiB in flight | CPU µs/msg (sink) |"
+        "| size | sessions | target | msg/s (median of {runs}) | × postfix | × limit | p50 ms | p99 ms | at msg/s | peak RSS MiB | RSS per MiB in flight | CPU µs/msg (sink) | webhook TLS conns / msgs |"
     );
     let _ = writeln!(
         out,
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut rows: Vec<&Scenario> = scenarios.iter().collect();
     rows.sort_by_key(|s| (s.size, s.sessions, s.target as u8));
@@ -168,9 +168,13 @@ pub fn markdown(scenarios: &[Scenario], checks: &[Check], runs: usize) -> String
             (Some(node), Some(sink)) => format!("{node:.0} ({sink:.0})"),
             _ => "–".to_string(),
         };
+        let conns = match (s.webhook_connections, s.webhook_requests) {
+            (Some(c), Some(r)) => format!("{c} / {r}"),
+            _ => "–".to_string(),
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.1} | {} | {} | {:.2} | {:.2} | {:.0} | {peak} | {per} | {cpu} |",
+            "| {} | {} | {} | {:.1} | {} | {} | {:.2} | {:.2} | {:.0} | {peak} | {per} | {cpu} | {conns} |",
             s.size_label,
             s.sessions,
             s.target.name(),
