@@ -439,6 +439,11 @@ impl WebhookSink {
 
     /// POSTs answered since the sink started.
     pub fn requests(&mut self) -> anyhow::Result<u64> {
+        Ok(self.stats()?.requests)
+    }
+
+    /// The sink's counters since it started.
+    pub fn stats(&mut self) -> anyhow::Result<SinkStats> {
         self.child.ensure_running()?;
         let mut response = self
             .agent
@@ -447,10 +452,26 @@ impl WebhookSink {
             .context("GET /stats from the webhook sink")?;
         let text = response.body_mut().read_to_string()?;
         let stats: serde_json::Value = serde_json::from_str(&text)?;
-        stats["requests"]
-            .as_u64()
-            .context("webhook sink stats without `requests`")
+        let counter = |name: &str| {
+            stats[name]
+                .as_u64()
+                .with_context(|| format!("webhook sink stats without `{name}`"))
+        };
+        Ok(SinkStats {
+            requests: counter("requests")?,
+            connections: counter("connections")?,
+        })
     }
+}
+
+/// The webhook sink's counters.
+#[derive(Debug, Clone, Copy)]
+pub struct SinkStats {
+    /// POSTs answered.
+    pub requests: u64,
+    /// TLS connections accepted: with keep-alive, about one per concurrent delivery, not one
+    /// per message.
+    pub connections: u64,
 }
 
 /// The mxnode daemon under test (`mxnode serve`), with its log kept in memory (the tail only).

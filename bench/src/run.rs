@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::latency::{self, LatencyRun};
 use crate::messages::{message_lf, size_label, to_crlf};
-use crate::peers::{Mxnode, Postfix, RouteTo, SmtpSink, WebhookSink};
+use crate::peers::{Mxnode, Postfix, RouteTo, SinkStats, SmtpSink, WebhookSink};
 use crate::source::{self, RCPT_DOMAIN};
 use crate::stats::median;
 
@@ -154,6 +154,10 @@ pub struct Scenario {
     pub cpu_us_per_message: Option<f64>,
     /// CPU time of the webhook sink per message: what the receiver costs on this machine.
     pub sink_cpu_us_per_message: Option<f64>,
+    /// TLS connections the webhook sink accepted during the scenario, and the deliveries it
+    /// answered: keep-alive shows as about one connection per session, not one per message.
+    pub webhook_connections: Option<u64>,
+    pub webhook_requests: Option<u64>,
 }
 
 /// Where messages go for one target, and how to tell that they arrived.
@@ -272,6 +276,8 @@ struct Under<'a> {
     node_cpu: f64,
     sink_cpu: f64,
     cpu_messages: usize,
+    /// The webhook sink's counters when the scenario started (mxnode targets).
+    sink_start: Option<SinkStats>,
 }
 
 impl<'a> Under<'a> {
@@ -283,9 +289,9 @@ impl<'a> Under<'a> {
         index: usize,
         peer: &'a mut Peer,
     ) -> anyhow::Result<Under<'a>> {
-        let (addr, node) = match &*peer {
-            Peer::Limit(sink) => (sink.addr, None),
-            Peer::Postfix { postfix, .. } => (postfix.addr, None),
+        let (addr, node, sink_start) = match &mut *peer {
+            Peer::Limit(sink) => (sink.addr, None, None),
+            Peer::Postfix { postfix, .. } => (postfix.addr, None, None),
             Peer::Mxnode { sink, ca, secret } => {
                 let route = RouteTo {
                     webhook: &sink.url,
@@ -299,7 +305,7 @@ impl<'a> Under<'a> {
                     &plan.work.join(format!("mxnode-{index}")),
                     &route,
                 )?;
-                (node.addr, Some(node))
+                (node.addr, Some(node), Some(sink.stats()?))
             }
         };
         Ok(Under {
@@ -310,7 +316,22 @@ impl<'a> Under<'a> {
             node_cpu: 0.0,
             sink_cpu: 0.0,
             cpu_messages: 0,
+            sink_start,
         })
+    }
+
+    /// Connections and requests the webhook sink saw since the scenario started.
+    fn sink_delta(&mut self) -> anyhow::Result<Option<SinkStats>> {
+        match (self.sink_start, &mut *self.peer) {
+            (Some(start), Peer::Mxnode { sink, .. }) => {
+                let now = sink.stats()?;
+                Ok(Some(SinkStats {
+                    requests: now.requests - start.requests,
+                    connections: now.connections - start.connections,
+                }))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Sends `count` messages with smtp-source and returns the seconds until all were
@@ -508,6 +529,7 @@ fn run_group(
             }
             _ => (None, None),
         };
+        let sink = under.sink_delta()?;
         scenarios.push(Scenario {
             target: under.target,
             size: message.size,
@@ -523,6 +545,8 @@ fn run_group(
             store_on,
             cpu_us_per_message: under.cpu_per_message().map(|(node, _)| node),
             sink_cpu_us_per_message: under.cpu_per_message().map(|(_, sink)| sink),
+            webhook_connections: sink.map(|s| s.connections),
+            webhook_requests: sink.map(|s| s.requests),
         });
     }
     // Memory once the node is idle again: what it keeps after the load.

@@ -227,13 +227,30 @@ pub async fn deliver(router: &Router, tx: Transaction, peer: &PeerInfo) -> Deliv
         return report;
     }
 
-    // Parsing is CPU work on possibly large input: keep large messages off the I/O threads.
+    // Parsing and the delivery ids (keyed hashes of the whole message) are CPU work on possibly
+    // large input: keep large messages off the I/O threads.
     let data = Arc::new(data);
-    let parsed: Arc<ParsedMessage> = {
+    let id_keys: Vec<_> = groups
+        .iter()
+        .map(|(route_index, recipients)| {
+            let route = &router.routes[*route_index];
+            let key = route.client.delivery_id_key();
+            (key, route.name.clone(), recipients.clone())
+        })
+        .collect();
+    let (parsed, ids) = {
         let data = data.clone();
-        let size = data.len();
-        Arc::new(cpu_work(size, move || message::parse(&data, &ParseLimits::default())).await)
+        cpu_work(data.len(), move || {
+            let parsed = message::parse(&data, &ParseLimits::default());
+            let ids: Vec<String> = id_keys
+                .iter()
+                .map(|(key, name, recipients)| key.delivery_id(name, recipients, &data))
+                .collect();
+            (parsed, ids)
+        })
+        .await
     };
+    let parsed: Arc<ParsedMessage> = Arc::new(parsed);
 
     report.message_id = parsed.message_id.clone();
     report.subject = parsed.subject.clone();
@@ -251,11 +268,12 @@ pub async fn deliver(router: &Router, tx: Transaction, peer: &PeerInfo) -> Deliv
         report.outcome = Outcome::TooComplex(limit);
         report.routes = groups
             .into_iter()
-            .map(|(route_index, recipients)| {
+            .zip(ids)
+            .map(|((route_index, recipients), delivery_id)| {
                 let route = &router.routes[route_index];
                 RouteReport {
                     route: route.name.clone(),
-                    delivery_id: route.client.delivery_id(&route.name, &recipients, &data),
+                    delivery_id,
                     recipients,
                     webhook: None,
                     webhook_latency: None,
@@ -267,9 +285,8 @@ pub async fn deliver(router: &Router, tx: Transaction, peer: &PeerInfo) -> Deliv
     }
 
     // One payload per route (each carries only its own recipients), posted concurrently.
-    let posts: Vec<_> = groups.into_iter().map(|(route_index, rcpt_to)| {
+    let posts: Vec<_> = groups.into_iter().zip(ids).map(|((route_index, rcpt_to), id)| {
         let route = &router.routes[route_index];
-        let id = route.client.delivery_id(&route.name, &rcpt_to, &data);
         let envelope = Envelope {
             mail_from: mail_from.clone(),
             rcpt_to,

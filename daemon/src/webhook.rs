@@ -107,6 +107,37 @@ pub fn sign(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
     )
 }
 
+/// A route's key for [`WebhookClient::delivery_id`], movable to another thread.
+#[derive(Clone)]
+pub struct DeliveryIdKey(hmac::Key);
+
+impl std::fmt::Debug for DeliveryIdKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeliveryIdKey").finish_non_exhaustive()
+    }
+}
+
+impl DeliveryIdKey {
+    /// See [`WebhookClient::delivery_id`].
+    pub fn delivery_id(&self, route_name: &str, rcpt_to: &[String], data: &[u8]) -> String {
+        let mut rcpts: Vec<String> = rcpt_to.iter().map(|r| r.to_lowercase()).collect();
+        rcpts.sort();
+        let mut ctx = hmac::Context::with_key(&self.0);
+        ctx.update(b"mxnode delivery id v1\0");
+        ctx.update(route_name.as_bytes());
+        ctx.update(b"\0");
+        ctx.update(rcpts.join("\n").as_bytes());
+        ctx.update(b"\0");
+        ctx.update(data);
+        let tag = ctx.sign();
+        let hex: String = tag.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("msg_{hex}")
+    }
+}
+
 /// Posts payloads for one route.
 pub struct WebhookClient {
     agent: ureq::Agent,
@@ -179,21 +210,14 @@ impl WebhookClient {
     /// recipients for this route, so a retransmission after a lost `250` carries the same
     /// `webhook-id` and the receiver can de-duplicate.
     pub fn delivery_id(&self, route_name: &str, rcpt_to: &[String], data: &[u8]) -> String {
-        let mut rcpts: Vec<String> = rcpt_to.iter().map(|r| r.to_lowercase()).collect();
-        rcpts.sort();
-        let mut ctx = hmac::Context::with_key(&self.key);
-        ctx.update(b"mxnode delivery id v1\0");
-        ctx.update(route_name.as_bytes());
-        ctx.update(b"\0");
-        ctx.update(rcpts.join("\n").as_bytes());
-        ctx.update(b"\0");
-        ctx.update(data);
-        let tag = ctx.sign();
-        let hex: String = tag.as_ref()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("msg_{hex}")
+        self.delivery_id_key()
+            .delivery_id(route_name, rcpt_to, data)
+    }
+
+    /// What computes this route's delivery ids, detached from the client so that the hashing
+    /// (over the whole message) can run on the blocking pool.
+    pub fn delivery_id_key(&self) -> DeliveryIdKey {
+        DeliveryIdKey(self.key.clone())
     }
 
     /// Posts `body` with retries until accepted, rejected or the budget is spent.
@@ -271,22 +295,27 @@ impl WebhookClient {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let signature = sign(&self.key_bytes, id, timestamp, &body);
-        let request = self
-            .agent
-            .post(&self.url)
-            .header("content-type", "application/json")
-            .header("webhook-id", id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature);
-        // Only an attempt cut short by the end of the budget needs a request-level timeout
-        // (see the agent's `timeout_global`).
-        let request = if timeout < MAX_ATTEMPT_TIME {
-            request.config().timeout_global(Some(timeout)).build()
-        } else {
-            request
-        };
+        let agent = self.agent.clone();
+        let url = self.url.clone();
+        let key = self.key_bytes.clone();
+        let id = id.to_string();
+        // Signing hashes the whole body: it runs on the blocking thread with the request, not
+        // on the executor that drives every session's I/O.
         smol::unblock(move || {
+            let signature = sign(&key, &id, timestamp, &body);
+            let request = agent
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("webhook-id", &id)
+                .header("webhook-timestamp", timestamp.to_string())
+                .header("webhook-signature", signature);
+            // Only an attempt cut short by the end of the budget needs a request-level timeout
+            // (see the agent's `timeout_global`).
+            let request = if timeout < MAX_ATTEMPT_TIME {
+                request.config().timeout_global(Some(timeout)).build()
+            } else {
+                request
+            };
             let mut response = request.send(&body[..]).map_err(describe_error)?;
             let status = response.status().as_u16();
             let reason = if classify(status) == StatusClass::Rejected {

@@ -3,8 +3,9 @@
 //! HTTP/1.1 keep-alive connections on TLS (async-native-tls, a test certificate).
 //!
 //! It exists to measure mxnode, so it must cost as little as possible per request and never
-//! become the bottleneck: no signature check, no JSON parsing, nothing kept but two counters
-//! (`GET /stats`). It never writes a body anywhere: bodies are read into memory and dropped.
+//! become the bottleneck: no signature check, no JSON parsing, nothing kept but three counters
+//! (`GET /stats`: requests, body bytes, and TLS connections accepted, which shows whether the
+//! node reuses its keep-alive connections or pays a handshake per message). It never writes a body anywhere: bodies are read into memory and dropped.
 //! HTTP is tide's (async-h1), TLS is OpenSSL's through async-native-tls: nothing hand-written.
 //!
 //! ```text
@@ -55,6 +56,8 @@ struct State {
     requests: Arc<AtomicU64>,
     /// Body bytes read so far.
     bytes: Arc<AtomicU64>,
+    /// TLS handshakes completed so far (the driver's own `/stats` connection among them).
+    connections: Arc<AtomicU64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,7 +77,9 @@ fn main() -> anyhow::Result<()> {
         delay: Duration::from_millis(args.delay_ms),
         requests: Arc::new(AtomicU64::new(0)),
         bytes: Arc::new(AtomicU64::new(0)),
+        connections: Arc::new(AtomicU64::new(0)),
     };
+    let connections = state.connections.clone();
     let mut app = tide::with_state(state);
     app.at("/stats").get(stats);
     app.at("/*").post(receive);
@@ -100,11 +105,13 @@ fn main() -> anyhow::Result<()> {
             let _ = stream.get_ref().set_nodelay(true);
             let acceptor = acceptor.clone();
             let app = app.clone();
+            let connections = connections.clone();
             spawner
                 .spawn(async move {
                     let Ok(tls) = acceptor.accept(stream).await else {
                         return;
                     };
+                    connections.fetch_add(1, Ordering::Relaxed);
                     // async-h1 reads and writes through clones of one stream handle.
                     let io = async_dup::Arc::new(async_dup::Mutex::new(tls));
                     let _ = async_h1::accept(io, |request| {
@@ -134,6 +141,7 @@ async fn stats(request: tide::Request<State>) -> tide::Result {
     let body = serde_json::json!({
         "requests": state.requests.load(Ordering::Relaxed),
         "bytes": state.bytes.load(Ordering::Relaxed),
+        "connections": state.connections.load(Ordering::Relaxed),
     });
     Ok(tide::Response::builder(200)
         .body(tide::Body::from_json(&body)?)

@@ -102,6 +102,15 @@ impl Reservation {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+
+    /// Gives back everything above `bytes` (nothing when it holds no more than that): for a
+    /// buffer that grew with headroom and has since been trimmed to what it holds.
+    pub fn shrink_to(&mut self, bytes: usize) {
+        if bytes < self.bytes {
+            self.budget.release(self.bytes - bytes);
+            self.bytes = bytes;
+        }
+    }
 }
 
 impl Drop for Reservation {
@@ -251,6 +260,26 @@ mod tests {
             .map(|t| t.join().expect("worker thread does not panic"))
             .sum();
         assert!(granted > 0);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn shrinking_a_reservation_returns_the_excess_to_the_budget() {
+        let budget = InFlightBudget::new(100);
+        let mut r = budget.try_reserve(80).expect("80 of 100 bytes fit");
+        r.shrink_to(30);
+        assert_eq!((r.bytes(), budget.used()), (30, 30));
+        r.shrink_to(50);
+        assert_eq!(
+            (r.bytes(), budget.used()),
+            (30, 30),
+            "shrinking never grows"
+        );
+        assert!(
+            budget.try_reserve(70).is_some(),
+            "the excess is available again"
+        );
+        drop(r);
         assert_eq!(budget.used(), 0);
     }
 

@@ -1217,7 +1217,14 @@ impl DataReader {
             return Err(too_large());
         }
         match self.reservation {
-            Some(reservation) if !self.budget_exhausted => Ok((self.data, reservation)),
+            Some(mut reservation) if !self.budget_exhausted => {
+                // Growth doubles the buffer; the message is held until its reply, so the
+                // headroom goes back to the allocator and to the in-flight budget now.
+                let mut data = self.data;
+                data.shrink_to_fit();
+                reservation.shrink_to(data.capacity());
+                Ok((data, reservation))
+            }
             _ => Err(Reply::new(
                 451,
                 "4.3.1 Insufficient system resources, try again later",
