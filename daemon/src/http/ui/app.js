@@ -517,6 +517,18 @@ const UPDATE_STATES = {
 const UPDATE_BUSY = ["checking", "downloading", "installing", "requested"];
 /** How often the page re-reads the status while something runs. */
 const UPDATE_POLL_MS = 1000;
+/**
+ * For at most this long after the page was opened or an action started: each read counts as
+ * activity of the session, and a page left open must not keep it alive for ever (say, a
+ * request no installer takes on a development node).
+ */
+const UPDATE_POLL_LIMIT_MS = 20 * 60 * 1000;
+
+/**
+ * The node's largest bundle (`update::agent::MAX_BUNDLE_BYTES`): a bigger file is refused here,
+ * since the node's early 413 would reach the browser as a broken upload, without its message.
+ */
+const MAX_BUNDLE_BYTES = 8 * 1024 * 1024 * 1024;
 
 /** The timer re-reading the update status, or null. */
 let updatePoll = null;
@@ -567,15 +579,18 @@ function renderUpdate(view) {
   return true;
 }
 
-/** Re-reads the status every UPDATE_POLL_MS while `busy()` or the state says work is going on. */
-function pollUpdate(busy) {
+/**
+ * Re-reads the status every UPDATE_POLL_MS while `busy()` or the state says work is going on,
+ * until `until` (ms since the epoch).
+ */
+function pollUpdate(busy, until) {
   clearTimeout(updatePoll);
   updatePoll = setTimeout(async () => {
     updatePoll = null;
-    if (location.hash !== "#update") return;
+    if (location.hash !== "#update" || Date.now() > until) return;
     try {
       const view = await api("GET", "/api/v1/update");
-      if (renderUpdate(view) && (busy() || UPDATE_BUSY.includes(view.state))) pollUpdate(busy);
+      if (renderUpdate(view) && (busy() || UPDATE_BUSY.includes(view.state))) pollUpdate(busy, until);
     } catch (_) { /* the next user action shows the error */ }
   }, UPDATE_POLL_MS);
 }
@@ -603,7 +618,7 @@ async function updateView() {
     uploadResult.textContent = "";
     out.className = "muted";
     out.textContent = `${what}…`;
-    pollUpdate(() => running);
+    pollUpdate(() => running, Date.now() + UPDATE_POLL_LIMIT_MS);
     try {
       const answer = await request();
       renderUpdate(answer);
@@ -634,6 +649,11 @@ async function updateView() {
       uploadResult.textContent = "Choose a bundle file first.";
       return;
     }
+    if (bundle.size > MAX_BUNDLE_BYTES) {
+      uploadResult.className = "error";
+      uploadResult.textContent = `${bundle.name} is larger than the node accepts (${mib(MAX_BUNDLE_BYTES)}): is it a bundle?`;
+      return;
+    }
     act(uploadResult, `Upload of ${bundle.name}`,
       () => api("POST", "/api/v1/update/upload", bundle), outcome);
   });
@@ -650,7 +670,7 @@ async function updateView() {
     h("section", { class: "card" }, h("h2", {}, "Upload a release (air-gapped sites)"), upload),
     h("section", { class: "card", id: "update-history-card" }, h("h2", {}, "History"), updateHistory(view)),
   );
-  if (UPDATE_BUSY.includes(view.state)) pollUpdate(() => false);
+  if (UPDATE_BUSY.includes(view.state)) pollUpdate(() => false, Date.now() + UPDATE_POLL_LIMIT_MS);
 }
 
 // ---------------------------------------------------------------- recovery key
