@@ -8,8 +8,8 @@
 //! small file helpers ([`corpus_dir`], [`crlf`], [`scan_for_marker`]), and
 //! for the fault tests a proxy that breaks connections ([`FaultProxy`]) and
 //! the no-loss [`ledger`]. The update channel is a static HTTPS file server
-//! ([`StaticServer`]). The REST API is reached with
-//! [`ApiClient`] (and contract-tested with [`schemathesis_bin`]). The
+//! ([`StaticServer`]) serving releases signed by the release tool ([`Releases`]).
+//! The REST API is reached with [`ApiClient`] (and contract-tested with [`schemathesis_bin`]). The
 //! appliance image is built and booted in qemu by [`vm`].
 //!
 //! **Architecture Invariant:** the harness never writes message content,
@@ -30,6 +30,7 @@ pub mod ledger;
 mod node;
 mod process;
 mod receiver;
+mod release;
 mod s3;
 mod smtp;
 mod static_server;
@@ -41,6 +42,7 @@ pub use fault_proxy::FaultProxy;
 pub use files::{corpus_dir, crlf, scan_for_marker, workspace_dir};
 pub use node::{Node, NodeConfig, RouteConfig, mxnode_bin};
 pub use receiver::{Received, Receiver, new_webhook_secret, webhook_signature};
+pub use release::{RELEASE_FILES, Releases, release_cli};
 pub use s3::{S3Connection, S3Server, TlsFront, s3s_fs_bin};
 pub use smtp::{Reply, SmtpClient, send_with_lettre, served_certificate, swaks};
 pub use static_server::StaticServer;

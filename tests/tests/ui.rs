@@ -7,8 +7,10 @@
 //! with its own TLS clients that STARTTLS and HTTPS serve the new certificate, without a
 //! restart), a route to the receiver, an S3 connection with its probe (edited and deleted), a
 //! real email in the delivery log and its deletion, the audit log, an API key created and
-//! revoked, retention with a field error, the compliance report and logout, and saves a
-//! screenshot of each page under `$CARGO_TARGET_DIR/ui-artifacts/` (never the repo).
+//! revoked, retention with a field error, the compliance report, the updates page (a check
+//! against a real HTTPS channel serving a release signed by `mxnode release`, which stages
+//! it; Apply; a bundle with a forged signature refused) and logout, and saves a screenshot of
+//! each page under `$CARGO_TARGET_DIR/ui-artifacts/` (never the repo).
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
@@ -17,8 +19,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use mxnode_tests::{
-    Node, NodeConfig, Receiver, S3Server, SmtpClient, TestCa, new_webhook_secret,
-    served_certificate, workspace_dir,
+    Node, NodeConfig, Receiver, Releases, S3Server, SmtpClient, StaticServer, TestCa, mxnode_bin,
+    new_webhook_secret, served_certificate, workspace_dir,
 };
 use ring::digest::{SHA256, digest};
 use rustls::pki_types::CertificateDer;
@@ -77,7 +79,51 @@ fn console_walkthrough_in_headless_chromium() {
     );
     let ca = TestCa::new();
     let receiver = Receiver::start(&ca, &new_webhook_secret());
-    let node = Node::start(&NodeConfig::new().http(&ca).tls(&ca));
+    // The update channel serves 9.0.0; the offline bundle of 9.0.1 carries 9.0.0's signature.
+    let releases = Releases::new();
+    let served = tempfile::tempdir().expect("temp dir");
+    let good = releases.sign("good", "9.0.0");
+    releases.publish(&good, &served.path().join("stable"));
+    let channel = StaticServer::start(&ca, served.path());
+    let forged = releases.sign("forged", "9.0.1");
+    std::fs::copy(
+        good.join("manifest.json.sig"),
+        forged.join("manifest.json.sig"),
+    )
+    .expect("forge the signature");
+    let forged_bundle = releases.bundle(&forged);
+    let update_dirs = tempfile::tempdir().expect("temp dir");
+    let state_dir = update_dirs.path().join("state");
+    let node = Node::start(&NodeConfig::new().http(&ca).tls(&ca).extra_toml(&format!(
+        "[update]\nkeys = {:?}\nchannel = {:?}\nchannel_ca = {:?}\nauto_apply = false\n\
+         check_interval = \"24h\"\nstate_dir = {:?}\nspool_dir = {:?}\n",
+        releases.keys_file(),
+        channel.url("/stable/"),
+        ca.ca_pem,
+        state_dir,
+        update_dirs.path().join("spool"),
+    )));
+    // A history for the page: the running version's install, recorded by root's own
+    // `mxnode update finish` after its first good boot in slot a.
+    std::fs::create_dir_all(&state_dir).expect("state dir");
+    std::fs::write(
+        state_dir.join("pending.json"),
+        format!(
+            r#"{{"version":"{0}","slot":"a","from_version":"0.0.1","from_slot":"b","at":"2026-01-01T00:00:00Z"}}"#,
+            env!("CARGO_PKG_VERSION")
+        ),
+    )
+    .expect("pending.json");
+    let finish = Command::new(mxnode_bin())
+        .args(["update", "finish", "--current-slot", "a", "--config"])
+        .arg(node.config_path())
+        .output()
+        .expect("run mxnode update finish");
+    assert!(
+        finish.status.success(),
+        "{}",
+        String::from_utf8_lossy(&finish.stderr)
+    );
     let token = node.setup_token().expect("the node is in setup mode");
     let artifacts = artifacts_dir();
     // The certificate the walk uploads (with its CA as the chain's second certificate), and
@@ -119,6 +165,9 @@ fn console_walkthrough_in_headless_chromium() {
         .env("S3_ENDPOINT", s3.endpoint())
         .env("S3_ACCESS_KEY", s3.access_key())
         .env("S3_SECRET_KEY", s3.secret_key())
+        .env("UPDATE_CHANNEL", channel.url("/stable/"))
+        .env("UPDATE_BAD_BUNDLE", &forged_bundle)
+        .env("RUNNING_VERSION", env!("CARGO_PKG_VERSION"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -173,6 +222,13 @@ fn console_walkthrough_in_headless_chromium() {
                 );
                 assert_eq!(starttls_certificate(&node, &ca), new, "STARTTLS");
                 assert_eq!(node.pid(), pid, "no restart");
+                writeln!(stdin, "CHECKED").expect("answer the script");
+            }
+            Ok(line) if line == "APPLIED" => {
+                // Apply asked root's installer for the staged release.
+                let spool = update_dirs.path().join("spool");
+                assert!(spool.join("request.json").is_file(), "request.json");
+                assert!(spool.join("staged/root.erofs").is_file(), "staged root");
                 writeln!(stdin, "CHECKED").expect("answer the script");
             }
             Ok(line) if line == "PROBED" => {

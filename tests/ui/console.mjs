@@ -5,11 +5,13 @@
 // RECEIVER_CA (a file on the node's host), TLS_CHAIN, TLS_KEY, TLS_WRONG_KEY (PEM text of the
 // certificate to upload), TLS_FINGERPRINT (its SHA-256), S3_ENDPOINT, S3_ACCESS_KEY,
 // S3_SECRET_KEY (an s3s-fs with bucket "mail"), RECOVERY_KEY (the key the node holds in its
-// data_dir, shown once after login), ARTIFACTS (a directory for screenshots and the
-// browser profile), CHROMIUM (default /usr/bin/chromium). When the script needs a real email,
-// it prints "SEND_MAIL" on stdout and waits for one line on stdin; after installing the
-// certificate it prints "CERT_INSTALLED", after the S3 probe "PROBED", and waits likewise for
-// the test's own checks.
+// data_dir, shown once after login), UPDATE_CHANNEL (the node's update channel, serving
+// 9.0.0), UPDATE_BAD_BUNDLE (a bundle file whose signature does not verify), RUNNING_VERSION,
+// ARTIFACTS (a directory for screenshots and the browser profile), CHROMIUM (default
+// /usr/bin/chromium). When the script needs a real email, it prints "SEND_MAIL" on stdout and
+// waits for one line on stdin; after installing the certificate it prints "CERT_INSTALLED",
+// after the S3 probe "PROBED", after applying the staged update "APPLIED", and waits likewise
+// for the test's own checks.
 //
 // Exit status 0 when every step passed; otherwise the failing step is printed on stderr.
 
@@ -261,12 +263,61 @@ page.on("console", (msg) => {
   await snap(page, "compliance-print");
   await page.emulateMedia({ media: "screen" });
 
+  step = "updates page";
+  await page.click("nav a[href='#update']");
+  await page.waitForSelector("#update-facts");
+  check((await page.textContent("#update-version")) === env("RUNNING_VERSION"), "running version");
+  check((await page.textContent("#update-channel")) === env("UPDATE_CHANNEL"), "channel");
+  check((await page.textContent("#update-floor")) === env("RUNNING_VERSION"), "floor raised by finish");
+  check((await page.textContent("#update-last-check")) === "never", "no check yet");
+  check((await page.textContent("#update-available")) === "none", "nothing available yet");
+  check((await page.textContent("#update-blessed")).startsWith("not an A/B boot"), "blessed off the appliance");
+  await page.waitForSelector(`#update-history td:text-is('installed')`);
+  await snap(page, "update");
+
+  step = "update check needs the CSRF token";
+  const refusedCheck = await page.evaluate(async () => {
+    const res = await fetch("/api/v1/update/check", { method: "POST" });
+    return [res.status, (await res.json()).error.code];
+  });
+  check(refusedCheck[0] === 403 && refusedCheck[1] === "csrf", `without the token: ${refusedCheck}`);
+
+  step = "update check now";
+  await page.click("#update-check");
+  await page.waitForSelector("#update-result.ok:has-text('9.0.0 is verified and staged')");
+  check((await page.textContent("#update-available")) === "9.0.0", "available release");
+  await page.waitForSelector("#update-state[data-state=staged]");
+  check((await page.textContent("#update-last-check")) !== "never", "last check shown");
+  check(/(\d+\.\d) MiB of \1 MiB \(100 %\)/.test(await page.textContent("#update-progress")), `progress: ${await page.textContent("#update-progress")}`);
+  await snap(page, "update-staged");
+
+  step = "update apply";
+  await page.click("#update-apply");
+  await page.waitForSelector("#update-state[data-state=requested]");
+  await page.waitForSelector("#update-result.ok:has-text('the installer writes it')");
+  process.stdout.write("APPLIED\n");
+  check((await lines.next()).value === "CHECKED", "the test's request check");
+  await snap(page, "update-requested");
+
+  step = "update upload without a file";
+  await page.click("#update-upload button[type=submit]");
+  await page.waitForSelector("#update-upload-result.error:has-text('Choose a bundle file')");
+
+  step = "update upload with a bad signature";
+  await page.setInputFiles("#update-file", env("UPDATE_BAD_BUNDLE"));
+  await page.click("#update-upload button[type=submit]");
+  await page.waitForSelector("#update-upload-result.error:has-text('refused: bad signature')");
+  check((await page.textContent("#update-upload-result")).includes("(bad_signature)"), "the refusal's code");
+  await page.waitForSelector("#update-state[data-state=refused]");
+  check((await page.textContent("#update-last-error")).includes("bad signature"), "last error");
+  await snap(page, "update-upload-refused");
+
   step = "narrow screen";
   await page.setViewportSize({ width: 380, height: 760 });
   await page.click("nav a[href='#log']");
   await page.waitForSelector("#filters");
   await snap(page, "narrow-delivery-log");
-  for (const [view, selector] of [["tls", "#tls"], ["s3", "#s3"]]) {
+  for (const [view, selector] of [["tls", "#tls"], ["s3", "#s3"], ["update", "#update-upload"]]) {
     await page.click(`nav a[href='#${view}']`);
     await page.waitForSelector(selector);
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);

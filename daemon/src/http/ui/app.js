@@ -21,15 +21,20 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
-/** Calls the API; throws an Error with `status`, `code` and `fields` on a non-2xx answer. */
+/**
+ * Calls the API; throws an Error with `status`, `code` and `fields` on a non-2xx answer.
+ * A Blob (a chosen file) is sent as it is, read from disk by the browser as it goes out;
+ * anything else as JSON.
+ */
 async function api(method, path, body) {
   const headers = {};
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const raw = body instanceof Blob;
+  if (body !== undefined) headers["Content-Type"] = raw ? "application/x-tar" : "application/json";
   if (csrf && method !== "GET") headers["X-CSRF-Token"] = csrf;
   const res = await fetch(path, {
     method,
     headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
+    body: body === undefined ? undefined : raw ? body : JSON.stringify(body),
     credentials: "same-origin",
   });
   const text = await res.text();
@@ -492,6 +497,182 @@ async function complianceView() {
   );
 }
 
+// ---------------------------------------------------------------- updates
+
+/** What each update state means to the operator (the API's `state`, DESIGN §9). */
+const UPDATE_STATES = {
+  idle: "idle",
+  checking: "checking the channel…",
+  downloading: "downloading and verifying…",
+  staged: "staged: verified and ready; press Apply to install it",
+  requested: "install requested: the installer is writing the other slot",
+  refused: "refused (see the last error)",
+  failed: "failed (see the last error)",
+  installing: "installing into the other slot…",
+  installed: "installed",
+  "reboot-pending": "installed; waiting for the reboot",
+  "rolled-back": "rolled back (see the last error)",
+};
+/** States in which the page re-reads the status by itself (the installer reports progress). */
+const UPDATE_BUSY = ["checking", "downloading", "installing", "requested"];
+/** How often the page re-reads the status while something runs. */
+const UPDATE_POLL_MS = 1000;
+/**
+ * For at most this long after the page was opened or an action started: each read counts as
+ * activity of the session, and a page left open must not keep it alive for ever (say, a
+ * request no installer takes on a development node).
+ */
+const UPDATE_POLL_LIMIT_MS = 20 * 60 * 1000;
+
+/**
+ * The node's largest bundle (`update::agent::MAX_BUNDLE_BYTES`): a bigger file is refused here,
+ * since the node's early 413 would reach the browser as a broken upload, without its message.
+ */
+const MAX_BUNDLE_BYTES = 8 * 1024 * 1024 * 1024;
+
+/** The timer re-reading the update status, or null. */
+let updatePoll = null;
+
+function mib(bytes) {
+  return `${(bytes / 1048576).toFixed(1)} MiB`;
+}
+
+/** The facts of `GET /api/v1/update` as a definition list. */
+function updateFacts(v) {
+  const p = v.progress || { done: 0, total: 0 };
+  const blessed = v.blessed === null ? "not an A/B boot (development node): updates cannot be installed here"
+    : v.blessed ? "yes" : "not yet: updates wait until this boot has been confirmed healthy";
+  return h("dl", { class: "facts", id: "update-facts" },
+    h("dt", {}, "Running version"), h("dd", { id: "update-version" }, v.version),
+    h("dt", {}, "Root slot"), h("dd", { id: "update-slot" }, v.slot === null ? "none (not an A/B appliance)" : v.slot),
+    h("dt", {}, "Boot blessed"), h("dd", { id: "update-blessed" }, blessed),
+    h("dt", {}, "Version floor"), h("dd", { id: "update-floor" }, v.floor === null ? "none recorded" : v.floor),
+    h("dt", {}, "Channel"), h("dd", { id: "update-channel", class: "mono" }, v.channel === null ? "none configured (upload bundles below)" : v.channel),
+    h("dt", {}, "Last check"), h("dd", { id: "update-last-check" }, v.last_check === null ? "never" : v.last_check),
+    h("dt", {}, "Available release"), h("dd", { id: "update-available" }, v.available === null ? "none" : v.available),
+    h("dt", {}, "State"), h("dd", { id: "update-state", "data-state": v.state }, UPDATE_STATES[v.state] || v.state),
+    h("dt", {}, "Progress"), h("dd", { id: "update-progress" }, p.total === 0 ? "nothing in progress" : [
+      h("progress", { max: p.total, value: p.done }),
+      ` ${mib(p.done)} of ${mib(p.total)} (${Math.floor(100 * p.done / p.total)} %)`]),
+    h("dt", {}, "Last error"), h("dd", { id: "update-last-error", class: v.last_error ? "error" : "" },
+      v.last_error === null ? "none" : `${v.last_error.message} (${v.last_error.code})`),
+  );
+}
+
+function updateHistory(v) {
+  if (v.history.length === 0) return h("p", { class: "muted", id: "update-no-history" }, "No updates installed, rolled back or refused by the installer yet.");
+  return h("div", { class: "table-wrap" }, h("table", { id: "update-history" },
+    h("tr", {}, h("th", {}, "Time"), h("th", {}, "Event"), h("th", {}, "Version"), h("th", {}, "Slot"), h("th", {}, "Detail")),
+    // Newest first.
+    v.history.slice().reverse().map((e) => h("tr", {},
+      h("td", {}, e.at), h("td", {}, e.event.replace("_", " ")), h("td", { class: "mono" }, e.version),
+      h("td", {}, e.slot || ""), h("td", {}, e.message)))));
+}
+
+/** Shows `view` in the page's status and history cards (if the page is still open). */
+function renderUpdate(view) {
+  const facts = document.getElementById("update-facts");
+  const history = document.getElementById("update-history-card");
+  if (!facts || !history) return false;
+  facts.replaceWith(updateFacts(view));
+  history.replaceChildren(h("h2", {}, "History"), updateHistory(view));
+  return true;
+}
+
+/**
+ * Re-reads the status every UPDATE_POLL_MS while `busy()` or the state says work is going on,
+ * until `until` (ms since the epoch).
+ */
+function pollUpdate(busy, until) {
+  clearTimeout(updatePoll);
+  updatePoll = setTimeout(async () => {
+    updatePoll = null;
+    if (location.hash !== "#update" || Date.now() > until) return;
+    try {
+      const view = await api("GET", "/api/v1/update");
+      if (renderUpdate(view) && (busy() || UPDATE_BUSY.includes(view.state))) pollUpdate(busy, until);
+    } catch (_) { /* the next user action shows the error */ }
+  }, UPDATE_POLL_MS);
+}
+
+/** The text of an update action's error: refusals name their reason and code. */
+function updateError(what, err) {
+  if (err.status === 422) return `${what} refused: ${err.message} (${err.code})`;
+  if (err.code) return `${what} failed: ${err.message} (${err.code})`;
+  return `${what} failed: ${err.message}`;
+}
+
+async function updateView() {
+  const view = await api("GET", "/api/v1/update");
+  const result = h("p", { id: "update-result", role: "status" });
+  const uploadResult = h("p", { id: "update-upload-result", role: "status" });
+  let running = false;
+  /** Runs one update request (the buttons disabled, the status re-read meanwhile), then shows the answer in `out`. */
+  const act = async (out, what, request, done) => {
+    if (running) return;
+    running = true;
+    const buttons = document.querySelectorAll("#update-actions button, #update-upload button");
+    buttons.forEach((b) => { b.disabled = true; });
+    // Only the answer to this action stays on the page.
+    result.textContent = "";
+    uploadResult.textContent = "";
+    out.className = "muted";
+    out.textContent = `${what}…`;
+    pollUpdate(() => running, Date.now() + UPDATE_POLL_LIMIT_MS);
+    try {
+      const answer = await request();
+      renderUpdate(answer);
+      out.className = "ok";
+      out.textContent = done(answer);
+    } catch (err) {
+      out.className = "error";
+      out.textContent = updateError(what, err);
+      try { renderUpdate(await api("GET", "/api/v1/update")); } catch (_) { /* shown above */ }
+    } finally {
+      running = false;
+      buttons.forEach((b) => { b.disabled = false; });
+    }
+  };
+  const outcome = (v) => (v.state === "staged" ? `Release ${v.available} is verified and staged. Press Apply to install it.`
+    : v.state === "requested" ? `Release ${v.available} is verified; the installer writes it to the other slot.`
+      : v.state === "reboot-pending" ? `Release ${v.available} is installed and waits for the reboot.`
+        : "This node runs the newest release the channel offers.");
+  const file = h("input", { type: "file", id: "update-file", name: "bundle", accept: ".tar,application/x-tar" });
+  const upload = h("form", { id: "update-upload", novalidate: true },
+    h("label", { for: "update-file" }, "Offline bundle (.tar made by mxnode release bundle)"), file,
+    h("button", { type: "submit" }, "Upload and verify"), uploadResult);
+  upload.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const bundle = file.files[0];
+    if (!bundle) {
+      uploadResult.className = "error";
+      uploadResult.textContent = "Choose a bundle file first.";
+      return;
+    }
+    if (bundle.size > MAX_BUNDLE_BYTES) {
+      uploadResult.className = "error";
+      uploadResult.textContent = `${bundle.name} is larger than the node accepts (${mib(MAX_BUNDLE_BYTES)}): is it a bundle?`;
+      return;
+    }
+    act(uploadResult, `Upload of ${bundle.name}`,
+      () => api("POST", "/api/v1/update/upload", bundle), outcome);
+  });
+  show(
+    h("h1", {}, "Updates"),
+    h("section", { class: "card" }, h("h2", {}, "Status"), updateFacts(view)),
+    h("section", { class: "card", id: "update-actions" }, h("h2", {}, "Actions"),
+      h("p", { class: "muted" }, "Releases are verified against the node's trusted keys before anything is written; the installer writes the other root slot and the node reboots into it (in the maintenance window, if one is set). A release that fails its boots rolls back by itself."),
+      h("button", { type: "button", id: "update-check", onclick: () => act(result, "Check",
+        () => api("POST", "/api/v1/update/check"), outcome) }, "Check now"), " ",
+      h("button", { type: "button", class: "secondary", id: "update-apply", onclick: () => act(result, "Apply",
+        () => api("POST", "/api/v1/update/apply"), outcome) }, "Apply"),
+      result),
+    h("section", { class: "card" }, h("h2", {}, "Upload a release (air-gapped sites)"), upload),
+    h("section", { class: "card", id: "update-history-card" }, h("h2", {}, "History"), updateHistory(view)),
+  );
+  if (UPDATE_BUSY.includes(view.state)) pollUpdate(() => false, Date.now() + UPDATE_POLL_LIMIT_MS);
+}
+
 // ---------------------------------------------------------------- recovery key
 
 /** Whether this login already asked for a waiting recovery key (once per login). */
@@ -542,7 +723,7 @@ function recoveryView(key) {
 
 // ---------------------------------------------------------------- routing
 
-const VIEWS = { status: statusView, tls: tlsView, s3: s3View, routes: routesView, retention: retentionView, keys: keysView, log: logView, audit: auditView, compliance: complianceView };
+const VIEWS = { status: statusView, tls: tlsView, s3: s3View, routes: routesView, retention: retentionView, keys: keysView, log: logView, audit: auditView, compliance: complianceView, update: updateView };
 
 async function route() {
   const name = (location.hash || "#status").slice(1);
