@@ -466,7 +466,7 @@ impl Drop for Running {
 /// `state`'s files (`mkfs.ext4 -d`, no mounting), and writes it over the partition in `disk`.
 fn provision_state(dir: &Path, disk: &Path, partition: &Partition, state: &StateFiles) {
     let tree = dir.join("state");
-    for sub in ["config", "network", "tls", "luks", "node"] {
+    for sub in ["config", "network", "tls", "luks", "node", "update"] {
         fs::create_dir_all(tree.join(sub)).expect("create a state directory");
     }
     for (path, contents) in &state.files {
