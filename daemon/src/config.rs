@@ -45,6 +45,14 @@ pub const DEFAULT_METADATA_RETENTION: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Standard Webhooks secrets decode to 24..64 bytes; below 16 bytes an HMAC key is too weak.
 const MIN_WEBHOOK_KEY_BYTES: usize = 16;
+/// Trusted release keys the image installs (`firmware-config/update-keys.txt`).
+pub const DEFAULT_UPDATE_KEYS: &str = "/usr/share/mxnode/update-keys.txt";
+/// The installer's state on the plain state partition.
+pub const DEFAULT_UPDATE_STATE_DIR: &str = "/var/lib/mxnode-state/update";
+/// How often the channel is polled.
+pub const DEFAULT_UPDATE_CHECK_INTERVAL: Duration = Duration::from_secs(6 * 3600);
+/// Polling faster than this only loads the channel.
+pub const MIN_UPDATE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One problem in a configuration, named by its dotted key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +117,8 @@ pub struct RawConfig {
     pub route: Vec<RawRoute>,
     #[serde(default)]
     pub s3: BTreeMap<String, RawS3>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<RawUpdate>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -170,6 +180,20 @@ pub struct RawS3 {
     pub path_style: Option<bool>,
     pub ca: Option<String>,
     pub prefix: Option<String>,
+}
+
+/// `[update]`: the update channel (DESIGN §9). Every key is optional.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct RawUpdate {
+    pub keys: Option<String>,
+    pub channel: Option<String>,
+    pub channel_ca: Option<String>,
+    pub check_interval: Option<String>,
+    pub auto_apply: Option<bool>,
+    pub maintenance_window: Option<String>,
+    pub state_dir: Option<String>,
+    pub spool_dir: Option<String>,
+    pub compatible: Option<String>,
 }
 
 /// A byte size: a plain integer, or a string such as `"25MiB"`, `"10MB"`, `"512k"`.
@@ -251,6 +275,28 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub routes: Vec<Route>,
     pub s3: BTreeMap<String, S3Config>,
+    pub update: UpdateConfig,
+}
+
+/// `[update]`, validated.
+#[derive(Debug, Clone)]
+pub struct UpdateConfig {
+    /// Trusted release keys; a missing or empty file trusts no key.
+    pub keys: PathBuf,
+    /// Base URL of the channel (ends in `/`); without it the node never polls.
+    pub channel: Option<String>,
+    /// Extra trust anchors for the channel besides the system roots.
+    pub channel_ca: Option<PathBuf>,
+    pub check_interval: Duration,
+    /// Install what a check finds, or wait for `POST /api/v1/update/apply`.
+    pub auto_apply: bool,
+    /// Reboot only inside this window (UTC); none: right after the install.
+    pub maintenance_window: Option<crate::update::install::MaintenanceWindow>,
+    /// Root-owned state the node only reads: floor, history, installer status.
+    pub state_dir: PathBuf,
+    /// Node-owned: the staged release and the install request.
+    pub spool_dir: PathBuf,
+    pub compatible: String,
 }
 
 #[derive(Debug, Clone)]
@@ -905,6 +951,8 @@ impl Config {
             }
         }
 
+        let update = update_config(&mut v, raw.update.clone().unwrap_or_default(), &data_dir);
+
         if !v.errors.is_empty() {
             return Err(ConfigErrors(v.errors));
         }
@@ -920,7 +968,59 @@ impl Config {
             retention,
             routes,
             s3,
+            update,
         })
+    }
+}
+
+/// Validates `[update]`.
+fn update_config(v: &mut Validator, raw: RawUpdate, data_dir: &Path) -> UpdateConfig {
+    let channel = raw.channel.map(|url| {
+        if let Err(e) = check_url(&url) {
+            v.error("update.channel", e);
+        }
+        // Artifact URLs are relative to the channel: make it a directory.
+        if url.ends_with('/') {
+            url
+        } else {
+            format!("{url}/")
+        }
+    });
+    let maintenance_window = raw.maintenance_window.as_deref().and_then(|text| {
+        crate::update::install::MaintenanceWindow::parse(text)
+            .map_err(|e| v.error("update.maintenance_window", e))
+            .ok()
+    });
+    let compatible = raw
+        .compatible
+        .unwrap_or_else(|| crate::update::DEFAULT_COMPATIBLE.into());
+    if compatible.is_empty() {
+        v.error("update.compatible", "must not be empty");
+    }
+    let check_interval = v.duration(
+        "update.check_interval",
+        &raw.check_interval,
+        DEFAULT_UPDATE_CHECK_INTERVAL,
+    );
+    if check_interval < MIN_UPDATE_CHECK_INTERVAL {
+        v.error("update.check_interval", "must be at least 10s");
+    }
+    UpdateConfig {
+        keys: PathBuf::from(raw.keys.unwrap_or_else(|| DEFAULT_UPDATE_KEYS.into())),
+        channel,
+        channel_ca: v.existing_file("update.channel_ca", &raw.channel_ca),
+        check_interval,
+        auto_apply: raw.auto_apply.unwrap_or(true),
+        maintenance_window,
+        state_dir: PathBuf::from(
+            raw.state_dir
+                .unwrap_or_else(|| DEFAULT_UPDATE_STATE_DIR.into()),
+        ),
+        spool_dir: raw
+            .spool_dir
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data_dir.join("update")),
+        compatible,
     }
 }
 

@@ -19,4 +19,5 @@ pub mod s3;
 pub mod settings;
 pub mod smtp;
 pub mod store;
+pub mod update;
 pub mod webhook;

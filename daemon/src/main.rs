@@ -57,6 +57,92 @@ enum Command {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
+    /// Make releases for the update channel: keys, signed manifests, offline bundles.
+    Release {
+        #[command(subcommand)]
+        command: ReleaseCommand,
+    },
+    /// Install a staged release into the inactive slot (root; run by mxnode-update.service).
+    Update {
+        #[command(subcommand)]
+        command: UpdateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReleaseCommand {
+    /// Generate an Ed25519 release key: DIR/release-key.pk8 (0600) and DIR/release-key.pub.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Copy the artifacts into DIR and write manifest.json and manifest.json.sig.
+    Sign {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        security_floor: Option<String>,
+        /// How long the release stays installable, e.g. "30d".
+        #[arg(long, default_value = "30d")]
+        valid_for: String,
+        #[arg(long, default_value = mxnode::update::PRODUCT)]
+        product: String,
+        #[arg(long, default_value = mxnode::update::DEFAULT_COMPATIBLE)]
+        compatible: String,
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        kernel: PathBuf,
+        #[arg(long)]
+        initrd: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Pack a signed release directory into one tar file for offline upload.
+    Bundle {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum UpdateCommand {
+    /// Verify the node's install request again and write it into the other slot.
+    Install {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        current_slot: String,
+        #[arg(long)]
+        esp: PathBuf,
+        #[arg(long)]
+        slot_a: PathBuf,
+        #[arg(long)]
+        slot_b: PathBuf,
+        #[arg(long)]
+        root_partuuid_a: String,
+        #[arg(long)]
+        root_partuuid_b: String,
+        /// Kernel command line of every boot entry besides root= and mxnode.slot=.
+        #[arg(long, default_value = "")]
+        cmdline: String,
+    },
+    /// After a good boot: record the installed version or the rollback; raise the floor.
+    Finish {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        current_slot: String,
+    },
+    /// Print the installer's state (status, pending install, floor, history) as JSON.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -159,6 +245,11 @@ fn main() -> ExitCode {
             mxnode::logging::init(log::LevelFilter::Info);
             exit(create_api_key(&config, &name, &scopes))
         }
+        Command::Release { command } => exit(release(command)),
+        Command::Update { command } => {
+            mxnode::logging::init(log::LevelFilter::Info);
+            exit(update(command))
+        }
         Command::Dev {
             data_dir,
             smtp,
@@ -223,6 +314,186 @@ fn create_api_key(config: &Path, name: &str, scopes: &[String]) -> anyhow::Resul
         created.view.scopes.join(", ")
     );
     println!("{}", created.key);
+    Ok(())
+}
+
+/// `mxnode release …`.
+fn release(command: ReleaseCommand) -> anyhow::Result<()> {
+    use mxnode::update::release;
+    match command {
+        ReleaseCommand::Keygen { out } => {
+            let id = release::keygen(&out)?;
+            println!("{id}");
+            eprintln!(
+                "key {id}: private key {}, public key line {}",
+                out.join(release::PRIVATE_KEY_FILE).display(),
+                out.join(release::PUBLIC_KEY_FILE).display()
+            );
+        }
+        ReleaseCommand::Sign {
+            key,
+            version,
+            security_floor,
+            valid_for,
+            product,
+            compatible,
+            root,
+            kernel,
+            initrd,
+            out,
+        } => {
+            let valid_for = mxnode::config::parse_duration(&valid_for)
+                .map_err(|e| anyhow::anyhow!("--valid-for: {e}"))?;
+            let manifest = release::sign(&release::SignOptions {
+                key,
+                version,
+                security_floor,
+                valid_for,
+                product,
+                compatible,
+                root,
+                kernel,
+                initrd,
+                out: out.clone(),
+                now: std::time::SystemTime::now(),
+            })?;
+            eprintln!(
+                "signed {} {} with key {} into {}",
+                manifest.product,
+                manifest.version,
+                manifest.key_id,
+                out.display()
+            );
+        }
+        ReleaseCommand::Bundle { dir, out } => {
+            release::bundle(&dir, &out)?;
+            eprintln!("wrote {}", out.display());
+        }
+    }
+    Ok(())
+}
+
+fn slot_arg(text: &str) -> anyhow::Result<mxnode::update::install::Slot> {
+    mxnode::update::install::Slot::parse(text)
+        .ok_or_else(|| anyhow::anyhow!("--current-slot must be a or b, not {text:?}"))
+}
+
+/// `mxnode update …` (root).
+fn update(command: UpdateCommand) -> anyhow::Result<()> {
+    use mxnode::update::install::{self, StateDir};
+    let load = |path: &Path| {
+        Config::load(path).map_err(|errors| {
+            anyhow::anyhow!("{}: invalid configuration:\n{errors}", path.display())
+        })
+    };
+    match command {
+        UpdateCommand::Install {
+            config,
+            current_slot,
+            esp,
+            slot_a,
+            slot_b,
+            root_partuuid_a,
+            root_partuuid_b,
+            cmdline,
+        } => {
+            let config = load(&config)?;
+            let u = &config.update;
+            let keys = mxnode::update::manifest::TrustedKeys::load(&u.keys)
+                .map_err(|e| anyhow::anyhow!("update.keys: {e}"))?;
+            std::fs::create_dir_all(&u.state_dir)?;
+            let ctx = install::Context {
+                spool_dir: u.spool_dir.clone(),
+                state: StateDir(u.state_dir.clone()),
+                keys,
+                product: mxnode::update::PRODUCT.into(),
+                compatible: u.compatible.clone(),
+                running: install::running_version(),
+                boot: install::read_boot(),
+                now: std::time::SystemTime::now(),
+            };
+            let layout = install::Layout {
+                current: slot_arg(&current_slot)?,
+                esp,
+                slot_a,
+                slot_b,
+                partuuid_a: root_partuuid_a,
+                partuuid_b: root_partuuid_b,
+                cmdline,
+            };
+            let installed = match install::install(&ctx, &layout) {
+                Ok(installed) => installed,
+                Err(install::InstallError::NoRequest) => {
+                    log::info!("update: no install request; nothing to do");
+                    return Ok(());
+                }
+                Err(e) => return Err(anyhow::anyhow!("{e}")),
+            };
+            log::info!(
+                "update: installed {} into slot {} (boot entry {})",
+                installed.version,
+                installed.slot.letter(),
+                installed.entry
+            );
+            match install::reboot_plan(u.maintenance_window.as_ref(), ctx.now) {
+                install::RebootPlan::Now => run(&["systemctl", "reboot"]),
+                install::RebootPlan::At(at) => {
+                    install::record_reboot_pending(&ctx.state, &at)?;
+                    log::info!("update: reboot scheduled at {at} UTC (maintenance window)");
+                    run(&["shutdown", "-r", &at])
+                }
+            }
+        }
+        UpdateCommand::Finish {
+            config,
+            current_slot,
+        } => {
+            let config = load(&config)?;
+            std::fs::create_dir_all(&config.update.state_dir)?;
+            let state = StateDir(config.update.state_dir.clone());
+            let outcome = install::finish(
+                &state,
+                slot_arg(&current_slot)?,
+                &install::running_version(),
+                std::time::SystemTime::now(),
+            )?;
+            match outcome {
+                install::Finished::Nothing => log::info!("update: nothing pending"),
+                install::Finished::Installed { version } => {
+                    log::info!("update: {version} is installed and booted well")
+                }
+                install::Finished::RolledBack { version, current } => log::warn!(
+                    "update: {version} failed its boots; rolled back to slot {}",
+                    current.letter()
+                ),
+            }
+            Ok(())
+        }
+        UpdateCommand::Status { config } => {
+            let config = load(&config)?;
+            let state = StateDir(config.update.state_dir.clone());
+            let view = serde_json::json!({
+                "version": install::running_version().to_string(),
+                "floor": state.floor().map(|f| f.to_string()),
+                "status": state.status(),
+                "pending": state.pending(),
+                "history": state.history(),
+            });
+            println!("{}", serde_json::to_string_pretty(&view)?);
+            Ok(())
+        }
+    }
+}
+
+/// Runs a system command; a failure names it.
+fn run(argv: &[&str]) -> anyhow::Result<()> {
+    let status = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", argv.join(" ")))?;
+    if !status.success() {
+        anyhow::bail!("{} failed: {status}", argv.join(" "));
+    }
     Ok(())
 }
 
