@@ -379,16 +379,12 @@ done
 
 # The signed release of these artifacts (DESIGN §9), outside the cache: its manifest carries
 # the signing time and an expiry.
+log "release: signing $version with $(basename "$release_key")"
 rm -rf "$out/release" "$out/release.tmp"
-if "$binary" release --help >/dev/null 2>&1; then
-    log "release: signing $version with $(basename "$release_key")"
-    "$binary" release sign --key "$release_key" --version "$version" \
-        --root "$image_dir/root.erofs" --kernel "$image_dir/vmlinuz" --initrd "$image_dir/initrd.img" \
-        --out "$out/release.tmp" >&2
-    mv "$out/release.tmp" "$out/release"
-else
-    log "release: this mxnode has no release tool (\`mxnode release\`): no signed release"
-fi
+"$binary" release sign --key "$release_key" --version "$version" \
+    --root "$image_dir/root.erofs" --kernel "$image_dir/vmlinuz" --initrd "$image_dir/initrd.img" \
+    --out "$out/release.tmp" >&2
+mv "$out/release.tmp" "$out/release"
 log "done: $out ($version, cache key $image_key)"
 (cd "$out" && while read -r hash file; do
     printf '    %-14s %10s bytes  sha256 %s\n' "$file" "$(stat -c %s "$file")" "$hash"
