@@ -331,8 +331,12 @@ fn prepare_http(
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     settings: Arc<dyn SettingsBackend>,
+    updater: Option<Arc<crate::update::agent::Updater>>,
 ) -> Result<HttpService, StartError> {
     let api = Arc::new(crate::api::Api::new(store, metrics, settings));
+    if let Some(updater) = updater {
+        api.set_updater(updater);
+    }
     if let (true, Some(files)) = (config.http.self_signed, &config.http.tls) {
         let dir = files.cert.parent().unwrap_or(&config.node.data_dir);
         crate::dev::ensure_self_signed(dir, &config.node.hostname).map_err(|e| {
@@ -427,6 +431,14 @@ pub async fn run(raw: RawConfig, config: Config) -> Result<(), StartError> {
         server: server.clone(),
         retention: retention.clone(),
     });
+    // The update agent: a node that cannot run it still serves mail (the API says why).
+    let updater = match crate::update::agent::Updater::new(config.update.clone()) {
+        Ok(updater) => Some(Arc::new(updater)),
+        Err(e) => {
+            log::error!("update: {e}; updates are off");
+            None
+        }
+    };
     let http = match config.http.listen {
         Some(addr) => Some(prepare_http(
             &config,
@@ -434,6 +446,7 @@ pub async fn run(raw: RawConfig, config: Config) -> Result<(), StartError> {
             store.clone(),
             metrics.clone(),
             settings,
+            updater.clone(),
         )?),
         None => None,
     };
@@ -444,6 +457,19 @@ pub async fn run(raw: RawConfig, config: Config) -> Result<(), StartError> {
         sweeping_stopped,
     ));
     let gauges = smol::spawn(sample_gauges(server.clone()));
+    let (stop_updating, updating_stopped) = smol::channel::bounded::<()>(1);
+    let updating = updater.map(|updater| {
+        let store = store.clone();
+        let audit: crate::update::agent::Audit = Arc::new(move |action: &str, detail: String| {
+            let now = std::time::SystemTime::now();
+            if let Err(e) =
+                crate::api::audit_event(store.as_ref(), now, "system", action, None, Some(detail))
+            {
+                log::error!("audit: cannot store the event {action}: {e}");
+            }
+        });
+        smol::spawn(crate::update::agent::run(updater, audit, updating_stopped))
+    });
     let mut signals =
         Signals::new([Signal::Term, Signal::Int, Signal::Hup]).map_err(StartError::Signals)?;
     let listeners = server::bind(&config.smtp.listen).map_err(StartError::Listen)?;
@@ -489,6 +515,11 @@ pub async fn run(raw: RawConfig, config: Config) -> Result<(), StartError> {
     // before the process exits (RocksDB must not be torn down under its own threads).
     drop(stop_sweeping);
     sweeper.await;
+    // A download in progress is abandoned (its partial file is never staged).
+    drop(stop_updating);
+    if let Some(updating) = updating {
+        updating.cancel().await;
+    }
     drop(gauges.cancel());
 
     let longest_budget = config

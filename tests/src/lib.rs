@@ -7,7 +7,8 @@
 //! [`send_with_lettre`] and [`swaks`] for independent implementations) — and
 //! small file helpers ([`corpus_dir`], [`crlf`], [`scan_for_marker`]), and
 //! for the fault tests a proxy that breaks connections ([`FaultProxy`]) and
-//! the no-loss [`ledger`]. The REST API is reached with
+//! the no-loss [`ledger`]. The update channel is a static HTTPS file server
+//! ([`StaticServer`]). The REST API is reached with
 //! [`ApiClient`] (and contract-tested with [`schemathesis_bin`]). The
 //! appliance image is built and booted in qemu by [`vm`].
 //!
@@ -31,6 +32,7 @@ mod process;
 mod receiver;
 mod s3;
 mod smtp;
+mod static_server;
 mod tls;
 pub mod vm;
 
@@ -41,4 +43,5 @@ pub use node::{Node, NodeConfig, RouteConfig, mxnode_bin};
 pub use receiver::{Received, Receiver, new_webhook_secret, webhook_signature};
 pub use s3::{S3Connection, S3Server, TlsFront, s3s_fs_bin};
 pub use smtp::{Reply, SmtpClient, send_with_lettre, swaks};
+pub use static_server::StaticServer;
 pub use tls::TestCa;

@@ -18,6 +18,7 @@ pub mod keys;
 pub mod settings;
 #[cfg(test)]
 mod tests;
+pub mod update;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -277,6 +278,8 @@ pub struct Api {
     failures: Mutex<FailureWindow>,
     /// Setup mode, the console's sessions and login lockouts.
     admin: admin::AdminState,
+    /// The node's update agent, once connected.
+    updater: std::sync::OnceLock<Arc<crate::update::agent::Updater>>,
 }
 
 impl fmt::Debug for Api {
@@ -316,6 +319,7 @@ impl Api {
             clock,
             failures: Mutex::new(FailureWindow::default()),
             admin: admin::AdminState::default(),
+            updater: std::sync::OnceLock::new(),
         }
     }
 

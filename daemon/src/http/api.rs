@@ -29,6 +29,10 @@ pub const CSRF_HEADER: &str = "X-CSRF-Token";
 /// Largest request body accepted (a settings document with many routes fits easily).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
+/// The offline bundle upload: its body (hundreds of MiB) is streamed to the spool directory
+/// instead of being read into memory by [`read_body_first`].
+pub const UPDATE_UPLOAD_PATH: &str = "/api/v1/update/upload";
+
 /// The state every handler sees.
 pub type State = Arc<Api>;
 
@@ -61,6 +65,10 @@ pub fn app(api: Arc<Api>) -> tide::Server<State> {
         .get(session_info)
         .post(login)
         .delete(logout);
+    app.at("/api/v1/update").get(update_status);
+    app.at("/api/v1/update/check").post(update_check);
+    app.at("/api/v1/update/apply").post(update_apply);
+    app.at(UPDATE_UPLOAD_PATH).post(update_upload);
     crate::http::ui::mount(&mut app);
     app
 }
@@ -170,6 +178,9 @@ fn read_body_first<'a>(
     next: tide::Next<'a, State>,
 ) -> Pin<Box<dyn Future<Output = tide::Result> + Send + 'a>> {
     Box::pin(async move {
+        if req.url().path() == UPDATE_UPLOAD_PATH && req.method() == tide::http::Method::Post {
+            return Ok(next.run(req).await);
+        }
         let declared_too_large = req.len().is_some_and(|n| n > MAX_BODY_BYTES);
         let mut bytes = Vec::new();
         let read = if declared_too_large {
@@ -437,6 +448,96 @@ async fn logout(req: Request<State>) -> tide::Result {
         res.insert_header("Set-Cookie", session_cookie("", 0));
     }
     Ok(res)
+}
+
+async fn update_status(req: Request<State>) -> tide::Result {
+    let caller = caller(&req);
+    json(
+        StatusCode::Ok,
+        call(&req, move |api| api.update_status(&caller)).await,
+    )
+}
+
+async fn update_check(req: Request<State>) -> tide::Result {
+    let caller = caller(&req);
+    json(
+        StatusCode::Ok,
+        call(&req, move |api| api.update_check(&caller)).await,
+    )
+}
+
+async fn update_apply(req: Request<State>) -> tide::Result {
+    let caller = caller(&req);
+    json(
+        StatusCode::Ok,
+        call(&req, move |api| api.update_apply(&caller)).await,
+    )
+}
+
+/// `POST /api/v1/update/upload`: authenticates, streams the body (at most
+/// [`crate::update::agent::MAX_BUNDLE_BYTES`]) into the spool directory, then lets the agent
+/// judge and stage it. An answer given before the body was read closes the connection (the
+/// unread body must not be taken for the next request).
+async fn update_upload(mut req: Request<State>) -> tide::Result {
+    let caller = caller(&req);
+    let check = caller.clone();
+    let close = |e: ApiError| {
+        let mut res = error_response(&e);
+        res.insert_header("Connection", "close");
+        Ok(res)
+    };
+    let path = match call(&req, move |api| api.update_upload_path(&check)).await {
+        Ok(path) => path,
+        Err(e) => return close(e),
+    };
+    let limit = crate::update::agent::MAX_BUNDLE_BYTES;
+    if req.len().is_some_and(|n| n as u64 > limit) {
+        return close(ApiError::new(
+            413,
+            "payload_too_large",
+            format!("the bundle exceeds {limit} bytes"),
+        ));
+    }
+    let file = match smol::unblock({
+        let path = path.clone();
+        move || std::fs::File::create(path)
+    })
+    .await
+    {
+        Ok(file) => file,
+        Err(e) => {
+            log::error!("api: cannot spool an update upload: {e}");
+            return close(ApiError::internal());
+        }
+    };
+    let mut sink = smol::Unblock::new(file);
+    let body = req.take_body().take(limit + 1);
+    let copied = smol::io::copy(body, &mut sink).await;
+    let flushed = smol::io::AsyncWriteExt::flush(&mut sink).await;
+    drop(sink);
+    match (copied, flushed) {
+        (Ok(n), Ok(())) if n <= limit => {}
+        (Ok(_), Ok(())) => {
+            let _ = std::fs::remove_file(&path);
+            return close(ApiError::new(
+                413,
+                "payload_too_large",
+                format!("the bundle exceeds {limit} bytes"),
+            ));
+        }
+        _ => {
+            let _ = std::fs::remove_file(&path);
+            return close(ApiError::new(
+                400,
+                "invalid_body",
+                "the request body could not be read",
+            ));
+        }
+    }
+    json(
+        StatusCode::Ok,
+        call(&req, move |api| api.update_upload(&caller, &path)).await,
+    )
 }
 
 /// Reads a JSON body, but only for a caller whose key holds `scope`: 401 and 403 come before

@@ -12,6 +12,7 @@
 //! sha256, never install from a boot that is not blessed, and never hand-roll cryptography:
 //! signatures and hashes are ring's.
 
+pub mod agent;
 pub mod install;
 pub mod manifest;
 pub mod policy;

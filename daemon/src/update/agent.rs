@@ -1,0 +1,732 @@
+//! The node side of the update channel: polls the configured HTTPS channel (or takes an
+//! uploaded bundle), judges the release with [`super::policy`], downloads the artifacts into
+//! `spool_dir/staged/` while hashing them, and asks root to install with `request.json`.
+//! It also reads the installer's state directory for the API's status.
+//!
+//! The node runs unprivileged: it never writes a slot, the ESP or the state directory. A
+//! release that fails any rule is refused before anything is written beside `staged/`, and a
+//! partly downloaded artifact is never renamed into place. HTTP is ureq (rustls on ring) on
+//! the caller's blocking thread, as in `webhook.rs`.
+
+use std::fs::{self, File};
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use serde::Serialize;
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+
+use super::install::{self, ErrorView, HistoryEntry, InstallStatus, Progress, Request, StateDir};
+use super::manifest::{ArtifactKind, MAX_MANIFEST_BYTES, Manifest, SIGNATURE_BYTES, TrustedKeys};
+use super::policy::{self, Boot, Facts, Refusal};
+use super::release::{self, BundleError};
+use super::{MANIFEST_FILE, PRODUCT, REQUEST_FILE, SIGNATURE_FILE, STAGED_DIR, copy_hashing};
+use crate::config::UpdateConfig;
+use crate::webhook::SYSTEM_CA_BUNDLE;
+
+/// One request to the channel (manifest, signature) may take this long.
+const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// An artifact download may take this long (a root image of a few hundred MiB on a slow
+/// line).
+const ARTIFACT_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The first check after start waits the check interval, but at most this long: a node
+/// that just booted serves mail first, and one that reboots often still checks.
+pub const MAX_FIRST_CHECK_DELAY: Duration = Duration::from_secs(300);
+/// How often the installer's state is looked at for refusals to audit.
+const INSTALLER_POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// Largest offline bundle accepted: the artifacts' limit plus tar overhead.
+pub const MAX_BUNDLE_BYTES: u64 = 8 * 1024 * 1024 * 1024;
+/// The upload is spooled here inside `spool_dir` before it is read.
+const UPLOAD_FILE: &str = "upload.tar";
+/// A bundle is unpacked here, then renamed to `staged/`.
+const INCOMING_DIR: &str = "incoming";
+
+/// Why a check, upload or apply did not stage or request a release.
+#[derive(Debug)]
+pub enum UpdateError {
+    /// The release is refused (audited).
+    Refused(Refusal),
+    /// Something on the way failed: the channel, the keys file, the disk.
+    Failed { code: &'static str, message: String },
+    /// Another check, upload or apply is running.
+    Busy,
+    /// No `update.channel` is configured.
+    NoChannel,
+    /// Apply without a staged release.
+    NothingStaged,
+    /// The upload is not a bundle.
+    InvalidBundle(String),
+}
+
+impl UpdateError {
+    fn failed(code: &'static str, message: impl Into<String>) -> UpdateError {
+        UpdateError::Failed {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn view(&self) -> ErrorView {
+        let (code, message) = match self {
+            UpdateError::Refused(r) => return ErrorView::from(r),
+            UpdateError::Failed { code, message } => (*code, message.clone()),
+            UpdateError::Busy => ("update_busy", "another update operation is running".into()),
+            UpdateError::NoChannel => ("no_channel", "no update.channel is configured".into()),
+            UpdateError::NothingStaged => (
+                "nothing_staged",
+                "no release is staged: check the channel or upload a bundle first".into(),
+            ),
+            UpdateError::InvalidBundle(why) => ("invalid_bundle", why.clone()),
+        };
+        ErrorView {
+            code: code.to_string(),
+            message,
+        }
+    }
+}
+
+/// What a successful check, upload or apply did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The channel offers the running version.
+    UpToDate { version: String },
+    /// A release is staged; `requested` if `request.json` was written.
+    Staged { version: String, requested: bool },
+}
+
+/// The node's own view of the update, besides the installer's files.
+#[derive(Debug, Clone)]
+struct NodeState {
+    last_check: Option<SystemTime>,
+    available: Option<String>,
+    state: &'static str,
+    progress: Progress,
+    last_error: Option<ErrorView>,
+    changed: SystemTime,
+}
+
+/// `GET /api/v1/update`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpdateView {
+    /// The installed version running now.
+    pub version: String,
+    /// The root slot booted (`a`/`b`), null off the appliance.
+    pub slot: Option<String>,
+    /// Whether the current boot is blessed; null when the machine has no A/B boot.
+    pub blessed: Option<bool>,
+    pub floor: Option<String>,
+    pub channel: Option<String>,
+    pub last_check: Option<String>,
+    /// The version staged or offered by the channel, when newer than the running one.
+    pub available: Option<String>,
+    /// `idle`, `checking`, `downloading`, `staged`, `requested`, `refused`, `failed`, or the
+    /// installer's `installing`, `installed`, `reboot-pending`, `rolled-back`.
+    pub state: String,
+    pub progress: Progress,
+    pub last_error: Option<ErrorView>,
+    pub history: Vec<HistoryEntry>,
+}
+
+/// The node's update agent.
+pub struct Updater {
+    config: UpdateConfig,
+    /// The channel's HTTPS client (system roots plus `channel_ca`), when a channel is set.
+    agent: Option<ureq::Agent>,
+    state: Mutex<NodeState>,
+    /// Held while a check, upload or apply runs: one at a time.
+    busy: Mutex<()>,
+    /// The `at` of the last installer status whose refusal was audited.
+    audited_installer: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Updater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Updater")
+            .field("channel", &self.config.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+impl Updater {
+    /// The agent for `config`; creates the spool directory.
+    pub fn new(config: UpdateConfig) -> Result<Updater, String> {
+        fs::create_dir_all(&config.spool_dir).map_err(|e| {
+            format!(
+                "update.spool_dir: cannot create {}: {e}",
+                config.spool_dir.display()
+            )
+        })?;
+        let agent = match &config.channel {
+            Some(_) => Some(channel_agent(config.channel_ca.as_deref())?),
+            None => None,
+        };
+        // Refusals the installer recorded before this start were audited by the node then.
+        let audited = StateDir(config.state_dir.clone()).status().map(|s| s.at);
+        Ok(Updater {
+            agent,
+            state: Mutex::new(NodeState {
+                last_check: None,
+                available: None,
+                state: "idle",
+                progress: Progress::default(),
+                last_error: None,
+                changed: SystemTime::UNIX_EPOCH,
+            }),
+            busy: Mutex::new(()),
+            audited_installer: Mutex::new(audited),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &UpdateConfig {
+        &self.config
+    }
+
+    fn set(&self, now: SystemTime, f: impl FnOnce(&mut NodeState)) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut state);
+        state.changed = now;
+    }
+
+    fn facts_inputs(
+        &self,
+    ) -> Result<(TrustedKeys, Option<semver::Version>, semver::Version), UpdateError> {
+        let keys = TrustedKeys::load(&self.config.keys)
+            .map_err(|e| UpdateError::failed("keys_file", format!("update.keys: {e}")))?;
+        let floor = StateDir(self.config.state_dir.clone()).floor();
+        Ok((keys, floor, install::running_version()))
+    }
+
+    /// Judges a manifest and signature as of `now`.
+    fn judge(
+        &self,
+        manifest: &[u8],
+        signature: &[u8],
+        now: SystemTime,
+    ) -> Result<Manifest, UpdateError> {
+        let (keys, floor, running) = self.facts_inputs()?;
+        let facts = Facts {
+            product: PRODUCT,
+            compatible: &self.config.compatible,
+            floor: floor.as_ref(),
+            running: &running,
+            now,
+        };
+        policy::check_release(manifest, signature, &keys, &facts).map_err(UpdateError::Refused)
+    }
+
+    /// Runs `f` as the one update operation, recording its outcome in the node state.
+    fn exclusive(
+        &self,
+        now: SystemTime,
+        f: impl FnOnce() -> Result<Outcome, UpdateError>,
+    ) -> Result<Outcome, UpdateError> {
+        let Ok(_guard) = self.busy.try_lock() else {
+            return Err(UpdateError::Busy);
+        };
+        let result = f();
+        self.set(now, |s| match &result {
+            Ok(Outcome::UpToDate { .. }) => {
+                s.state = "idle";
+                s.available = None;
+                s.last_error = None;
+            }
+            Ok(Outcome::Staged { version, requested }) => {
+                s.state = if *requested { "requested" } else { "staged" };
+                s.available = Some(version.clone());
+                s.last_error = None;
+            }
+            Err(e) => {
+                s.state = if matches!(e, UpdateError::Refused(_)) {
+                    "refused"
+                } else {
+                    "failed"
+                };
+                s.last_error = Some(e.view());
+            }
+        });
+        result
+    }
+
+    /// Polls the channel once: judges its release, downloads and stages it, and requests the
+    /// install when `auto_apply` is set.
+    pub fn check(&self, now: SystemTime) -> Result<Outcome, UpdateError> {
+        let (Some(channel), Some(agent)) = (&self.config.channel, &self.agent) else {
+            return Err(UpdateError::NoChannel);
+        };
+        self.exclusive(now, || {
+            self.set(now, |s| {
+                s.state = "checking";
+                s.last_check = Some(now);
+            });
+            let manifest_bytes = fetch_small(
+                agent,
+                &format!("{channel}{MANIFEST_FILE}"),
+                MAX_MANIFEST_BYTES,
+            )?;
+            let signature = fetch_small(
+                agent,
+                &format!("{channel}{SIGNATURE_FILE}"),
+                SIGNATURE_BYTES,
+            )?;
+            if let Ok(m) = Manifest::parse(&manifest_bytes)
+                && m.version == install::running_version()
+            {
+                return Ok(Outcome::UpToDate {
+                    version: m.version.to_string(),
+                });
+            }
+            let manifest = self.judge(&manifest_bytes, &signature, now)?;
+            let staged = self.staged_dir();
+            if fs::read(staged.join(MANIFEST_FILE)).ok().as_deref() == Some(&manifest_bytes[..])
+                && self.staged_complete(&manifest)
+            {
+                return self.staged(&manifest, &manifest_bytes, &signature, now, false);
+            }
+            policy::check_space(&manifest, self.available_space()?)
+                .map_err(UpdateError::Refused)?;
+            let _ = fs::remove_dir_all(&staged);
+            fs::create_dir_all(&staged).map_err(|e| {
+                UpdateError::failed("spool", format!("cannot create {}: {e}", staged.display()))
+            })?;
+            let total = manifest.artifacts.total_size();
+            let mut done = 0;
+            for kind in ArtifactKind::ALL {
+                let artifact = manifest.artifacts.get(kind);
+                let url = format!("{channel}{}", artifact.path);
+                let part = staged.join(format!("{}.part", kind.file_name()));
+                let copied = download(agent, &url, &part, artifact.size, &mut |n| {
+                    self.set(now, |s| {
+                        s.state = "downloading";
+                        s.progress = Progress {
+                            done: done + n,
+                            total,
+                        };
+                    })
+                })?;
+                if let Err(refusal) =
+                    policy::check_artifact(&manifest, kind, copied.size, &copied.sha256)
+                {
+                    let _ = fs::remove_dir_all(&staged);
+                    return Err(UpdateError::Refused(refusal));
+                }
+                fs::rename(&part, staged.join(kind.file_name())).map_err(|e| {
+                    UpdateError::failed("spool", format!("cannot stage {}: {e}", kind.file_name()))
+                })?;
+                done += copied.size;
+            }
+            self.staged(&manifest, &manifest_bytes, &signature, now, true)
+        })
+    }
+
+    /// Takes an uploaded bundle (already spooled at `path` inside the spool directory).
+    pub fn upload(&self, path: &Path, now: SystemTime) -> Result<Outcome, UpdateError> {
+        self.exclusive(now, || {
+            let result = self.read_upload(path, now);
+            let _ = fs::remove_file(path);
+            result
+        })
+    }
+
+    fn read_upload(&self, path: &Path, now: SystemTime) -> Result<Outcome, UpdateError> {
+        let incoming = self.config.spool_dir.join(INCOMING_DIR);
+        let _ = fs::remove_dir_all(&incoming);
+        fs::create_dir_all(&incoming).map_err(|e| {
+            UpdateError::failed(
+                "spool",
+                format!("cannot create {}: {e}", incoming.display()),
+            )
+        })?;
+        let mut file = File::open(path)
+            .map_err(|e| UpdateError::failed("spool", format!("cannot read the upload: {e}")))?;
+        let available = self.available_space()?;
+        let mut judge = |m: &[u8], s: &[u8]| -> Result<Manifest, Refusal> {
+            let manifest = match self.judge(m, s, now) {
+                Ok(m) => m,
+                Err(UpdateError::Refused(r)) => return Err(r),
+                Err(other) => return Err(Refusal::Malformed(other.view().message)),
+            };
+            policy::check_space(&manifest, available)?;
+            Ok(manifest)
+        };
+        let result = release::read_bundle(&mut file, &incoming, &mut judge, &mut |n| {
+            self.set(now, |s| {
+                s.state = "downloading";
+                s.progress.done = n;
+            })
+        });
+        let (manifest, bytes, signature) = match result {
+            Ok(taken) => taken,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&incoming);
+                return Err(match e {
+                    BundleError::Refused(r) => UpdateError::Refused(r),
+                    BundleError::Invalid(why) => UpdateError::InvalidBundle(why),
+                    BundleError::Io(e) => {
+                        UpdateError::failed("spool", format!("cannot store the bundle: {e}"))
+                    }
+                });
+            }
+        };
+        let staged = self.staged_dir();
+        let _ = fs::remove_dir_all(&staged);
+        fs::rename(&incoming, &staged)
+            .map_err(|e| UpdateError::failed("spool", format!("cannot stage the bundle: {e}")))?;
+        self.staged(&manifest, &bytes, &signature, now, true)
+    }
+
+    /// Requests the install of the staged release (re-judged now).
+    pub fn apply(&self, now: SystemTime) -> Result<Outcome, UpdateError> {
+        self.exclusive(now, || {
+            let staged = self.staged_dir();
+            let (Ok(bytes), Ok(signature)) = (
+                fs::read(staged.join(MANIFEST_FILE)),
+                fs::read(staged.join(SIGNATURE_FILE)),
+            ) else {
+                return Err(UpdateError::NothingStaged);
+            };
+            let manifest = self.judge(&bytes, &signature, now)?;
+            if !self.staged_complete(&manifest) {
+                return Err(UpdateError::NothingStaged);
+            }
+            self.request(&manifest, &bytes, &signature)?;
+            Ok(Outcome::Staged {
+                version: manifest.version.to_string(),
+                requested: true,
+            })
+        })
+    }
+
+    fn staged_dir(&self) -> PathBuf {
+        self.config.spool_dir.join(STAGED_DIR)
+    }
+
+    /// Whether every artifact of `manifest` is staged with its size (hashes were checked when
+    /// staged, and root checks them again).
+    fn staged_complete(&self, manifest: &Manifest) -> bool {
+        ArtifactKind::ALL.iter().all(|k| {
+            fs::metadata(self.staged_dir().join(k.file_name()))
+                .is_ok_and(|m| m.len() == manifest.artifacts.get(*k).size)
+        })
+    }
+
+    /// Records the staged release's manifest and signature; requests the install when
+    /// configured (`auto` says whether this comes from a check or upload).
+    fn staged(
+        &self,
+        manifest: &Manifest,
+        bytes: &[u8],
+        signature: &[u8],
+        now: SystemTime,
+        fresh: bool,
+    ) -> Result<Outcome, UpdateError> {
+        let staged = self.staged_dir();
+        if fresh {
+            for (name, content) in [(MANIFEST_FILE, bytes), (SIGNATURE_FILE, signature)] {
+                super::write_atomic(&staged.join(name), content).map_err(|e| {
+                    UpdateError::failed("spool", format!("cannot write staged {name}: {e}"))
+                })?;
+            }
+        }
+        let total = manifest.artifacts.total_size();
+        self.set(now, |s| s.progress = Progress { done: total, total });
+        let requested = if self.config.auto_apply {
+            self.request(manifest, bytes, signature)?;
+            true
+        } else {
+            self.config.spool_dir.join(REQUEST_FILE).exists()
+        };
+        Ok(Outcome::Staged {
+            version: manifest.version.to_string(),
+            requested,
+        })
+    }
+
+    /// Writes `request.json` for root; refused from a boot that is known not to be blessed
+    /// (a machine without A/B boot gets its refusal from the installer).
+    fn request(
+        &self,
+        manifest: &Manifest,
+        bytes: &[u8],
+        signature: &[u8],
+    ) -> Result<(), UpdateError> {
+        if let Boot::Entry(entry) = install::read_boot() {
+            policy::check_boot(&Boot::Entry(entry)).map_err(UpdateError::Refused)?;
+        }
+        let manifest_text = String::from_utf8(bytes.to_vec())
+            .map_err(|_| UpdateError::Refused(Refusal::Malformed("not UTF-8".into())))?;
+        let request = Request {
+            manifest: manifest_text,
+            signature: base64::engine::general_purpose::STANDARD.encode(signature),
+        };
+        let json = serde_json::to_vec(&request)
+            .map_err(|e| UpdateError::failed("spool", format!("cannot encode the request: {e}")))?;
+        super::write_atomic(&self.config.spool_dir.join(REQUEST_FILE), &json).map_err(|e| {
+            UpdateError::failed("spool", format!("cannot write {REQUEST_FILE}: {e}"))
+        })?;
+        log::info!("update: requested the install of {}", manifest.version);
+        Ok(())
+    }
+
+    /// Free bytes on the spool filesystem.
+    fn available_space(&self) -> Result<u64, UpdateError> {
+        let stat = nix::sys::statvfs::statvfs(&self.config.spool_dir).map_err(|e| {
+            UpdateError::failed("spool", format!("cannot stat the spool directory: {e}"))
+        })?;
+        Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
+    }
+
+    /// The spool path an upload is written to.
+    pub fn upload_path(&self) -> PathBuf {
+        self.config.spool_dir.join(UPLOAD_FILE)
+    }
+
+    /// The status the API shows: the node's state, overridden by the installer's when that is
+    /// newer.
+    pub fn view(&self) -> UpdateView {
+        let node = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let dir = StateDir(self.config.state_dir.clone());
+        let installer = dir.status().filter(|s| {
+            humantime::parse_rfc3339(&s.at).is_ok_and(|at| {
+                at >= node
+                    .changed
+                    .checked_sub(Duration::from_secs(1))
+                    .unwrap_or(SystemTime::UNIX_EPOCH)
+            })
+        });
+        let (state, progress, last_error) = match installer {
+            Some(InstallStatus {
+                state,
+                progress,
+                error,
+                ..
+            }) => (state, progress, error),
+            None => (node.state.to_string(), node.progress, node.last_error),
+        };
+        let boot = install::read_boot();
+        UpdateView {
+            version: install::running_version().to_string(),
+            slot: install::booted_slot().map(|s| s.letter().to_string()),
+            blessed: match boot {
+                Boot::NotAb => None,
+                Boot::Entry(entry) => Some(policy::is_blessed(&entry)),
+            },
+            floor: dir.floor().map(|f| f.to_string()),
+            channel: self.config.channel.clone(),
+            last_check: node.last_check.map(rfc3339),
+            available: node.available,
+            state,
+            progress,
+            last_error,
+            history: dir.history(),
+        }
+    }
+
+    /// A refusal or failure the installer recorded since the last call, to audit once.
+    pub fn installer_refusal(&self) -> Option<ErrorView> {
+        let status = StateDir(self.config.state_dir.clone()).status()?;
+        if !matches!(status.state.as_str(), "refused" | "failed" | "rolled-back") {
+            return None;
+        }
+        let mut audited = self
+            .audited_installer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if audited.as_deref() == Some(status.at.as_str()) {
+            return None;
+        }
+        *audited = Some(status.at);
+        status.error
+    }
+}
+
+/// The channel's HTTPS client: system roots plus `channel_ca`, no redirects.
+fn channel_agent(channel_ca: Option<&Path>) -> Result<ureq::Agent, String> {
+    let mut roots: Vec<Certificate<'static>> = Vec::new();
+    if let Ok(pem) = fs::read(SYSTEM_CA_BUNDLE) {
+        roots.extend(pem_certificates(&pem));
+    }
+    if let Some(path) = channel_ca {
+        let pem = fs::read(path)
+            .map_err(|e| format!("update.channel_ca: cannot read {}: {e}", path.display()))?;
+        let extra = pem_certificates(&pem);
+        if extra.is_empty() {
+            return Err(format!(
+                "update.channel_ca: {} holds no PEM certificate",
+                path.display()
+            ));
+        }
+        roots.extend(extra);
+    }
+    let tls = TlsConfig::builder()
+        .root_certs(RootCerts::Specific(Arc::new(roots)))
+        .build();
+    Ok(ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .user_agent(concat!("mxnode/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into())
+}
+
+fn pem_certificates(pem: &[u8]) -> Vec<Certificate<'static>> {
+    ureq::tls::parse_pem(pem)
+        .filter_map(|item| match item {
+            Ok(PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+fn get(
+    agent: &ureq::Agent,
+    url: &str,
+    timeout: Duration,
+) -> Result<ureq::http::Response<ureq::Body>, UpdateError> {
+    let response = agent
+        .get(url)
+        .config()
+        .timeout_global(Some(timeout))
+        .build()
+        .call()
+        .map_err(|e| UpdateError::failed("channel_unreachable", format!("GET {url}: {e}")))?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        return Err(UpdateError::failed(
+            "channel_error",
+            format!("GET {url}: HTTP {status}"),
+        ));
+    }
+    Ok(response)
+}
+
+/// GETs a small file, refusing one over `limit` bytes.
+fn fetch_small(agent: &ureq::Agent, url: &str, limit: usize) -> Result<Vec<u8>, UpdateError> {
+    let response = get(agent, url, SMALL_REQUEST_TIMEOUT)?;
+    let mut bytes = Vec::new();
+    response
+        .into_body()
+        .into_reader()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| UpdateError::failed("channel_unreachable", format!("GET {url}: {e}")))?;
+    if bytes.len() > limit {
+        return Err(UpdateError::failed(
+            "channel_error",
+            format!("GET {url}: more than {limit} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Downloads `url` into `part`, at most `limit` bytes (one more is read to notice a longer
+/// file), hashing on the way.
+fn download(
+    agent: &ureq::Agent,
+    url: &str,
+    part: &Path,
+    limit: u64,
+    progress: &mut dyn FnMut(u64),
+) -> Result<super::Copied, UpdateError> {
+    let response = get(agent, url, ARTIFACT_TIMEOUT)?;
+    let mut file = File::create(part).map_err(|e| {
+        UpdateError::failed("spool", format!("cannot create {}: {e}", part.display()))
+    })?;
+    let mut reader = response
+        .into_body()
+        .into_with_config()
+        .limit(limit.saturating_add(1))
+        .reader();
+    copy_hashing(&mut reader, &mut file, limit, progress)
+        .and_then(|c| file.sync_all().map(|()| c))
+        .map_err(|e| UpdateError::failed("channel_unreachable", format!("GET {url}: {e}")))
+}
+
+/// Records an event in the audit log (the node passes its store's audit here).
+pub type Audit = Arc<dyn Fn(&str, String) + Send + Sync>;
+
+/// The node's update loop: the first check after [`MAX_FIRST_CHECK_DELAY`] at most, then every
+/// `check_interval` (only with a channel); installer refusals audited as they appear. Ends
+/// when `stop` closes.
+pub async fn run(updater: Arc<Updater>, audit: Audit, stop: smol::channel::Receiver<()>) {
+    let interval = updater.config.check_interval;
+    let mut next_check = std::time::Instant::now() + interval.min(MAX_FIRST_CHECK_DELAY);
+    loop {
+        let tick = async {
+            smol::Timer::after(INSTALLER_POLL_INTERVAL).await;
+            true
+        };
+        let stopped = async {
+            let _ = stop.recv().await;
+            false
+        };
+        if !smol::future::or(tick, stopped).await {
+            return;
+        }
+        let u = updater.clone();
+        let a = audit.clone();
+        let due = updater.config.channel.is_some() && std::time::Instant::now() >= next_check;
+        if due {
+            next_check = std::time::Instant::now() + interval;
+        }
+        smol::unblock(move || {
+            if let Some(error) = u.installer_refusal() {
+                a(
+                    "update.refused",
+                    format!("update refused: {} ({})", error.message, error.code),
+                );
+            }
+            if due {
+                let _ = record_outcome(&a, "system check", u.check(SystemTime::now()));
+            }
+        })
+        .await;
+    }
+}
+
+/// Audits the outcome of a check, upload or apply; refusals as `update.refused`.
+pub fn record_outcome(
+    audit: &Audit,
+    what: &str,
+    result: Result<Outcome, UpdateError>,
+) -> Result<Outcome, UpdateError> {
+    match &result {
+        Ok(Outcome::UpToDate { version }) => {
+            log::info!("update: {what}: up to date ({version})");
+        }
+        Ok(Outcome::Staged { version, requested }) => audit(
+            if *requested {
+                "update.requested"
+            } else {
+                "update.staged"
+            },
+            format!(
+                "{what}: {version} staged{}",
+                if *requested {
+                    ", install requested"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        Err(UpdateError::Refused(r)) => {
+            audit(
+                "update.refused",
+                format!("update refused: {r} ({})", r.code()),
+            );
+        }
+        Err(UpdateError::Busy) => {}
+        Err(e) => {
+            let view = e.view();
+            log::warn!("update: {what} failed: {} ({})", view.message, view.code);
+        }
+    }
+    result
+}

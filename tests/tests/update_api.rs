@@ -1,0 +1,307 @@
+//! The update channel through the real node binary (issue 7): releases made with
+//! `mxnode release keygen|sign|bundle`, served by a real HTTPS channel on 127.0.0.1 (a static
+//! file server with the test CA's certificate) or uploaded as a bundle, judged and staged by
+//! the node, which asks for the install with `request.json`. Refusals answer with a status and
+//! leave an audit entry.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine as _;
+use mxnode_tests::{ApiClient, Node, NodeConfig, StaticServer, TestCa, mxnode_bin};
+use serde_json::Value;
+
+/// Runs `mxnode release …` and returns its stdout; panics with its output on failure.
+fn release(args: &[&str]) -> String {
+    let output = Command::new(mxnode_bin())
+        .arg("release")
+        .args(args)
+        .output()
+        .expect("run mxnode release");
+    assert!(
+        output.status.success(),
+        "mxnode release {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A release key, artifacts, and signed releases in a temp dir.
+struct Releases {
+    dir: tempfile::TempDir,
+}
+
+impl Releases {
+    fn new() -> Releases {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key_id = release(&["keygen", "--out", &path_str(&dir.path().join("key"))]);
+        assert_eq!(
+            key_id.trim().len(),
+            16,
+            "the key id is 16 hex digits: {key_id}"
+        );
+        let root: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(dir.path().join("root.in"), root).expect("root");
+        fs::write(dir.path().join("vmlinuz.in"), b"a kernel").expect("kernel");
+        fs::write(dir.path().join("initrd.in"), b"an initrd").expect("initrd");
+        Releases { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn keys_file(&self) -> PathBuf {
+        self.path("key/release-key.pub")
+    }
+
+    /// Signs `version` into `name/` and returns the directory.
+    fn sign(&self, name: &str, version: &str) -> PathBuf {
+        let out = self.path(name);
+        release(&[
+            "sign",
+            "--key",
+            &path_str(&self.path("key/release-key.pk8")),
+            "--version",
+            version,
+            "--security-floor",
+            "1.0.0",
+            "--root",
+            &path_str(&self.path("root.in")),
+            "--kernel",
+            &path_str(&self.path("vmlinuz.in")),
+            "--initrd",
+            &path_str(&self.path("initrd.in")),
+            "--out",
+            &path_str(&out),
+        ]);
+        out
+    }
+
+    fn bundle(&self, dir: &Path) -> Vec<u8> {
+        let out = dir.with_extension("tar");
+        release(&["bundle", "--dir", &path_str(dir), "--out", &path_str(&out)]);
+        fs::read(out).expect("bundle")
+    }
+}
+
+fn path_str(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// Copies a release directory's files into the served channel directory.
+fn publish(release: &Path, channel: &Path) {
+    fs::create_dir_all(channel).expect("channel dir");
+    for name in [
+        "manifest.json",
+        "manifest.json.sig",
+        "root.erofs",
+        "vmlinuz",
+        "initrd.img",
+    ] {
+        fs::copy(release.join(name), channel.join(name)).expect("publish");
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The audit events with `action`, newest first.
+fn audit(api: &ApiClient, key: &str, action: &str) -> Vec<Value> {
+    let answer = api.get(&format!("/api/v1/audit?action={action}"), Some(key));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.json()["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn channel_check_stages_a_signed_release_and_refusals_are_audited() {
+    let ca = TestCa::new();
+    let releases = Releases::new();
+    let served = tempfile::tempdir().expect("temp dir");
+    let channel_dir = served.path().join("stable");
+    let good = releases.sign("good", "9.0.0");
+    publish(&good, &channel_dir);
+    let server = StaticServer::start(&ca, served.path());
+    let node_dirs = tempfile::tempdir().expect("temp dir");
+    let spool = node_dirs.path().join("spool");
+    let state = node_dirs.path().join("state");
+    let channel_url = server.url("/stable/");
+    let node = Node::start(
+        &NodeConfig::new()
+            .http(&ca)
+            .api_key("admin", &["admin"])
+            .api_key("reader", &["update:read"])
+            .extra_toml(&format!(
+                "[update]\nkeys = {:?}\nchannel = {channel_url:?}\nchannel_ca = {:?}\n\
+                 check_interval = \"1h\"\nstate_dir = {:?}\nspool_dir = {:?}\n",
+                path_str(&releases.keys_file()),
+                path_str(&ca.ca_pem),
+                path_str(&state),
+                path_str(&spool),
+            )),
+    );
+    let api = ApiClient::new(&node, &ca);
+    let admin = node.api_key("admin");
+    let reader = node.api_key("reader");
+
+    // Status before anything happened: every field of the contract, for a development node.
+    let status = api.get("/api/v1/update", Some(reader));
+    assert_eq!(status.status, 200, "{}", status.body);
+    let view = status.json();
+    assert_eq!(view["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(view["channel"], channel_url.as_str());
+    assert_eq!(view["state"], "idle");
+    assert_eq!(view["progress"], serde_json::json!({"done": 0, "total": 0}));
+    for null in [
+        "slot",
+        "blessed",
+        "floor",
+        "last_check",
+        "available",
+        "last_error",
+    ] {
+        assert!(
+            view[null].is_null(),
+            "{null} is null before any check: {view}"
+        );
+    }
+    assert_eq!(view["history"], serde_json::json!([]));
+
+    // update:read may look, not act.
+    let denied = api.post("/api/v1/update/check", Some(reader), &Value::Null);
+    assert_eq!(denied.status, 403, "{}", denied.body);
+
+    // A check finds 9.0.0, downloads and stages it, and requests the install.
+    let checked = api.post("/api/v1/update/check", Some(admin), &Value::Null);
+    assert_eq!(checked.status, 200, "{}", checked.body);
+    let view = checked.json();
+    assert_eq!(view["state"], "requested", "{view}");
+    assert_eq!(view["available"], "9.0.0");
+    assert!(view["last_check"].is_string());
+    let total = 3_000_000 + 8 + 9;
+    assert_eq!(
+        view["progress"],
+        serde_json::json!({"done": total, "total": total})
+    );
+    let manifest_text = fs::read_to_string(good.join("manifest.json")).expect("manifest");
+    let manifest: Value = serde_json::from_str(&manifest_text).expect("json");
+    for (key, file) in [
+        ("root", "root.erofs"),
+        ("kernel", "vmlinuz"),
+        ("initrd", "initrd.img"),
+    ] {
+        let staged = fs::read(spool.join("staged").join(file)).expect("staged artifact");
+        assert_eq!(
+            sha256_hex(&staged),
+            manifest["artifacts"][key]["sha256"]
+                .as_str()
+                .expect("sha256"),
+            "{file} staged with the listed hash"
+        );
+    }
+    let request: Value =
+        serde_json::from_slice(&fs::read(spool.join("request.json")).expect("request.json"))
+            .expect("request json");
+    assert_eq!(
+        request["manifest"],
+        manifest_text.as_str(),
+        "the exact signed bytes"
+    );
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(request["signature"].as_str().expect("signature"))
+            .expect("base64"),
+        fs::read(good.join("manifest.json.sig")).expect("sig")
+    );
+    assert_eq!(audit(&api, admin, "update.requested").len(), 1);
+
+    // The channel now serves 9.0.1 whose root image was changed after signing.
+    let tampered = releases.sign("tampered", "9.0.1");
+    let mut root = fs::read(tampered.join("root.erofs")).expect("root");
+    root[123_456] ^= 0x01;
+    fs::write(tampered.join("root.erofs"), root).expect("tamper");
+    publish(&tampered, &channel_dir);
+    let refused = api.post("/api/v1/update/check", Some(admin), &Value::Null);
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert_eq!(refused.error_code(), "artifact_mismatch");
+    assert!(
+        !spool.join("staged/root.erofs").exists(),
+        "a mismatching artifact is never staged"
+    );
+    let view = api.get("/api/v1/update", Some(reader)).json();
+    assert_eq!(view["state"], "refused", "{view}");
+    assert_eq!(view["last_error"]["code"], "artifact_mismatch");
+    assert!(
+        view["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("root.erofs")),
+        "{view}"
+    );
+    let events = audit(&api, admin, "update.refused");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(
+        events[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("update refused: ") && d.contains("root.erofs")),
+        "{events:?}"
+    );
+
+    // An offline bundle whose signature belongs to another manifest.
+    let forged = releases.sign("forged", "9.0.2");
+    fs::copy(
+        good.join("manifest.json.sig"),
+        forged.join("manifest.json.sig"),
+    )
+    .expect("sig");
+    let upload = |body: Vec<u8>, key: Option<&str>| {
+        api.request(
+            "POST",
+            "/api/v1/update/upload",
+            key,
+            Some(("application/x-tar", body)),
+        )
+    };
+    let refused = upload(releases.bundle(&forged), Some(admin));
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert_eq!(refused.error_code(), "bad_signature");
+    assert_eq!(audit(&api, admin, "update.refused").len(), 2);
+
+    // Not a bundle at all, and no key.
+    let garbage = upload(b"definitely not a tar archive".repeat(40), Some(admin));
+    assert_eq!(garbage.status, 400, "{}", garbage.body);
+    assert_eq!(garbage.error_code(), "invalid_bundle");
+    let anonymous = upload(releases.bundle(&good), None);
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+
+    // A good bundle is staged and requested like a channel release.
+    let offline = releases.sign("offline", "9.1.0");
+    let taken = upload(releases.bundle(&offline), Some(admin));
+    assert_eq!(taken.status, 200, "{}", taken.body);
+    assert_eq!(taken.json()["available"], "9.1.0");
+    let request: Value =
+        serde_json::from_slice(&fs::read(spool.join("request.json")).expect("request.json"))
+            .expect("request json");
+    assert_eq!(
+        request["manifest"],
+        fs::read_to_string(offline.join("manifest.json"))
+            .expect("manifest")
+            .as_str()
+    );
+    assert_eq!(
+        fs::read(spool.join("staged/root.erofs")).expect("staged root"),
+        fs::read(releases.path("root.in")).expect("root")
+    );
+    assert!(
+        !spool.join("upload.tar").exists(),
+        "the spooled upload is removed"
+    );
+}
