@@ -267,7 +267,7 @@ cmd_bench() {
 # Fuzzing (daemon/fuzz, its own workspace): cargo-fuzz builds with nightly-only
 # instrumentation flags, which RUSTC_BOOTSTRAP=1 lets the stable toolchain accept.
 FUZZ_DIR=daemon/fuzz
-FUZZ_TARGETS=(smtp_session mime_payload config)
+FUZZ_TARGETS=(smtp_session mime_payload config update_manifest)
 # Seconds per target in `./build.sh test`: a smoke run that catches a regression on the seeds
 # and their first mutations; campaigns (`./build.sh fuzz`) run for minutes.
 FUZZ_SMOKE_SECONDS="${FUZZ_SMOKE_SECONDS:-20}"
@@ -285,6 +285,7 @@ fuzz_options() {
         smtp_session) echo "-dict=$FUZZ_DIR/dict/smtp.dict -max_len=4096" ;;
         mime_payload) echo "-dict=$FUZZ_DIR/dict/mime.dict -max_len=65536" ;;
         config) echo "-dict=$FUZZ_DIR/dict/config.dict -max_len=4096" ;;
+        update_manifest) echo "-dict=$FUZZ_DIR/dict/update.dict -max_len=4096" ;;
     esac
 }
 

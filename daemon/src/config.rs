@@ -973,6 +973,24 @@ impl Config {
     }
 }
 
+/// Only `[update]` of a file (and the `node.data_dir` its defaults derive from), for root's
+/// `mxnode update …`: the rest of the node's configuration (its secrets among it, which root's
+/// installer unit is not given) is not its concern. Unknown keys anywhere are still errors.
+pub fn update_only(raw: &RawConfig) -> Result<UpdateConfig, ConfigErrors> {
+    let mut v = Validator { errors: Vec::new() };
+    let data_dir = PathBuf::from(
+        raw.node
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| "/var/lib/mxnode".into()),
+    );
+    let update = update_config(&mut v, raw.update.clone().unwrap_or_default(), &data_dir);
+    if !v.errors.is_empty() {
+        return Err(ConfigErrors(v.errors));
+    }
+    Ok(update)
+}
+
 /// Validates `[update]`.
 fn update_config(v: &mut Validator, raw: RawUpdate, data_dir: &Path) -> UpdateConfig {
     let channel = raw.channel.map(|url| {
@@ -1352,6 +1370,56 @@ webhook_secret = "{SECRET}"
             errs.iter()
                 .any(|e| e == "route[0].s3: no [s3.primary] table is defined"),
             "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn update_table_defaults_and_every_problem_by_key() {
+        let config = RawConfig::parse(&minimal())
+            .and_then(Config::from_raw)
+            .expect("valid");
+        let u = &config.update;
+        assert_eq!(u.keys, PathBuf::from(DEFAULT_UPDATE_KEYS));
+        assert_eq!(u.channel, None);
+        assert_eq!(u.check_interval, DEFAULT_UPDATE_CHECK_INTERVAL);
+        assert!(u.auto_apply);
+        assert_eq!(u.maintenance_window, None);
+        assert_eq!(u.state_dir, PathBuf::from(DEFAULT_UPDATE_STATE_DIR));
+        assert_eq!(u.spool_dir, PathBuf::from("/tmp/mxnode-config-test/update"));
+        assert_eq!(u.compatible, crate::update::DEFAULT_COMPATIBLE);
+
+        let text = minimal()
+            + "[update]\nchannel = \"https://updates.example.test/stable\"\n\
+               maintenance_window = \"02:00-04:00\"\ncheck_interval = \"30m\"\n";
+        let config = RawConfig::parse(&text)
+            .and_then(Config::from_raw)
+            .expect("valid");
+        assert_eq!(
+            config.update.channel.as_deref(),
+            Some("https://updates.example.test/stable/"),
+            "the channel is a directory"
+        );
+        assert!(config.update.maintenance_window.is_some());
+
+        let text = minimal()
+            + "[update]\nchannel = \"http://updates.example.test/\"\n\
+               channel_ca = \"/nonexistent/ca.pem\"\ncheck_interval = \"1s\"\n\
+               maintenance_window = \"2am\"\ncompatible = \"\"\nmirror = \"x\"\n";
+        assert_eq!(errors(&text), ["update.mirror: unknown key"]);
+        let text = text.replace("mirror = \"x\"\n", "");
+        let keys: Vec<String> = errors(&text)
+            .iter()
+            .map(|e| e.split(':').next().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "update.channel",
+                "update.maintenance_window",
+                "update.compatible",
+                "update.check_interval",
+                "update.channel_ca",
+            ]
         );
     }
 }

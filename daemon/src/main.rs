@@ -382,9 +382,11 @@ fn slot_arg(text: &str) -> anyhow::Result<mxnode::update::install::Slot> {
 fn update(command: UpdateCommand) -> anyhow::Result<()> {
     use mxnode::update::install::{self, StateDir};
     let load = |path: &Path| {
-        Config::load(path).map_err(|errors| {
-            anyhow::anyhow!("{}: invalid configuration:\n{errors}", path.display())
-        })
+        RawConfig::read(path)
+            .and_then(|raw| mxnode::config::update_only(&raw))
+            .map_err(|errors| {
+                anyhow::anyhow!("{}: invalid configuration:\n{errors}", path.display())
+            })
     };
     match command {
         UpdateCommand::Install {
@@ -397,8 +399,7 @@ fn update(command: UpdateCommand) -> anyhow::Result<()> {
             root_partuuid_b,
             cmdline,
         } => {
-            let config = load(&config)?;
-            let u = &config.update;
+            let u = &load(&config)?;
             let keys = mxnode::update::manifest::TrustedKeys::load(&u.keys)
                 .map_err(|e| anyhow::anyhow!("update.keys: {e}"))?;
             std::fs::create_dir_all(&u.state_dir)?;
@@ -448,9 +449,9 @@ fn update(command: UpdateCommand) -> anyhow::Result<()> {
             config,
             current_slot,
         } => {
-            let config = load(&config)?;
-            std::fs::create_dir_all(&config.update.state_dir)?;
-            let state = StateDir(config.update.state_dir.clone());
+            let u = load(&config)?;
+            std::fs::create_dir_all(&u.state_dir)?;
+            let state = StateDir(u.state_dir.clone());
             let outcome = install::finish(
                 &state,
                 slot_arg(&current_slot)?,
@@ -470,8 +471,8 @@ fn update(command: UpdateCommand) -> anyhow::Result<()> {
             Ok(())
         }
         UpdateCommand::Status { config } => {
-            let config = load(&config)?;
-            let state = StateDir(config.update.state_dir.clone());
+            let u = load(&config)?;
+            let state = StateDir(u.state_dir.clone());
             let view = serde_json::json!({
                 "version": install::running_version().to_string(),
                 "floor": state.floor().map(|f| f.to_string()),

@@ -300,8 +300,167 @@ fn channel_check_stages_a_signed_release_and_refusals_are_audited() {
         fs::read(spool.join("staged/root.erofs")).expect("staged root"),
         fs::read(releases.path("root.in")).expect("root")
     );
+    let leftovers: Vec<_> = fs::read_dir(&spool)
+        .expect("spool")
+        .map(|e| e.expect("entry").file_name())
+        .filter(|n| n.to_string_lossy().starts_with("upload-"))
+        .collect();
     assert!(
-        !spool.join("upload.tar").exists(),
-        "the spooled upload is removed"
+        leftovers.is_empty(),
+        "spooled uploads are removed: {leftovers:?}"
     );
+}
+
+/// systemd-boot's selected entry, as `mxnode::update::install` reads it.
+const LOADER_ENTRY_SELECTED: &str =
+    "/sys/firmware/efi/efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+
+/// Runs `mxnode update …` and returns (success, stdout, stderr).
+fn update_cli(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(mxnode_bin())
+        .arg("update")
+        .args(args)
+        .output()
+        .expect("run mxnode update");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn installer_cli_reads_only_the_update_table_and_refuses_without_ab_boot() {
+    if Path::new(LOADER_ENTRY_SELECTED).exists() {
+        // A test machine booted by systemd-boot is an A/B machine to the installer; the
+        // refusal pinned here needs one that is not (the qemu tests cover the other kind).
+        eprintln!("skipped: {LOADER_ENTRY_SELECTED} exists on this machine");
+        return;
+    }
+    let releases = Releases::new();
+    let good = releases.sign("good", "9.0.0");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spool = dir.path().join("spool");
+    let state = dir.path().join("state");
+    fs::create_dir_all(spool.join("staged")).expect("spool");
+    for name in ["root.erofs", "vmlinuz", "initrd.img"] {
+        fs::copy(good.join(name), spool.join("staged").join(name)).expect("stage");
+    }
+    let request = serde_json::json!({
+        "manifest": fs::read_to_string(good.join("manifest.json")).expect("manifest"),
+        "signature": base64::engine::general_purpose::STANDARD
+            .encode(fs::read(good.join("manifest.json.sig")).expect("sig")),
+    });
+    fs::write(spool.join("request.json"), request.to_string()).expect("request");
+    // The node's secrets are not the installer's: a master key root cannot read is fine.
+    let config = dir.path().join("mxnode.toml");
+    fs::write(
+        &config,
+        format!(
+            "[node]\nmaster_key = \"file:/nonexistent/master-key\"\n\n[update]\nkeys = {:?}\n\
+             state_dir = {:?}\nspool_dir = {:?}\n",
+            path_str(&releases.keys_file()),
+            path_str(&state),
+            path_str(&spool),
+        ),
+    )
+    .expect("config");
+    let esp = dir.path().join("esp");
+    fs::create_dir_all(esp.join("loader/entries")).expect("esp");
+    fs::write(dir.path().join("slot-a"), vec![0u8; 4 << 20]).expect("slot");
+    fs::write(dir.path().join("slot-b"), vec![0u8; 4 << 20]).expect("slot");
+    let config = path_str(&config);
+    let install_args = [
+        "install",
+        "--config",
+        &config,
+        "--current-slot",
+        "a",
+        "--esp",
+        &path_str(&esp),
+        "--slot-a",
+        &path_str(&dir.path().join("slot-a")),
+        "--slot-b",
+        &path_str(&dir.path().join("slot-b")),
+        "--root-partuuid-a",
+        "11111111-1111-4111-8111-111111111111",
+        "--root-partuuid-b",
+        "22222222-2222-4222-8222-222222222222",
+        "--cmdline",
+        "console=ttyS0",
+    ];
+
+    // This machine does not boot through systemd-boot: the request is refused and cleared.
+    let (ok, _, stderr) = update_cli(&install_args);
+    assert!(!ok, "install must fail without A/B boot");
+    assert!(stderr.contains("not an A/B node"), "{stderr}");
+    assert!(!spool.join("request.json").exists());
+    assert!(
+        fs::read(dir.path().join("slot-b")).expect("slot") == vec![0u8; 4 << 20],
+        "the slot is untouched"
+    );
+    let (ok, stdout, stderr) = update_cli(&["status", "--config", &config]);
+    assert!(ok, "{stderr}");
+    let status: Value = serde_json::from_str(&stdout).expect("status JSON");
+    assert_eq!(status["status"]["state"], "refused", "{status}");
+    assert_eq!(status["status"]["error"]["code"], "not_ab_node");
+    assert_eq!(status["history"][0]["event"], "refused");
+
+    // Without a request the installer has nothing to do.
+    let (ok, _, stderr) = update_cli(&install_args);
+    assert!(ok, "no request is not an error: {stderr}");
+    // finish raises the floor to the running version.
+    let (ok, _, stderr) = update_cli(&["finish", "--config", &config, "--current-slot", "a"]);
+    assert!(ok, "{stderr}");
+    let (_, stdout, _) = update_cli(&["status", "--config", &config]);
+    let status: Value = serde_json::from_str(&stdout).expect("status JSON");
+    assert_eq!(status["floor"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn without_auto_apply_a_check_only_stages_and_apply_requests() {
+    let ca = TestCa::new();
+    let releases = Releases::new();
+    let served = tempfile::tempdir().expect("temp dir");
+    publish(
+        &releases.sign("good", "9.0.0"),
+        &served.path().join("stable"),
+    );
+    let server = StaticServer::start(&ca, served.path());
+    let node_dirs = tempfile::tempdir().expect("temp dir");
+    let spool = node_dirs.path().join("spool");
+    let node = Node::start(
+        &NodeConfig::new()
+            .http(&ca)
+            .api_key("operator", &["update:write", "update:read", "audit:read"])
+            .extra_toml(&format!(
+                "[update]\nkeys = {:?}\nchannel = {:?}\nchannel_ca = {:?}\nauto_apply = false\n\
+                 state_dir = {:?}\nspool_dir = {:?}\n",
+                path_str(&releases.keys_file()),
+                server.url("/stable"),
+                path_str(&ca.ca_pem),
+                path_str(&node_dirs.path().join("state")),
+                path_str(&spool),
+            )),
+    );
+    let api = ApiClient::new(&node, &ca);
+    let key = node.api_key("operator");
+
+    let early = api.post("/api/v1/update/apply", Some(key), &Value::Null);
+    assert_eq!(early.status, 409, "{}", early.body);
+    assert_eq!(early.error_code(), "nothing_staged");
+
+    let checked = api.post("/api/v1/update/check", Some(key), &Value::Null);
+    assert_eq!(checked.status, 200, "{}", checked.body);
+    assert_eq!(checked.json()["state"], "staged");
+    assert!(spool.join("staged/root.erofs").exists());
+    assert!(!spool.join("request.json").exists(), "staged only");
+    assert_eq!(audit(&api, key, "update.staged").len(), 1);
+
+    let applied = api.post("/api/v1/update/apply", Some(key), &Value::Null);
+    assert_eq!(applied.status, 200, "{}", applied.body);
+    assert_eq!(applied.json()["state"], "requested");
+    assert!(spool.join("request.json").exists());
+    assert_eq!(audit(&api, key, "update.requested").len(), 1);
 }

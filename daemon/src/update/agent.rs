@@ -38,8 +38,8 @@ pub const MAX_FIRST_CHECK_DELAY: Duration = Duration::from_secs(300);
 const INSTALLER_POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// Largest offline bundle accepted: the artifacts' limit plus tar overhead.
 pub const MAX_BUNDLE_BYTES: u64 = 8 * 1024 * 1024 * 1024;
-/// The upload is spooled here inside `spool_dir` before it is read.
-const UPLOAD_FILE: &str = "upload.tar";
+/// Uploads are spooled inside `spool_dir` under this prefix before they are read.
+const UPLOAD_PREFIX: &str = "upload-";
 /// A bundle is unpacked here, then renamed to `staged/`.
 const INCOMING_DIR: &str = "incoming";
 
@@ -327,11 +327,9 @@ impl Updater {
 
     /// Takes an uploaded bundle (already spooled at `path` inside the spool directory).
     pub fn upload(&self, path: &Path, now: SystemTime) -> Result<Outcome, UpdateError> {
-        self.exclusive(now, || {
-            let result = self.read_upload(path, now);
-            let _ = fs::remove_file(path);
-            result
-        })
+        let result = self.exclusive(now, || self.read_upload(path, now));
+        let _ = fs::remove_file(path);
+        result
     }
 
     fn read_upload(&self, path: &Path, now: SystemTime) -> Result<Outcome, UpdateError> {
@@ -482,9 +480,14 @@ impl Updater {
         Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
     }
 
-    /// The spool path an upload is written to.
+    /// A fresh spool path for one upload (concurrent uploads never share a file; the second
+    /// is refused as busy once spooled, and its file removed).
     pub fn upload_path(&self) -> PathBuf {
-        self.config.spool_dir.join(UPLOAD_FILE)
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.config
+            .spool_dir
+            .join(format!("{UPLOAD_PREFIX}{}-{n}.tar", std::process::id()))
     }
 
     /// The status the API shows: the node's state, overridden by the installer's when that is
@@ -528,8 +531,9 @@ impl Updater {
         }
     }
 
-    /// A refusal or failure the installer recorded since the last call, to audit once.
-    pub fn installer_refusal(&self) -> Option<ErrorView> {
+    /// A refusal, failure or rollback the installer recorded since the last call, to audit
+    /// once, with the installer's state (`refused`, `failed`, `rolled-back`).
+    pub fn installer_event(&self) -> Option<(String, ErrorView)> {
         let status = StateDir(self.config.state_dir.clone()).status()?;
         if !matches!(status.state.as_str(), "refused" | "failed" | "rolled-back") {
             return None;
@@ -542,7 +546,7 @@ impl Updater {
             return None;
         }
         *audited = Some(status.at);
-        status.error
+        status.error.map(|e| (status.state, e))
     }
 }
 
@@ -677,11 +681,22 @@ pub async fn run(updater: Arc<Updater>, audit: Audit, stop: smol::channel::Recei
             next_check = std::time::Instant::now() + interval;
         }
         smol::unblock(move || {
-            if let Some(error) = u.installer_refusal() {
-                a(
-                    "update.refused",
-                    format!("update refused: {} ({})", error.message, error.code),
-                );
+            match u.installer_event() {
+                Some((state, error)) if state == "rolled-back" => {
+                    a("update.rolled_back", error.message);
+                }
+                Some((state, error)) => {
+                    let verb = if state == "failed" {
+                        "failed"
+                    } else {
+                        "refused"
+                    };
+                    a(
+                        &format!("update.{verb}"),
+                        format!("update {verb}: {} ({})", error.message, error.code),
+                    );
+                }
+                None => {}
             }
             if due {
                 let _ = record_outcome(&a, "system check", u.check(SystemTime::now()));

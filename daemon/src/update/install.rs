@@ -37,6 +37,8 @@ pub const HISTORY_FILE: &str = "history.json";
 pub const FLOOR_FILE: &str = "floor";
 /// History entries kept (oldest dropped first).
 pub const MAX_HISTORY: usize = 50;
+/// Install progress is written to `status.json` at most once per this many bytes.
+const PROGRESS_STEP_BYTES: u64 = 32 * 1024 * 1024;
 /// Largest state file read back (they are small; anything larger is not ours).
 const MAX_STATE_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -371,7 +373,13 @@ pub fn install(ctx: &Context, layout: &Layout) -> Result<Installed, InstallError
     let version = Some(manifest.version.to_string());
     let target = layout.current.other();
     let total = manifest.artifacts.total_size();
+    // Each status write is an fsynced rename: one per PROGRESS_STEP_BYTES, not per chunk.
+    let reported = std::cell::Cell::new(0u64);
     let report = |done: u64| {
+        if done != 0 && done < reported.get() + PROGRESS_STEP_BYTES && done != total {
+            return;
+        }
+        reported.set(done);
         let _ = ctx.state.write_status(&status(
             "installing",
             version.clone(),
@@ -464,8 +472,16 @@ fn write_slot(
         .map_err(io("cannot write slot", device))?;
     policy::check_artifact(manifest, ArtifactKind::Root, copied.size, &copied.sha256)
         .map_err(SlotError::Refused)?;
+    // Read back what the device holds now, not what we meant to write: the written pages are
+    // clean after the fsync, and dropping them from the page cache makes the read-back come
+    // from the device. (Advice only: a file system may keep them, which costs nothing here.)
+    let _ = nix::fcntl::posix_fadvise(
+        &slot,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    );
     drop(slot);
-    // Read back what the device holds now, not what we meant to write.
     let back = hash_file(device, root.size).map_err(io("cannot read back slot", device))?;
     if back.size != root.size || back.sha256 != root.sha256 {
         return Err(SlotError::Io(format!(
