@@ -697,5 +697,11 @@ impl ReleaseChannel {
 impl Drop for ReleaseChannel {
     fn drop(&mut self) {
         kill_and_reap(&mut self.child);
+        if thread::panicking() {
+            eprintln!(
+                "----- release channel -----\n{}----- end of release channel -----",
+                crate::process::snapshot(&self.log)
+            );
+        }
     }
 }
