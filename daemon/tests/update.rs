@@ -908,6 +908,7 @@ fn maintenance_window_and_reboot_plan() {
         "24:00-01:00",
         "02:00-02:00",
         "02:60-03:00",
+        "+1:00-02:00",
     ] {
         assert!(MaintenanceWindow::parse(bad).is_err(), "{bad:?}");
     }

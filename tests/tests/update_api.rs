@@ -237,6 +237,10 @@ fn channel_check_stages_a_signed_release_and_refusals_are_audited() {
         !spool.join("staged/root.erofs").exists(),
         "a mismatching artifact is never staged"
     );
+    assert!(
+        !spool.join("request.json").exists(),
+        "the earlier request is withdrawn when its staged files are replaced"
+    );
     let view = api.get("/api/v1/update", Some(reader)).json();
     assert_eq!(view["state"], "refused", "{view}");
     assert_eq!(view["last_error"]["code"], "artifact_mismatch");
@@ -430,6 +434,7 @@ fn without_auto_apply_a_check_only_stages_and_apply_requests() {
     let server = StaticServer::start(&ca, served.path());
     let node_dirs = tempfile::tempdir().expect("temp dir");
     let spool = node_dirs.path().join("spool");
+    fs::create_dir_all(node_dirs.path().join("state")).expect("state dir");
     let node = Node::start(
         &NodeConfig::new()
             .http(&ca)
@@ -463,4 +468,49 @@ fn without_auto_apply_a_check_only_stages_and_apply_requests() {
     assert_eq!(applied.json()["state"], "requested");
     assert!(spool.join("request.json").exists());
     assert_eq!(audit(&api, key, "update.requested").len(), 1);
+
+    // Root installed it (as `mxnode update install` records) and the reboot is still to come:
+    // a check neither downloads nor requests it again.
+    fs::remove_file(spool.join("request.json")).expect("root took the request");
+    fs::write(
+        node_dirs.path().join("state/pending.json"),
+        serde_json::json!({"version": "9.0.0", "slot": "b", "from_version": "0.1.0",
+                           "from_slot": "a", "at": "2026-01-01T00:00:00Z"})
+        .to_string(),
+    )
+    .expect("pending.json");
+    let again = api.post("/api/v1/update/check", Some(key), &Value::Null);
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.json()["state"], "reboot-pending", "{}", again.body);
+    assert!(!spool.join("request.json").exists(), "not requested again");
+
+    // A refusal root's installer recorded (it cannot reach the store) is audited by the node.
+    fs::write(
+        node_dirs.path().join("state/status.json"),
+        serde_json::json!({"state": "refused", "version": "9.0.0", "slot": "b",
+                           "progress": {"done": 0, "total": 0},
+                           "error": {"code": "not_blessed", "message": "the current boot is not blessed yet"},
+                           "at": "2026-01-01T00:00:01Z", "reboot_at": null})
+        .to_string(),
+    )
+    .expect("status.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let refused = loop {
+        let events = audit(&api, key, "update.refused");
+        if !events.is_empty() || std::time::Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    assert_eq!(
+        refused.len(),
+        1,
+        "the installer's refusal is audited once: {refused:?}"
+    );
+    assert!(
+        refused[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("not_blessed")),
+        "{refused:?}"
+    );
 }

@@ -94,6 +94,8 @@ pub enum Outcome {
     UpToDate { version: String },
     /// A release is staged; `requested` if `request.json` was written.
     Staged { version: String, requested: bool },
+    /// The release is installed in the other slot and waits for the reboot (`pending.json`).
+    AwaitingReboot { version: String },
 }
 
 /// The node's own view of the update, besides the installer's files.
@@ -230,6 +232,14 @@ impl Updater {
         let Ok(_guard) = self.busy.try_lock() else {
             return Err(UpdateError::Busy);
         };
+        // Root is reading the staged release: replacing it now would fail that install.
+        if StateDir(self.config.state_dir.clone())
+            .status()
+            .is_some_and(|s| s.state == "installing")
+            && self.config.spool_dir.join(REQUEST_FILE).exists()
+        {
+            return Err(UpdateError::Busy);
+        }
         let result = f();
         self.set(now, |s| match &result {
             Ok(Outcome::UpToDate { .. }) => {
@@ -239,6 +249,11 @@ impl Updater {
             }
             Ok(Outcome::Staged { version, requested }) => {
                 s.state = if *requested { "requested" } else { "staged" };
+                s.available = Some(version.clone());
+                s.last_error = None;
+            }
+            Ok(Outcome::AwaitingReboot { version }) => {
+                s.state = "reboot-pending";
                 s.available = Some(version.clone());
                 s.last_error = None;
             }
@@ -283,6 +298,15 @@ impl Updater {
                 });
             }
             let manifest = self.judge(&manifest_bytes, &signature, now)?;
+            // Installed already, the reboot still to come: nothing to fetch or install again.
+            if StateDir(self.config.state_dir.clone())
+                .pending()
+                .is_some_and(|p| p.version == manifest.version.to_string())
+            {
+                return Ok(Outcome::AwaitingReboot {
+                    version: manifest.version.to_string(),
+                });
+            }
             let staged = self.staged_dir();
             if fs::read(staged.join(MANIFEST_FILE)).ok().as_deref() == Some(&manifest_bytes[..])
                 && self.staged_complete(&manifest)
@@ -291,7 +315,7 @@ impl Updater {
             }
             policy::check_space(&manifest, self.available_space()?)
                 .map_err(UpdateError::Refused)?;
-            let _ = fs::remove_dir_all(&staged);
+            self.unstage();
             fs::create_dir_all(&staged).map_err(|e| {
                 UpdateError::failed("spool", format!("cannot create {}: {e}", staged.display()))
             })?;
@@ -373,7 +397,7 @@ impl Updater {
             }
         };
         let staged = self.staged_dir();
-        let _ = fs::remove_dir_all(&staged);
+        self.unstage();
         fs::rename(&incoming, &staged)
             .map_err(|e| UpdateError::failed("spool", format!("cannot stage the bundle: {e}")))?;
         self.staged(&manifest, &bytes, &signature, now, true)
@@ -399,6 +423,13 @@ impl Updater {
                 requested: true,
             })
         })
+    }
+
+    /// Withdraws the install request and removes the staged release (the request always
+    /// goes first: it must never name files that are being replaced).
+    fn unstage(&self) {
+        let _ = fs::remove_file(self.config.spool_dir.join(REQUEST_FILE));
+        let _ = fs::remove_dir_all(self.staged_dir());
     }
 
     fn staged_dir(&self) -> PathBuf {
@@ -715,6 +746,9 @@ pub fn record_outcome(
     match &result {
         Ok(Outcome::UpToDate { version }) => {
             log::info!("update: {what}: up to date ({version})");
+        }
+        Ok(Outcome::AwaitingReboot { version }) => {
+            log::info!("update: {what}: {version} is installed and waits for the reboot");
         }
         Ok(Outcome::Staged { version, requested }) => audit(
             if *requested {

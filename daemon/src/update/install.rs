@@ -693,7 +693,8 @@ impl MaintenanceWindow {
     pub fn parse(text: &str) -> Result<MaintenanceWindow, String> {
         let minutes = |t: &str| -> Option<u32> {
             let (h, m) = t.trim().split_once(':')?;
-            if h.len() != 2 || m.len() != 2 {
+            let digits = |t: &str| t.len() == 2 && t.bytes().all(|b| b.is_ascii_digit());
+            if !digits(h) || !digits(m) {
                 return None;
             }
             let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
