@@ -201,7 +201,8 @@ fn api_agent() -> ureq::Agent {
 }
 
 /// The admin's session on the node: sets the admin up with the one-time token from the
-/// console on the first call of a machine, then logs in (sessions end with a node restart).
+/// console on the first call of a machine (during the first boot: the token the console shows
+/// is that boot's), then logs in (sessions end with a node restart).
 fn admin_session(machine: &Machine, vm: &Running, set_up: &mut bool) -> String {
     let agent = api_agent();
     let base = format!("https://{}", machine.https_addr());
@@ -299,6 +300,8 @@ fn the_node_updates_itself_survives_a_power_cut_mid_install_and_rolls_back_a_rel
     let mut boots = Boots::new();
     let status = boots.next_status(&mut vm, FIRST_BOOT_TIMEOUT);
     assert_running(&status, &n, "a");
+    // The admin is set up now, while the console shows this boot's one-time token.
+    admin_session(&machine, &vm, &mut set_up);
     boots.next_line(&mut vm, INSTALL_STARTS, UPDATE_TIMEOUT);
     let status = boots.next_status(&mut vm, UPDATE_TIMEOUT);
     assert_running(&status, &n1, "b");
