@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod certificate;
 pub mod config;
 pub mod deliver;
 pub mod dev;
@@ -20,4 +21,5 @@ pub mod settings;
 pub mod smtp;
 pub mod store;
 pub mod update;
+pub mod volume;
 pub mod webhook;

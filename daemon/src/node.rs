@@ -150,6 +150,10 @@ impl SettingsBackend for NodeSettings {
         Ok(self.current())
     }
 
+    fn probe_s3(&self, name: &str) -> Option<crate::api::settings::S3Probe> {
+        self.probe(name)
+    }
+
     fn test_delivery(&self, index: usize) -> Option<crate::api::settings::TestDelivery> {
         use crate::api::settings::TestDelivery;
         use crate::webhook::{WebhookClient, WebhookOutcome};
@@ -191,6 +195,23 @@ impl SettingsBackend for NodeSettings {
                 status: last_status,
                 detail: last_error,
             },
+        })
+    }
+}
+
+impl NodeSettings {
+    fn probe(&self, name: &str) -> Option<crate::api::settings::S3Probe> {
+        use crate::api::settings::S3Probe;
+        let config = Config::from_raw(self.live.effective()).ok()?;
+        let connection = config.s3.get(name)?;
+        let outcome = smol::block_on(crate::s3::probe_connection(name, connection));
+        log::info!(
+            "settings: S3 probe of s3.{name}: {}",
+            if outcome.is_ok() { "ok" } else { "failed" }
+        );
+        Some(match outcome {
+            Ok(detail) => S3Probe { ok: true, detail },
+            Err(detail) => S3Probe { ok: false, detail },
         })
     }
 }
@@ -321,7 +342,7 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
 struct HttpService {
     listener: smol::Async<std::net::TcpListener>,
     app: tide::Server<crate::http::api::State>,
-    tls: Option<async_native_tls::TlsAcceptor>,
+    tls: Option<Arc<crate::smtp::tls::ReloadableAcceptor>>,
 }
 
 /// Builds the API on `store` and binds `http.listen`; logs `listening on https://ADDR`.
@@ -331,6 +352,7 @@ fn prepare_http(
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     settings: Arc<dyn SettingsBackend>,
+    smtp_tls: Option<Arc<crate::smtp::tls::ReloadableAcceptor>>,
     updater: Option<Arc<crate::update::agent::Updater>>,
 ) -> Result<HttpService, StartError> {
     let api = Arc::new(crate::api::Api::new(store, metrics, settings));
@@ -343,19 +365,26 @@ fn prepare_http(
             StartError::HttpTls(format!("cannot create the self-signed certificate: {e}"))
         })?;
     }
-    let tls = match &config.http.tls {
-        Some(files) => Some(crate::smtp::tls::acceptor(files).map_err(StartError::HttpTls)?),
-        None => None,
-    };
+    // A certificate uploaded through the console wins over the configured files.
+    let tls = crate::certificate::starting_acceptor(
+        &config.node.data_dir,
+        config.http.tls.as_ref(),
+        "https",
+    )
+    .map_err(StartError::HttpTls)?;
     // Setup mode (no admin yet): the one-time token goes to the journal and the runtime dir,
     // with the fingerprint an operator compares against the browser's certificate warning.
-    let fingerprint = config
-        .http
-        .tls
+    let fingerprint = tls
         .as_ref()
-        .and_then(|files| std::fs::read(&files.cert).ok())
+        .and_then(|t| std::fs::read(t.files().cert).ok())
         .and_then(|pem| crate::api::admin::certificate_fingerprint(&pem));
-    api.set_tls_certificate(config.http.tls.as_ref().map(|files| files.cert.clone()));
+    api.set_tls_certificate(tls.as_ref().map(|t| t.files().cert));
+    api.set_data_dir(config.node.data_dir.clone());
+    api.set_certificates(Arc::new(crate::certificate::NodeCertificates::new(
+        config.node.data_dir.clone(),
+        smtp_tls,
+        tls.clone(),
+    )));
     if let Err(e) = api.begin_setup(Some(&config.node.runtime_dir), fingerprint.as_deref()) {
         log::error!("setup: cannot determine whether an admin exists: {e}");
     }
@@ -393,12 +422,13 @@ pub async fn run(raw: RawConfig, config: Config) -> Result<(), StartError> {
     if config.routes.is_empty() {
         log::warn!("no [[route]] is configured: every recipient will be refused with 550 5.1.1");
     }
-    let tls = match &config.smtp.tls {
-        Some(files) => {
-            Some(crate::smtp::tls::ReloadableAcceptor::load(files).map_err(StartError::Tls)?)
-        }
-        None => None,
-    };
+    // A certificate uploaded through the console wins over the configured files.
+    let tls = crate::certificate::starting_acceptor(
+        &config.node.data_dir,
+        config.smtp.tls.as_ref(),
+        "smtp",
+    )
+    .map_err(StartError::Tls)?;
     let session_config = Arc::new(SessionConfig {
         hostname: config.node.hostname.clone(),
         max_message_size: config.smtp.max_message_size,
@@ -415,7 +445,7 @@ pub async fn run(raw: RawConfig, config: Config) -> Result<(), StartError> {
         store_subject: std::sync::atomic::AtomicBool::new(config.retention.store_subject),
         metrics: metrics.clone(),
         budget: InFlightBudget::new(config.smtp.max_in_flight),
-        tls,
+        tls: tls.clone(),
         max_sessions: config.smtp.max_sessions,
         max_sessions_per_ip: config.smtp.max_sessions_per_ip,
         active: AtomicUsize::new(0),
@@ -446,6 +476,7 @@ pub async fn run(raw: RawConfig, config: Config) -> Result<(), StartError> {
             store.clone(),
             metrics.clone(),
             settings,
+            tls,
             updater.clone(),
         )?),
         None => None,
@@ -483,6 +514,7 @@ pub async fn run(raw: RawConfig, config: Config) -> Result<(), StartError> {
     }
     crate::notify::notify("READY=1");
     let (stop, stopped) = smol::channel::bounded::<()>(1);
+    let https_tls = http.as_ref().and_then(|http| http.tls.clone());
     let serving_api = http.map(|http| {
         smol::spawn(crate::http::server::run(
             http.listener,
@@ -493,10 +525,14 @@ pub async fn run(raw: RawConfig, config: Config) -> Result<(), StartError> {
     });
     let accepting = smol::spawn(server::run(listeners, server.clone(), stopped));
 
-    // SIGHUP reloads the STARTTLS certificate (the unit's ExecReload); SIGTERM/SIGINT stop.
+    // SIGHUP reloads the STARTTLS and HTTPS certificates (the unit's ExecReload); SIGTERM/SIGINT
+    // stop.
     let signal = loop {
         match signals.next().await {
-            Some(Ok(Signal::Hup)) => reload_tls(&server),
+            Some(Ok(Signal::Hup)) => {
+                reload_tls(&server);
+                reload_https_tls(https_tls.as_deref());
+            }
             other => break other,
         }
     };
@@ -539,6 +575,21 @@ pub async fn run(raw: RawConfig, config: Config) -> Result<(), StartError> {
         log::info!("all sessions finished; exiting");
     }
     Ok(())
+}
+
+/// SIGHUP: re-reads the HTTPS certificate and key files in use for new connections, keeping
+/// the certificate in use when they do not make a working one.
+fn reload_https_tls(tls: Option<&crate::smtp::tls::ReloadableAcceptor>) {
+    if let Some(tls) = tls {
+        match tls.reload() {
+            Ok(()) => log::info!(
+                "received SIGHUP: reloaded the HTTPS certificate and key for new connections"
+            ),
+            Err(e) => log::error!(
+                "received SIGHUP: HTTPS certificate not reloaded, keeping the certificate in use: {e}"
+            ),
+        }
+    }
 }
 
 /// SIGHUP: re-reads `smtp.tls_cert` and `smtp.tls_key` for new STARTTLS sessions. Files that do

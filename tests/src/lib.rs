@@ -42,6 +42,6 @@ pub use files::{corpus_dir, crlf, scan_for_marker, workspace_dir};
 pub use node::{Node, NodeConfig, RouteConfig, mxnode_bin};
 pub use receiver::{Received, Receiver, new_webhook_secret, webhook_signature};
 pub use s3::{S3Connection, S3Server, TlsFront, s3s_fs_bin};
-pub use smtp::{Reply, SmtpClient, send_with_lettre, swaks};
+pub use smtp::{Reply, SmtpClient, send_with_lettre, served_certificate, swaks};
 pub use static_server::StaticServer;
 pub use tls::TestCa;

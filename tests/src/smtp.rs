@@ -556,6 +556,31 @@ fn dot_stuff(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The certificate (DER) a TLS server at `addr` serves to a new connection
+/// (server name `localhost`), verified against `ca_pem` only: e.g. the
+/// node's HTTPS listener after its certificate was replaced. Panics when
+/// the handshake fails or takes longer than 10 s.
+pub fn served_certificate(addr: SocketAddr, ca_pem: &Path) -> Vec<u8> {
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .unwrap_or_else(|error| panic!("connect to {addr}: {error}"));
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("set a read timeout");
+    let config = tls_client_config(ca_pem).expect("a TLS client config");
+    let name = ServerName::try_from("localhost").expect("a server name");
+    let connection = ClientConnection::new(config, name).expect("a TLS client");
+    let mut tls = StreamOwned::new(connection, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .unwrap_or_else(|error| panic!("TLS handshake with {addr}: {error}"));
+    }
+    tls.conn
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|cert| cert.to_vec())
+        .expect("the server sent a certificate")
+}
+
 /// A rustls client config trusting only the certificates in `ca_pem`, with
 /// rustls' safe defaults (TLS 1.2 and 1.3).
 fn tls_client_config(ca_pem: &Path) -> io::Result<Arc<ClientConfig>> {

@@ -302,3 +302,257 @@ fn wrong_passwords_lock_the_client_out_with_a_clear_message() {
     );
     assert!(!node.log().contains("not the password at all"));
 }
+
+/// A self-signed certificate for `localhost` that expired on 2021-01-01, and its key, as PEM.
+fn expired_certificate() -> (String, String) {
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("parameters");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let cert = params.self_signed(&key).expect("self-sign");
+    (cert.pem(), key.serialize_pem())
+}
+
+/// `PUT /api/v1/tls` in the admin's session; `csrf` as given.
+fn upload(
+    api: &ApiClient,
+    cookie: &str,
+    csrf: Option<&str>,
+    origin: &str,
+    certificate: &str,
+    key: &str,
+) -> ApiAnswer {
+    with_session(
+        api,
+        "PUT",
+        "/api/v1/tls",
+        cookie,
+        csrf,
+        Some(origin),
+        Some(&json!({"certificate": certificate, "key": key})),
+    )
+}
+
+/// The `key: message` pairs of a validation answer.
+fn field_errors(answer: &ApiAnswer) -> Vec<String> {
+    answer.json()["error"]["fields"]
+        .as_array()
+        .map(|fields| {
+            fields
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{}: {}",
+                        f["key"].as_str().unwrap_or(""),
+                        f["message"].as_str().unwrap_or("")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn certificate_uploads_are_refused_field_by_field_and_a_good_one_survives_a_restart() {
+    let ca = TestCa::new();
+    let mut node = Node::start(&NodeConfig::new().http(&ca).tls(&ca));
+    let api = ApiClient::new(&node, &ca);
+    let (cookie, csrf) = admin_session(&node, &api);
+    let origin = api_origin(&node);
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).expect("read PEM");
+    let (cert, key) = ca.issue(&["localhost", "127.0.0.1"]);
+    let (cert, key) = (read(&cert), read(&key));
+    let (_, other_key) = ca.issue(&["localhost"]);
+    let other_key = read(&other_key);
+    let (expired, expired_key) = expired_certificate();
+    let unrelated_ca = TestCa::new().ca_pem_text();
+    let original = mxnode_tests::served_certificate(node.http_addr(), &ca.ca_pem);
+
+    // (certificate, key, the field-level message expected)
+    let cases: [(String, &str, &str); 5] = [
+        (
+            cert.clone(),
+            &other_key,
+            "key: the private key does not belong to the certificate (CN=localhost)",
+        ),
+        (
+            expired.clone(),
+            &expired_key,
+            "certificate: the certificate expired on Jan  1 00:00:00 2021 GMT",
+        ),
+        (
+            format!("{}{cert}", ca.ca_pem_text()),
+            &key,
+            "certificate: the chain is in the wrong order: the key belongs to certificate 2 (CN=localhost)",
+        ),
+        (
+            format!("{cert}{unrelated_ca}"),
+            &key,
+            "certificate: the chain is in the wrong order: certificate 2 (CN=mxnode test CA) did not issue certificate 1 (CN=localhost)",
+        ),
+        (cert.clone(), "", "key: paste the private key in PEM"),
+    ];
+    for (certificate, key, expected) in &cases {
+        let answer = upload(&api, &cookie, Some(&csrf), &origin, certificate, key);
+        assert_eq!(
+            (answer.status, answer.error_code().as_str()),
+            (400, "invalid_certificate"),
+            "{}",
+            answer.body
+        );
+        let fields = field_errors(&answer);
+        assert!(
+            fields.iter().any(|f| f.starts_with(expected)),
+            "{expected:?} not in {fields:?}"
+        );
+        // The key's material never comes back (its second line is base64 of the key).
+        if let Some(material) = key.lines().nth(1) {
+            assert!(!answer.body.contains(material), "{}", answer.body);
+        }
+    }
+
+    // Without the CSRF token nothing is even validated.
+    let answer = upload(&api, &cookie, None, &origin, &cert, &key);
+    assert_eq!(
+        (answer.status, answer.error_code().as_str()),
+        (403, "csrf"),
+        "{}",
+        answer.body
+    );
+    assert!(
+        answer.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("X-CSRF-Token")
+    );
+    assert_eq!(
+        mxnode_tests::served_certificate(node.http_addr(), &ca.ca_pem),
+        original,
+        "refused uploads change nothing"
+    );
+    assert!(!node.data_dir().join("tls/uploaded").exists());
+
+    // A good one: stored privately, served at once, never echoed, and kept over a restart.
+    let answer = upload(&api, &cookie, Some(&csrf), &origin, &cert, &key);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.json()["source"], "uploaded");
+    assert_eq!(answer.json()["used_by"], json!(["smtp", "https"]));
+    assert_eq!(
+        answer.json()["certificate"]["sans"],
+        json!(["localhost", "127.0.0.1"])
+    );
+    assert!(!answer.body.contains("PRIVATE KEY"), "{}", answer.body);
+    let uploaded = mxnode_tests::served_certificate(node.http_addr(), &ca.ca_pem);
+    assert_ne!(uploaded, original);
+    let key_file = node.data_dir().join("tls/uploaded/key.pem");
+    let mode = std::fs::metadata(&key_file)
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let audit = with_session(
+        &api,
+        "GET",
+        "/api/v1/audit?action=tls.update",
+        &cookie,
+        None,
+        None,
+        None,
+    );
+    let fingerprint = answer.json()["certificate"]["sha256_fingerprint"].clone();
+    assert_eq!(
+        audit.json()["items"][0]["target"],
+        fingerprint,
+        "{}",
+        audit.body
+    );
+    assert!(node.terminate().success());
+    node.restart();
+    assert_eq!(
+        mxnode_tests::served_certificate(node.http_addr(), &ca.ca_pem),
+        uploaded,
+        "the upload wins over the configured files after a restart"
+    );
+    // SIGHUP re-reads the files in use, the uploaded ones, for both listeners.
+    node.reload();
+    for line in [
+        "reloaded the HTTPS certificate and key",
+        "reloaded smtp.tls_cert and smtp.tls_key",
+    ] {
+        assert!(
+            node.wait_for_log(line, std::time::Duration::from_secs(10)),
+            "{}",
+            node.log()
+        );
+    }
+    assert_eq!(
+        mxnode_tests::served_certificate(node.http_addr(), &ca.ca_pem),
+        uploaded
+    );
+}
+
+#[test]
+fn the_recovery_key_is_shown_until_confirmed_then_deleted() {
+    let (ca, node) = start();
+    let api = ApiClient::new(&node, &ca);
+    let (cookie, csrf) = admin_session(&node, &api);
+    let origin = api_origin(&node);
+    let get = || {
+        with_session(
+            &api,
+            "GET",
+            "/api/v1/recovery-key",
+            &cookie,
+            None,
+            None,
+            None,
+        )
+    };
+    let delete = |csrf: Option<&str>| {
+        with_session(
+            &api,
+            "DELETE",
+            "/api/v1/recovery-key",
+            &cookie,
+            csrf,
+            Some(&origin),
+            None,
+        )
+    };
+    // Off the appliance there is none.
+    assert_eq!(get().status, 404, "{}", get().body);
+
+    let key = "fjhkbclr-dvlcgnbn-lbvfivre-rjnfhdeb-ejuckbvk-gtdtrllc-lhibtrci-cuebhtfn";
+    let file = node.data_dir().join("recovery-key");
+    std::fs::write(&file, format!("{key}\n")).expect("write the recovery key");
+    let shown = get();
+    assert_eq!(shown.status, 200, "{}", shown.body);
+    assert_eq!(shown.json(), json!({"recovery_key": key}));
+    assert_eq!(
+        get().json(),
+        json!({"recovery_key": key}),
+        "until confirmed"
+    );
+
+    let refused = delete(None);
+    assert_eq!(
+        (refused.status, refused.error_code().as_str()),
+        (403, "csrf"),
+        "{}",
+        refused.body
+    );
+    assert!(file.exists(), "no CSRF token, no deletion");
+    assert_eq!(delete(Some(&csrf)).status, 204);
+    assert!(!file.exists());
+    assert_eq!(get().status, 404);
+    assert_eq!(delete(Some(&csrf)).status, 404);
+    assert!(!node.log().contains(key), "the key is never logged");
+    let audit = with_session(&api, "GET", "/api/v1/audit", &cookie, None, None, None);
+    assert!(audit.body.contains("recovery_key.delete"), "{}", audit.body);
+    assert!(!audit.body.contains(key));
+}

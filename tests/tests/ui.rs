@@ -1,20 +1,53 @@
 //! The web console in a real browser (issue 5): Debian's headless Chromium driven by
 //! playwright-core (`tests/ui/console.mjs`, installed by `./build.sh test` into
-//! `tests/ui/node_modules`) against the real node over HTTPS, a real HTTPS receiver and a real
-//! SMTP client. The script walks setup (refused without the token), login, a route to the
-//! receiver, a real email in the delivery log and its deletion, the audit log, an API key
-//! created and revoked, retention with a field error, the compliance report and logout, and
-//! saves a screenshot of each page under `$CARGO_TARGET_DIR/ui-artifacts/` (never the repo).
-
+//! `tests/ui/node_modules`) against the real node over HTTPS, a real HTTPS receiver, a real
+//! S3 store (s3s-fs) and a real SMTP client. The script walks setup (refused without the
+//! token), login, the data volume's recovery key (shown once, deleted on confirmation), the
+//! status page, a certificate upload (a key that does not match first; then this test checks
+//! with its own TLS clients that STARTTLS and HTTPS serve the new certificate, without a
+//! restart), a route to the receiver, an S3 connection with its probe (edited and deleted), a
+//! real email in the delivery log and its deletion, the audit log, an API key created and
+//! revoked, retention with a field error, the compliance report and logout, and saves a
+//! screenshot of each page under `$CARGO_TARGET_DIR/ui-artifacts/` (never the repo).
 use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use mxnode_tests::{
-    Node, NodeConfig, Receiver, SmtpClient, TestCa, new_webhook_secret, workspace_dir,
+    Node, NodeConfig, Receiver, S3Server, SmtpClient, TestCa, new_webhook_secret,
+    served_certificate, workspace_dir,
 };
+use ring::digest::{SHA256, digest};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
+
+/// The DER of the first certificate in a PEM file.
+fn der(pem: &std::path::Path) -> Vec<u8> {
+    CertificateDer::from_pem_file(pem)
+        .expect("a PEM certificate")
+        .to_vec()
+}
+
+/// `AB:CD:…`, as the console shows a fingerprint.
+fn fingerprint(der: &[u8]) -> String {
+    digest(&SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The certificate a new STARTTLS session on `node` gets.
+fn starttls_certificate(node: &Node, ca: &TestCa) -> Vec<u8> {
+    let mut client = SmtpClient::connect(node.smtp_addr());
+    client.ehlo("client.test");
+    assert_eq!(client.starttls(&ca.ca_pem).code, 220);
+    client.peer_certificate().expect("a certificate")
+}
 
 /// The whole browser walk must finish within this (setup and login hash a password with
 /// 600,000 PBKDF2 rounds in an unoptimised build).
@@ -44,9 +77,30 @@ fn console_walkthrough_in_headless_chromium() {
     );
     let ca = TestCa::new();
     let receiver = Receiver::start(&ca, &new_webhook_secret());
-    let node = Node::start(&NodeConfig::new().http(&ca));
+    let node = Node::start(&NodeConfig::new().http(&ca).tls(&ca));
     let token = node.setup_token().expect("the node is in setup mode");
     let artifacts = artifacts_dir();
+    // The certificate the walk uploads (with its CA as the chain's second certificate), and
+    // a key that does not belong to it.
+    let (new_cert, new_key) = ca.issue(&["localhost", "127.0.0.1"]);
+    let (_, other_key) = ca.issue(&["localhost"]);
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).expect("read a PEM file");
+    let chain = format!("{}{}", read(&new_cert), ca.ca_pem_text());
+    let s3 = S3Server::start();
+    s3.create_bucket("mail");
+    let pid = node.pid();
+    // What the appliance's first boot leaves for the admin (mxnode-data): the data volume's
+    // recovery key, shown once after login and deleted when the admin confirms.
+    let recovery_key = "fjhkbclr-dvlcgnbn-lbvfivre-rjnfhdeb-ejuckbvk-gtdtrllc-lhibtrci-cuebhtfn";
+    let recovery_file = node.data_dir().join("recovery-key");
+    std::fs::write(&recovery_file, format!("{recovery_key}\n")).expect("write the recovery key");
+    std::fs::set_permissions(&recovery_file, std::fs::Permissions::from_mode(0o400))
+        .expect("chmod the recovery key");
+    assert_eq!(
+        served_certificate(node.http_addr(), &ca.ca_pem),
+        der(&ca.cert_pem)
+    );
+    assert_eq!(starttls_certificate(&node, &ca), der(&ca.cert_pem));
 
     let mut child = Command::new("node")
         .arg(ui_dir.join("console.mjs"))
@@ -57,6 +111,14 @@ fn console_walkthrough_in_headless_chromium() {
         .env("RECEIVER_SECRET", receiver.secret())
         .env("RECEIVER_CA", receiver.ca_pem())
         .env("ARTIFACTS", &artifacts)
+        .env("TLS_CHAIN", &chain)
+        .env("TLS_KEY", read(&new_key))
+        .env("TLS_WRONG_KEY", read(&other_key))
+        .env("TLS_FINGERPRINT", fingerprint(&der(&new_cert)))
+        .env("RECOVERY_KEY", recovery_key)
+        .env("S3_ENDPOINT", s3.endpoint())
+        .env("S3_ACCESS_KEY", s3.access_key())
+        .env("S3_SECRET_KEY", s3.secret_key())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -100,6 +162,24 @@ fn console_walkthrough_in_headless_chromium() {
                 assert_eq!(receiver.wait_for(2, Duration::from_secs(10)).len(), 2);
                 writeln!(stdin, "SENT").expect("answer the script");
             }
+            Ok(line) if line == "CERT_INSTALLED" => {
+                // New connections get the uploaded certificate on both listeners, from the
+                // same process.
+                let new = der(&new_cert);
+                assert_eq!(
+                    served_certificate(node.http_addr(), &ca.ca_pem),
+                    new,
+                    "HTTPS"
+                );
+                assert_eq!(starttls_certificate(&node, &ca), new, "STARTTLS");
+                assert_eq!(node.pid(), pid, "no restart");
+                writeln!(stdin, "CHECKED").expect("answer the script");
+            }
+            Ok(line) if line == "PROBED" => {
+                // The probe wrote, read back and deleted its object: nothing is left.
+                assert_eq!(s3.keys("mail"), Vec::<String>::new());
+                writeln!(stdin, "CHECKED").expect("answer the script");
+            }
             Ok(line) => output.push(line),
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -116,6 +196,10 @@ fn console_walkthrough_in_headless_chromium() {
         "the browser walk failed ({status}); screenshots in {}:\n{}\n{errors}",
         artifacts.display(),
         output.join("\n")
+    );
+    assert!(
+        !recovery_file.exists(),
+        "the confirmed recovery key is deleted from the node"
     );
     eprintln!("screenshots: {}", artifacts.display());
 }

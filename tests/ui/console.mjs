@@ -2,9 +2,14 @@
 // (started by tests/tests/ui.rs, which owns the node, the receiver and the SMTP client).
 //
 // Environment: MXNODE_URL (https://127.0.0.1:PORT), SETUP_TOKEN, RECEIVER_URL, RECEIVER_SECRET,
-// RECEIVER_CA (a file on the node's host), ARTIFACTS (a directory for screenshots and the
+// RECEIVER_CA (a file on the node's host), TLS_CHAIN, TLS_KEY, TLS_WRONG_KEY (PEM text of the
+// certificate to upload), TLS_FINGERPRINT (its SHA-256), S3_ENDPOINT, S3_ACCESS_KEY,
+// S3_SECRET_KEY (an s3s-fs with bucket "mail"), RECOVERY_KEY (the key the node holds in its
+// data_dir, shown once after login), ARTIFACTS (a directory for screenshots and the
 // browser profile), CHROMIUM (default /usr/bin/chromium). When the script needs a real email,
-// it prints "SEND_MAIL" on stdout and waits for one line on stdin.
+// it prints "SEND_MAIL" on stdout and waits for one line on stdin; after installing the
+// certificate it prints "CERT_INSTALLED", after the S3 probe "PROBED", and waits likewise for
+// the test's own checks.
 //
 // Exit status 0 when every step passed; otherwise the failing step is printed on stderr.
 
@@ -86,12 +91,47 @@ page.on("console", (msg) => {
   await page.click("#login button[type=submit]");
   await page.waitForSelector("#login-error:has-text('wrong user name or password')");
 
-  step = "login";
+  step = "login shows the recovery key once";
   await page.fill("#login-password", PASSWORD);
   await page.click("#login button[type=submit]");
+  await page.waitForSelector("#recovery-key");
+  check((await page.textContent("#recovery-key")) === env("RECOVERY_KEY"), "the recovery key shown");
+  check(await page.isDisabled("#recovery-confirm"), "confirming needs the checkbox");
+  await snap(page, "recovery-key");
+  await page.check("#recovery-stored");
+  await page.click("#recovery-confirm");
+
+  step = "status";
   await page.waitForSelector("#version");
   await page.waitForSelector("#certificate dd.mono");
+  check(/used of .* available to the node/.test(await page.textContent("#disk")), "disk use of data_dir");
+  check((await page.textContent("#volume")) === "unknown (not an appliance image)", "volume state off the appliance");
+  check(/\(in \d+ days\)/.test(await page.textContent("#cert-expiry")), "certificate expiry");
   await snap(page, "status");
+
+  step = "TLS certificate page";
+  await page.click("nav a[href='#tls']");
+  await page.waitForSelector("#current-certificate");
+  await snap(page, "tls");
+
+  step = "TLS upload with a key that does not match";
+  await page.fill("#tls-certificate", env("TLS_CHAIN"));
+  await page.fill("#tls-key", env("TLS_WRONG_KEY"));
+  await page.click("#tls button[type=submit]");
+  await page.waitForSelector("#tls .field-error[data-field=key]:has-text('does not belong to the certificate')");
+  await snap(page, "tls-key-mismatch");
+
+  step = "TLS upload";
+  await page.fill("#tls-key", env("TLS_KEY"));
+  await page.click("#tls button[type=submit]");
+  await page.waitForSelector("#tls-done:has-text('Installed')");
+  const served = await page.textContent("#current-certificate dd[data-fingerprint]");
+  check(served.trim() === env("TLS_FINGERPRINT"), `fingerprint shown ${served}`);
+  check((await page.textContent("#current-certificate")).includes("2 certificate(s)"), "chain of two");
+  check(!(await page.textContent("main")).includes("PRIVATE KEY"), "the key is not shown back");
+  await snap(page, "tls-installed");
+  process.stdout.write("CERT_INSTALLED\n");
+  check((await lines.next()).value === "CHECKED", "the test's TLS check");
 
   step = "add a route";
   await page.click("nav a[href='#routes']");
@@ -118,6 +158,56 @@ page.on("console", (msg) => {
   await page.waitForSelector("#test-result:has-text('Test delivery accepted')");
   await snap(page, "routes-test-delivery");
 
+  step = "S3 connection";
+  await page.click("nav a[href='#s3']");
+  await page.waitForSelector("#s3");
+  await page.fill("#s3-name", "primary");
+  await page.fill("#s3-endpoint", env("S3_ENDPOINT"));
+  await page.fill("#s3-bucket", "Not_A_Bucket!");
+  await page.fill("#s3-access_key_id", env("S3_ACCESS_KEY"));
+  await page.fill("#s3-secret_access_key", env("S3_SECRET_KEY"));
+  await page.click("#s3 button[type=submit]");
+  await page.waitForSelector("#s3 .field-error[data-field=bucket]:not(:empty)");
+  await snap(page, "s3-field-error");
+  await page.fill("#s3-bucket", "mail");
+  await page.click("#s3 button[type=submit]");
+  await page.waitForSelector("#s3-connections td:has-text('primary')");
+  check((await page.textContent("main")).indexOf(env("S3_SECRET_KEY")) < 0, "the secret is not shown back");
+  await snap(page, "s3");
+
+  step = "S3 probe";
+  await page.click("button[data-probe=primary]");
+  await page.waitForSelector("#probe-result.ok:has-text('Probe passed')");
+  await snap(page, "s3-probe");
+  process.stdout.write("PROBED\n");
+  check((await lines.next()).value === "CHECKED", "the test's S3 check");
+
+  step = "S3 edit keeps the secret";
+  await page.click("button[data-edit=primary]");
+  await page.waitForSelector("#s3[data-editing=primary]");
+  check((await page.inputValue("#s3-secret_access_key")) === "", "the secret field starts empty");
+  check((await page.inputValue("#s3-bucket")) === "mail", "the form holds the connection");
+  await page.fill("#s3-prefix", "console");
+  await page.click("#s3 button[type=submit]");
+  await page.waitForSelector("#s3:not([data-editing])");
+  await page.click("button[data-probe=primary]");
+  await page.waitForSelector("#probe-result.ok:has-text('Probe passed')");
+
+  step = "S3 probe with a wrong secret";
+  await page.click("button[data-edit=primary]");
+  await page.waitForSelector("#s3[data-editing=primary]");
+  check((await page.inputValue("#s3-prefix")) === "console", "the edited prefix was saved");
+  await page.fill("#s3-secret_access_key", "not-the-secret-key");
+  await page.click("#s3 button[type=submit]");
+  await page.waitForSelector("#s3:not([data-editing])");
+  await page.click("button[data-probe=primary]");
+  await page.waitForSelector("#probe-result.error:has-text('Probe failed')");
+  await snap(page, "s3-probe-failed");
+
+  step = "S3 delete";
+  await page.click("button[data-delete=primary]");
+  await page.waitForSelector("#no-s3");
+
   step = "a real email";
   process.stdout.write("SEND_MAIL\n");
   const answer = await lines.next();
@@ -133,7 +223,7 @@ page.on("console", (msg) => {
 
   step = "audit log";
   await page.click("nav a[href='#audit']");
-  for (const action of ["setup.complete", "login", "settings.update", "email.delete", "login.failed"]) {
+  for (const action of ["setup.complete", "login", "settings.update", "email.delete", "login.failed", "tls.update", "s3.probe", "recovery_key.show", "recovery_key.delete"]) {
     await page.waitForSelector(`#audit td:text-is('${action}')`);
   }
   await snap(page, "audit");
@@ -165,6 +255,7 @@ page.on("console", (msg) => {
   step = "compliance report";
   await page.click("nav a[href='#compliance']");
   await page.waitForSelector("#retention-metadata:text-is('48h')");
+  check((await page.textContent("#luks")) === "unknown (not an appliance image)", "LUKS state off the appliance");
   await snap(page, "compliance");
   await page.emulateMedia({ media: "print" });
   await snap(page, "compliance-print");
@@ -175,6 +266,13 @@ page.on("console", (msg) => {
   await page.click("nav a[href='#log']");
   await page.waitForSelector("#filters");
   await snap(page, "narrow-delivery-log");
+  for (const [view, selector] of [["tls", "#tls"], ["s3", "#s3"]]) {
+    await page.click(`nav a[href='#${view}']`);
+    await page.waitForSelector(selector);
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    check(overflow <= 0, `the ${view} page fits a narrow screen (${overflow}px too wide)`);
+    await snap(page, `narrow-${view}`);
+  }
   await page.setViewportSize({ width: 1100, height: 800 });
 
   step = "logout";

@@ -215,6 +215,16 @@ pub(crate) struct AdminState {
     started: std::time::Instant,
     /// The HTTPS certificate file, for the status page (set by the node at start).
     tls_cert: Mutex<Option<PathBuf>>,
+    /// `node.data_dir`, for the status page's disk use (set by the node at start).
+    data_dir: Mutex<Option<PathBuf>>,
+    /// The node's TLS listeners, for the certificate page (set by the node at start).
+    certificates: Mutex<Option<std::sync::Arc<dyn super::tls::CertificateBackend>>>,
+}
+
+impl std::fmt::Debug for dyn super::tls::CertificateBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertificateBackend")
+    }
 }
 
 impl Default for AdminState {
@@ -222,6 +232,8 @@ impl Default for AdminState {
         AdminState {
             started: std::time::Instant::now(),
             tls_cert: Mutex::new(None),
+            certificates: Mutex::new(None),
+            data_dir: Mutex::new(None),
             iterations: AtomicU32::new(PBKDF2_ITERATIONS),
             setup: Mutex::new(None),
             sessions: Mutex::new(HashMap::new()),
@@ -287,41 +299,12 @@ pub struct NodeStatus {
     pub uptime_seconds: u64,
     /// Bytes the metadata store takes on disk.
     pub store_size_bytes: u64,
-    /// The HTTPS certificate, when the node serves HTTPS.
-    pub tls: Option<CertificateInfo>,
-}
-
-/// The HTTPS certificate's public facts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CertificateInfo {
-    pub subject: String,
-    pub issuer: String,
-    /// OpenSSL's rendering, e.g. `Nov 22 12:00:00 2027 GMT`.
-    pub not_after: String,
-    pub days_left: i64,
-    pub sha256_fingerprint: String,
-}
-
-fn certificate_info(cert_pem: &[u8]) -> Option<CertificateInfo> {
-    let cert = openssl::x509::X509::from_pem(cert_pem).ok()?;
-    let name = |n: &openssl::x509::X509NameRef| {
-        n.entries()
-            .map(|e| String::from_utf8_lossy(e.data().as_slice()).into_owned())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let now = openssl::asn1::Asn1Time::days_from_now(0).ok()?;
-    let days_left = now
-        .diff(cert.not_after())
-        .ok()
-        .map_or(0, |d| i64::from(d.days));
-    Some(CertificateInfo {
-        subject: name(cert.subject_name()),
-        issuer: name(cert.issuer_name()),
-        not_after: cert.not_after().to_string(),
-        days_left,
-        sha256_fingerprint: certificate_fingerprint(cert_pem)?,
-    })
+    /// The certificate the TLS listeners serve (HTTPS's when both have TLS).
+    pub tls: Option<crate::certificate::CertificateFacts>,
+    /// The file system holding `node.data_dir`.
+    pub disk: Option<crate::volume::DiskUse>,
+    /// The appliance's data volume (encryption, unlock method); `null` off the appliance.
+    pub volume: Option<crate::volume::VolumeState>,
 }
 
 /// The SHA-256 fingerprint of the first certificate of a PEM file, `AB:CD:…`.
@@ -426,17 +409,45 @@ impl Api {
         *lock(&self.admin.tls_cert) = path;
     }
 
+    /// Names `node.data_dir` for the status page's disk use.
+    pub fn set_data_dir(&self, dir: PathBuf) {
+        *lock(&self.admin.data_dir) = Some(dir);
+    }
+
+    pub(crate) fn data_dir(&self) -> Option<PathBuf> {
+        lock(&self.admin.data_dir).clone()
+    }
+
+    /// Hands the controller the node's TLS listeners (the certificate page).
+    pub fn set_certificates(&self, backend: std::sync::Arc<dyn super::tls::CertificateBackend>) {
+        *lock(&self.admin.certificates) = Some(backend);
+    }
+
+    pub(crate) fn certificates(
+        &self,
+    ) -> Option<std::sync::Arc<dyn super::tls::CertificateBackend>> {
+        lock(&self.admin.certificates).clone()
+    }
+
     /// `GET /api/v1/status` (`settings:read`): version, uptime, store size, certificate.
     pub fn node_status(&self, caller: &Caller) -> Result<NodeStatus, ApiError> {
         self.authenticate(caller, Scope::SettingsRead)?;
-        let cert = lock(&self.admin.tls_cert).clone();
+        let tls = match self.certificates() {
+            Some(backend) => backend.state().certificate,
+            None => lock(&self.admin.tls_cert)
+                .clone()
+                .and_then(|path| std::fs::read(path).ok())
+                .and_then(|pem| crate::certificate::facts(&pem)),
+        };
         Ok(NodeStatus {
             version: env!("CARGO_PKG_VERSION"),
             uptime_seconds: self.admin.started.elapsed().as_secs(),
             store_size_bytes: self.store.size_bytes(),
-            tls: cert
-                .and_then(|path| std::fs::read(path).ok())
-                .and_then(|pem| certificate_info(&pem)),
+            tls,
+            disk: self
+                .data_dir()
+                .and_then(|dir| crate::volume::disk_use(&dir)),
+            volume: crate::volume::volume_state(Path::new(crate::volume::VOLUME_STATE_FILE)),
         })
     }
 
@@ -792,7 +803,7 @@ mod tests {
         let certified = rcgen::generate_simple_self_signed(vec!["node.test".to_string()])
             .expect("a certificate");
         let pem = certified.cert.pem();
-        let info = certificate_info(pem.as_bytes()).expect("parses");
+        let info = crate::certificate::facts(pem.as_bytes()).expect("parses");
         assert_eq!(info.sha256_fingerprint.split(':').count(), 32, "{info:?}");
         assert!(info.days_left > 365, "{info:?}");
         assert_eq!(

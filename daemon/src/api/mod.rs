@@ -15,9 +15,11 @@
 pub mod admin;
 pub mod emails;
 pub mod keys;
+pub mod recovery;
 pub mod settings;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 pub mod update;
 
 use std::fmt;

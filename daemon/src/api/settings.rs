@@ -36,6 +36,22 @@ pub trait SettingsBackend: Send + Sync {
         let _ = index;
         None
     }
+    /// Runs the write/read/delete probe of S3 connection `name` (the console's "probe"
+    /// button, like `mxnode s3-test`); `None` when there is no such connection.
+    fn probe_s3(&self, name: &str) -> Option<S3Probe> {
+        let _ = name;
+        None
+    }
+}
+
+/// How an S3 probe went (`POST /api/v1/settings/s3/{name}/probe`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct S3Probe {
+    /// Whether the probe object was written, read back intact and deleted.
+    pub ok: bool,
+    /// One line naming the connection and, on failure, the step and the S3 error code; never
+    /// a secret.
+    pub detail: String,
 }
 
 /// What the receiver answered to a test delivery (`POST /api/v1/settings/routes/{index}/test`).
@@ -199,6 +215,22 @@ impl Api {
                 .trim()
                 .to_string(),
             ),
+        );
+        Ok(result)
+    }
+
+    /// `POST /api/v1/settings/s3/{name}/probe` (`settings:write`): writes, reads back and
+    /// deletes a probe object through the live connection `name`; audited as `s3.probe`.
+    pub fn probe_s3(&self, caller: &Caller, name: &str) -> Result<S3Probe, ApiError> {
+        let principal = self.authenticate(caller, Scope::SettingsWrite)?;
+        let Some(result) = self.settings.probe_s3(name) else {
+            return Err(ApiError::not_found("S3 connection"));
+        };
+        self.audit_best_effort(
+            &principal.actor(),
+            "s3.probe",
+            Some(format!("s3.{name}")),
+            Some(if result.ok { "ok" } else { "failed" }.into()),
         );
         Ok(result)
     }

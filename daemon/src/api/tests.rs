@@ -196,7 +196,44 @@ const ROUTES: &[Route] = &[
     ("DELETE /api/v1/keys/{id}", Scope::Admin, |a, c| {
         status(a.revoke_key(c, "0000000000000000"))
     }),
+    ("GET /api/v1/tls", Scope::SettingsRead, |a, c| {
+        status(a.get_tls(c))
+    }),
+    ("PUT /api/v1/tls", Scope::SettingsWrite, |a, c| {
+        status(a.put_tls(c, br#"{"certificate":"","key":""}"#))
+    }),
+    (
+        "POST /api/v1/settings/s3/{name}/probe",
+        Scope::SettingsWrite,
+        |a, c| status(a.probe_s3(c, "primary")),
+    ),
+    ("GET /api/v1/recovery-key", Scope::Admin, |a, c| {
+        status(a.get_recovery_key(c))
+    }),
+    ("DELETE /api/v1/recovery-key", Scope::Admin, |a, c| {
+        status(a.delete_recovery_key(c))
+    }),
 ];
+
+#[test]
+fn certificate_upload_without_tls_listeners_or_with_a_bad_body_is_refused() {
+    let f = fixture();
+    let admin = f.caller(&["admin"]);
+    let state = f.api.get_tls(&admin).expect("readable");
+    assert_eq!((state.source, state.used_by.len()), ("none", 0));
+    let Err(e) = f.api.put_tls(&admin, br#"{"certificate":"x","key":"y"}"#) else {
+        panic!("no TLS listener: nothing to replace");
+    };
+    assert_eq!((e.status, e.code), (409, "no_tls"));
+    let Err(e) = f.api.put_tls(&admin, br#"{"certificate":"x"}"#) else {
+        panic!("a body without the key is refused");
+    };
+    assert_eq!((e.status, e.code), (400, "invalid_body"));
+    let Err(e) = f.api.get_recovery_key(&admin) else {
+        panic!("no data_dir, no recovery key");
+    };
+    assert_eq!(e.status, 404);
+}
 
 #[test]
 fn health_needs_no_key_and_names_no_secret() {

@@ -56,6 +56,11 @@ pub fn app(api: Arc<Api>) -> tide::Server<State> {
     app.at("/api/v1/keys").get(list_keys).post(create_key);
     app.at("/api/v1/keys/:id").delete(revoke_key);
     app.at("/api/v1/status").get(node_status);
+    app.at("/api/v1/tls").get(get_tls).put(put_tls);
+    app.at("/api/v1/settings/s3/:name/probe").post(probe_s3);
+    app.at("/api/v1/recovery-key")
+        .get(get_recovery_key)
+        .delete(delete_recovery_key);
     app.at("/api/v1/settings/routes/:index/test")
         .post(test_route);
     app.at("/api/v1/setup")
@@ -376,6 +381,48 @@ async fn node_status(req: Request<State>) -> tide::Result {
     json(
         StatusCode::Ok,
         call(&req, move |api| api.node_status(&caller)).await,
+    )
+}
+
+async fn get_tls(req: Request<State>) -> tide::Result {
+    let caller = caller(&req);
+    json(
+        StatusCode::Ok,
+        call(&req, move |api| api.get_tls(&caller)).await,
+    )
+}
+
+async fn put_tls(mut req: Request<State>) -> tide::Result {
+    let caller = caller(&req);
+    let body = match authenticated_body(&mut req, &caller, Scope::SettingsWrite).await {
+        Ok(body) => body,
+        Err(e) => return Ok(error_response(&e)),
+    };
+    json(
+        StatusCode::Ok,
+        call(&req, move |api| api.put_tls(&caller, &body)).await,
+    )
+}
+
+async fn get_recovery_key(req: Request<State>) -> tide::Result {
+    let caller = caller(&req);
+    json(
+        StatusCode::Ok,
+        call(&req, move |api| api.get_recovery_key(&caller)).await,
+    )
+}
+
+async fn delete_recovery_key(req: Request<State>) -> tide::Result {
+    let caller = caller(&req);
+    no_content(call(&req, move |api| api.delete_recovery_key(&caller)).await)
+}
+
+async fn probe_s3(req: Request<State>) -> tide::Result {
+    let caller = caller(&req);
+    let name = req.param("name")?.to_string();
+    json(
+        StatusCode::Ok,
+        call(&req, move |api| api.probe_s3(&caller, &name)).await,
     )
 }
 

@@ -1,5 +1,6 @@
 //! Serving a tide application on a listener the node owns: plain HTTP, or HTTPS with
-//! async-native-tls (never below TLS 1.2), HTTP/1.1 by async-h1 (tide's own HTTP layer), on
+//! async-native-tls (never below TLS 1.2; the acceptor is reloadable, so a new certificate
+//! applies to the next connection without a restart), HTTP/1.1 by async-h1 (tide's own HTTP layer), on
 //! smol's executor. `run(listener, app, tls, shutdown)` accepts until shutdown, one task per
 //! connection, at most [`MAX_CONNECTIONS`] at a time.
 //!
@@ -15,6 +16,8 @@ use smol::future::FutureExt as _;
 use smol::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use smol::lock::Semaphore;
 use smol::{Async, Timer};
+
+use crate::smtp::tls::ReloadableAcceptor;
 
 /// Connections served at once; further clients wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 128;
@@ -44,7 +47,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<Async<TcpListener>> {
 pub async fn run<S>(
     listener: Async<TcpListener>,
     app: tide::Server<S>,
-    tls: Option<async_native_tls::TlsAcceptor>,
+    tls: Option<Arc<ReloadableAcceptor>>,
     shutdown: Receiver<()>,
 ) where
     S: Clone + Send + Sync + 'static,
@@ -64,7 +67,8 @@ pub async fn run<S>(
             None => return,
             Some((slot, Ok((stream, peer)))) => {
                 let app = app.clone();
-                let tls = tls.clone();
+                // The certificate current now: a replacement applies from the next connection.
+                let tls = tls.as_ref().map(|t| t.current());
                 smol::spawn(async move {
                     connection(stream, peer, app, tls).await;
                     drop(slot);

@@ -36,7 +36,7 @@ pub struct Server {
     pub router: RwLock<Arc<Router>>,
     pub budget: Arc<InFlightBudget>,
     /// STARTTLS, when a certificate is configured; reloadable while the node runs (SIGHUP).
-    pub tls: Option<ReloadableAcceptor>,
+    pub tls: Option<std::sync::Arc<ReloadableAcceptor>>,
     pub max_sessions: usize,
     pub max_sessions_per_ip: usize,
     /// Where delivery records go (DESIGN §6); `None` runs without a metadata store.

@@ -67,15 +67,18 @@ fn check_key_belongs_to_certificate(cert: &[u8], key: &[u8]) -> Result<(), Strin
     }
 }
 
-/// The STARTTLS acceptor of a running node, replaceable without a restart (SIGHUP, see
-/// `node::run`): [`ReloadableAcceptor::reload`] re-reads the configured certificate and key
-/// files and, only if they make a working acceptor, swaps it in. Sessions take the acceptor
-/// current when they start their handshake, so handshakes already under way and sessions
-/// already in TLS keep the certificate they began with.
+/// A TLS acceptor of a running node (STARTTLS, and the HTTPS listener), replaceable without a
+/// restart: [`ReloadableAcceptor::reload`] (SIGHUP, see `node::run`) re-reads the certificate
+/// and key files and, only if they make a working acceptor, swaps it in;
+/// [`ReloadableAcceptor::switch_to`] does the same with other files (a certificate uploaded
+/// through the console, `crate::certificate`). Connections take the acceptor current when they
+/// start their handshake, so handshakes already under way and sessions already in TLS keep
+/// the certificate they began with.
 #[derive(Debug)]
 pub struct ReloadableAcceptor {
-    /// `smtp.tls_cert` / `smtp.tls_key`, re-read on every reload.
-    files: TlsFiles,
+    /// The files in use (`smtp.tls_cert` / `smtp.tls_key`, or the uploaded ones), re-read on
+    /// every reload.
+    files: RwLock<TlsFiles>,
     /// The acceptor new handshakes use. A clone is cheap (OpenSSL reference counts its context).
     current: RwLock<AcceptorHandle>,
 }
@@ -94,7 +97,7 @@ impl ReloadableAcceptor {
     /// Loads the acceptor from `files` (at start: an error stops the node).
     pub fn load(files: &TlsFiles) -> Result<Self, String> {
         Ok(ReloadableAcceptor {
-            files: files.clone(),
+            files: RwLock::new(files.clone()),
             current: RwLock::new(AcceptorHandle(acceptor(files)?)),
         })
     }
@@ -109,9 +112,29 @@ impl ReloadableAcceptor {
     /// error (unreadable files, a key that does not match, not PEM) the acceptor in use stays,
     /// so a half-copied renewal can never take STARTTLS down.
     pub fn reload(&self) -> Result<(), String> {
-        let fresh = acceptor(&self.files)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = AcceptorHandle(fresh);
+        // Under the write lock, so a concurrent switch cannot be undone by a reload that read
+        // the files before it.
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let fresh = acceptor(&self.files())?;
+        *current = AcceptorHandle(fresh);
         Ok(())
+    }
+
+    /// Makes `files` the certificate and key in use (and the files later reloads re-read), if
+    /// they make a working acceptor; otherwise nothing changes.
+    pub fn switch_to(&self, files: &TlsFiles) -> Result<(), String> {
+        let fresh = acceptor(files)?;
+        // Files and acceptor change under one lock, so a concurrent reload cannot pair the
+        // new acceptor with the old files.
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        *self.files.write().unwrap_or_else(|p| p.into_inner()) = files.clone();
+        *current = AcceptorHandle(fresh);
+        Ok(())
+    }
+
+    /// The certificate and key files in use.
+    pub fn files(&self) -> TlsFiles {
+        self.files.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

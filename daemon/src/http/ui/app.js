@@ -58,7 +58,9 @@ function form(id, title, fields, submitLabel, onSubmit) {
     fields.map(([name, label, attrs]) => {
       const input = attrs && attrs.type === "select"
         ? h("select", { id: `${id}-${name}`, name }, (attrs.options || []).map((o) => h("option", { value: o }, o || "any")))
-        : h("input", Object.assign({ id: `${id}-${name}`, name, type: "text" }, attrs || {}));
+        : attrs && attrs.type === "textarea"
+          ? h("textarea", Object.assign({ id: `${id}-${name}`, name, rows: 8, spellcheck: "false" }, attrs, { type: undefined }))
+          : h("input", Object.assign({ id: `${id}-${name}`, name, type: "text" }, attrs || {}));
       return h("div", {}, h("label", { for: `${id}-${name}` }, label), input,
         h("div", { class: "field-error", "data-field": name }));
     }),
@@ -107,6 +109,7 @@ function setupView() {
 function loginView(notice) {
   document.getElementById("nav").hidden = true;
   csrf = null;
+  recoveryChecked = false;
   show(
     h("h1", {}, "Log in"),
     notice ? h("p", { class: "ok", id: "notice" }, notice) : null,
@@ -138,6 +141,11 @@ async function statusView() {
       h("dt", {}, "Version"), h("dd", { id: "version" }, status.version),
       h("dt", {}, "Uptime"), h("dd", {}, duration(status.uptime_seconds)),
       h("dt", {}, "Metadata store on disk"), h("dd", {}, `${(status.store_size_bytes / 1048576).toFixed(1)} MiB`),
+      h("dt", {}, "Data file system"), h("dd", { id: "disk" }, status.disk === null ? "unknown" :
+        `${gib(status.disk.used_bytes)} used of ${gib(status.disk.total_bytes)}; ${gib(status.disk.available_bytes)} available to the node (${Math.round(100 * status.disk.used_bytes / Math.max(status.disk.total_bytes, 1))} % used)`),
+      h("dt", {}, "Data volume"), h("dd", { id: "volume" }, volumeText(status.volume)),
+      h("dt", {}, "Certificate expires"), h("dd", { id: "cert-expiry", class: tls && tls.days_left < 30 ? "error" : "" },
+        tls === null ? "no TLS" : `${tls.not_after} (in ${tls.days_left} days)`),
       h("dt", {}, "Logged in as"), h("dd", {}, session.username),
       h("dt", {}, "Session ends"), h("dd", {}, session.expires_at),
     )),
@@ -148,8 +156,139 @@ async function statusView() {
           h("dt", {}, "Issuer"), h("dd", {}, tls.issuer),
           h("dt", {}, "Expires"), h("dd", { class: tls.days_left < 30 ? "error" : "" }, `${tls.not_after} (${tls.days_left} days)`),
           h("dt", {}, "SHA-256 fingerprint"), h("dd", { class: "mono" }, tls.sha256_fingerprint)),
-      h("p", { class: "muted" }, "To replace it, set http.tls_cert and http.tls_key and restart the node.")),
+      h("p", {}, h("a", { href: "#tls" }, "Replace the certificate"), " (no restart needed).")),
   );
+}
+
+/** The facts of a certificate as a definition list. */
+function certificateFacts(c, id) {
+  return h("dl", { class: "facts", id },
+    h("dt", {}, "Subject"), h("dd", {}, c.subject),
+    h("dt", {}, "Issuer"), h("dd", {}, c.issuer),
+    h("dt", {}, "Names (SANs)"), h("dd", { class: "mono" }, c.sans.length ? c.sans.join(", ") : "none"),
+    h("dt", {}, "Valid from"), h("dd", {}, c.not_before),
+    h("dt", {}, "Expires"), h("dd", { class: c.days_left < 30 ? "error" : "" }, `${c.not_after} (${c.days_left} days)`),
+    h("dt", {}, "Chain"), h("dd", {}, `${c.chain_length} certificate(s)`),
+    h("dt", {}, "SHA-256 fingerprint"), h("dd", { class: "mono", "data-fingerprint": "" }, c.sha256_fingerprint));
+}
+
+async function tlsView() {
+  const state = await api("GET", "/api/v1/tls");
+  const used = state.used_by.map((l) => (l === "smtp" ? "SMTP STARTTLS" : "HTTPS (this console and the API)")).join(" and ");
+  const done = h("p", { class: "ok", id: "tls-done", role: "status" });
+  const f = form("tls", "Upload a certificate", [
+    ["certificate", "Certificate chain (PEM: the server certificate first, then each issuer)", { type: "textarea", placeholder: "-----BEGIN CERTIFICATE-----" }],
+    ["key", "Private key (PEM, not encrypted; stored readable by the node only, never shown again)", { type: "textarea", placeholder: "-----BEGIN PRIVATE KEY-----", autocomplete: "off" }],
+  ], "Install certificate", async (v, el) => {
+    const next = await api("PUT", "/api/v1/tls", { certificate: v.certificate, key: v.key });
+    el.reset();
+    await tlsView();
+    document.getElementById("tls-done").textContent =
+      `Installed: new connections get ${next.certificate.subject} (SHA-256 ${next.certificate.sha256_fingerprint}).`;
+  });
+  // PEM files can also be picked from disk; they are read in the browser into the fields.
+  for (const name of ["certificate", "key"]) {
+    const area = f.querySelector(`#tls-${name}`);
+    area.after(h("input", { type: "file", accept: ".pem,.crt,.key,.txt", "aria-label": `${name} file`, onchange: async (event) => {
+      const file = event.target.files[0];
+      if (file) area.value = await file.text();
+    } }));
+  }
+  show(
+    h("h1", {}, "TLS certificate"),
+    h("section", { class: "card" }, h("h2", {}, "In use"),
+      state.certificate === null ? h("p", { class: "muted" }, "No listener uses TLS: configure smtp.tls_cert or an HTTPS http.listen.") :
+        [certificateFacts(state.certificate, "current-certificate"),
+          h("p", { class: "muted" }, `Served by ${used}; `,
+            state.source === "uploaded" ? "uploaded through this console." : "from the configuration file's tls_cert/tls_key.")],
+      done),
+    state.used_by.length ? f : null,
+  );
+}
+
+async function s3View(editing) {
+  const settings = await api("GET", "/api/v1/settings");
+  const connections = settings.s3 || {};
+  const names = Object.keys(connections).sort();
+  const result = h("p", { id: "probe-result", role: "status" });
+  const current = editing ? connections[editing] || {} : {};
+  const save = async (next) => {
+    await api("PUT", "/api/v1/settings", { s3: next });
+    await s3View();
+  };
+  const f = form("s3", editing ? `Edit connection "${editing}"` : "Add a connection", [
+    ["name", "Name (used by routes as s3 = \"name\")", { value: editing || "", placeholder: "primary" }],
+    ["endpoint", "Endpoint (https://host[:port])", { type: "url", value: current.endpoint || "" }],
+    ["bucket", "Bucket", { value: current.bucket || "" }],
+    ["region", "Region", { value: current.region || "", placeholder: "us-east-1 (default)" }],
+    ["access_key_id", "Access key id", { value: current.access_key_id || "", autocomplete: "off" }],
+    ["secret_access_key", "Secret access key (write-only)", { type: "password", autocomplete: "new-password",
+      placeholder: editing ? "unchanged unless you type a new one" : "" }],
+    ["path_style", "Path-style addressing (host/bucket/key; false: bucket.host/key)", { type: "select", options: ["true", "false"] }],
+    ["prefix", "Key prefix (optional)", { value: current.prefix || "" }],
+    ["ca", "Extra CA bundle file on the node (optional)", { value: current.ca || "" }],
+  ], editing ? "Save connection" : "Add connection", async (v) => {
+    const name = v.name.trim();
+    const connection = { endpoint: v.endpoint, bucket: v.bucket, access_key_id: v.access_key_id, path_style: v.path_style === "true" };
+    if (v.region) connection.region = v.region;
+    if (v.prefix) connection.prefix = v.prefix;
+    if (v.ca) connection.ca = v.ca;
+    // An empty secret keeps the stored one (the API treats a missing secret so).
+    if (v.secret_access_key) connection.secret_access_key = v.secret_access_key;
+    const next = Object.assign({}, connections);
+    if (editing && editing !== name) delete next[editing];
+    next[name] = connection;
+    await save(next);
+  });
+  f.querySelector("select").value = current.path_style === false ? "false" : "true";
+  if (editing) f.querySelector("form").dataset.editing = editing;
+  show(
+    h("h1", {}, "S3 connections"),
+    h("section", { class: "card" },
+      names.length === 0 ? h("p", { class: "muted", id: "no-s3" }, "No S3 connections: routes deliver attachments inline.") :
+        h("div", { class: "table-wrap" }, h("table", { id: "s3-connections" },
+          h("tr", {}, h("th", {}, "Name"), h("th", {}, "Endpoint"), h("th", {}, "Bucket"), h("th", {}, "Secret"), h("th", {}, "")),
+          names.map((name) => {
+            const c = connections[name];
+            return h("tr", {},
+              h("td", { class: "mono" }, name), h("td", { class: "mono" }, c.endpoint || ""),
+              h("td", { class: "mono" }, c.bucket || ""), h("td", {}, c.secret_access_key ? "set" : "not set"),
+              h("td", {},
+                h("button", { type: "button", class: "secondary", "data-probe": name, onclick: async () => {
+                  result.className = "";
+                  result.textContent = `Probing ${name}: write, read back, delete…`;
+                  try {
+                    const answer = await api("POST", `/api/v1/settings/s3/${encodeURIComponent(name)}/probe`);
+                    result.className = answer.ok ? "ok" : "error";
+                    result.textContent = answer.ok ? `Probe passed: ${answer.detail}` : `Probe failed: ${answer.detail}`;
+                  } catch (err) { result.className = "error"; result.textContent = err.message; }
+                } }, "Probe"), " ",
+                h("button", { type: "button", class: "secondary", "data-edit": name, onclick: () => s3View(name) }, "Edit"), " ",
+                h("button", { type: "button", class: "danger", "data-delete": name, onclick: async () => {
+                  if (!confirm(`Delete the S3 connection ${name}?`)) return;
+                  const next = Object.assign({}, connections);
+                  delete next[name];
+                  try { await save(next); } catch (err) {
+                    result.className = "error";
+                    result.textContent = [err.message].concat((err.fields || []).map((e) => `${e.key}: ${e.message}`)).join("; ");
+                  }
+                } }, "Delete")));
+          }))),
+      result),
+    f,
+  );
+}
+
+function gib(bytes) {
+  return bytes >= 1073741824 ? `${(bytes / 1073741824).toFixed(1)} GiB` : `${(bytes / 1048576).toFixed(0)} MiB`;
+}
+
+/** The data volume's encryption in words; unknown off the appliance. */
+function volumeText(v) {
+  if (v === null) return "unknown (not an appliance image)";
+  const protector = { tpm2: "sealed in the TPM 2.0 (PCR 7)", keyfile: "key file on the state partition (no TPM)" }[v.protector] || v.protector;
+  const unlocked = { tpm2: "the TPM", keyfile: "the key file", "recovery-key": "the recovery key" }[v.unlocked_by] || v.unlocked_by;
+  return `${v.format}, ${protector}; unlocked at this boot by ${unlocked}`;
 }
 
 function randomSecret() {
@@ -313,7 +452,8 @@ async function auditView() {
 }
 
 async function complianceView() {
-  const [settings, health] = await Promise.all([api("GET", "/api/v1/settings"), api("GET", "/healthz")]);
+  const [settings, health, status] = await Promise.all([api("GET", "/api/v1/settings"), api("GET", "/healthz"), api("GET", "/api/v1/status")]);
+  const v = status.volume;
   const r = settings.retention || {};
   const routes = settings.routes || [];
   const s3 = settings.s3 || {};
@@ -347,14 +487,62 @@ async function complianceView() {
       h("dl", { class: "facts" },
         h("dt", {}, "In transit"), h("dd", {}, "SMTP STARTTLS (TLS 1.2+) when a certificate is set; webhooks and S3 over verified HTTPS (TLS 1.2+); this console over HTTPS."),
         h("dt", {}, "At rest"), h("dd", {}, "every stored value AES-256-GCM under per-hour/per-day keys wrapped by the node master key; expired keys are destroyed (crypto-shredding)."),
-        h("dt", {}, "Disk encryption (LUKS)"), h("dd", { id: "luks" }, "unknown (reported on the appliance)"),
-        h("dt", {}, "TPM sealing"), h("dd", {}, "unknown (reported on the appliance)"))),
+        h("dt", {}, "Disk encryption (LUKS)"), h("dd", { id: "luks" }, v === null ? "unknown (not an appliance image)" : `${v.format}: the data volume holding the store is encrypted`),
+        h("dt", {}, "TPM sealing"), h("dd", { id: "tpm" }, v === null ? "unknown (not an appliance image)" : volumeText(v)))),
+  );
+}
+
+// ---------------------------------------------------------------- recovery key
+
+/** Whether this login already asked for a waiting recovery key (once per login). */
+let recoveryChecked = false;
+
+/** The data volume's recovery key when the node still holds one, else null. */
+async function recoveryPending() {
+  if (recoveryChecked) return null;
+  try {
+    return (await api("GET", "/api/v1/recovery-key")).recovery_key;
+  } catch (err) {
+    if (err.status !== 404) throw err;
+    recoveryChecked = true;
+    return null;
+  }
+}
+
+/** Shows the recovery key until the admin confirms storing it; then the node deletes it. */
+function recoveryView(key) {
+  document.getElementById("nav").hidden = true;
+  const confirmButton = h("button", { type: "button", id: "recovery-confirm", disabled: true, onclick: async () => {
+    try {
+      await api("DELETE", "/api/v1/recovery-key");
+      recoveryChecked = true;
+      location.hash = "#status";
+      await route();
+    } catch (err) { error.textContent = err.message; }
+  } }, "I stored it: delete it from the node");
+  const error = h("p", { class: "error", role: "alert" });
+  show(
+    h("h1", {}, "Store the data volume's recovery key"),
+    h("section", { class: "card" },
+      h("p", {}, "This node's data is on an encrypted volume. If the TPM or the key file can no longer unlock it ",
+        "(firmware or Secure Boot changes, a moved disk), this recovery key is the only way to open it. ",
+        "Write it down or put it in your password manager now: once you confirm, the node deletes its only copy and never shows it again."),
+      h("div", { class: "once", id: "recovery-key" }, key),
+      h("label", { class: "check" }, h("input", { type: "checkbox", id: "recovery-stored", onchange: (event) => {
+        confirmButton.disabled = !event.target.checked;
+      } }), " I have stored the recovery key somewhere safe, outside this node."),
+      confirmButton, " ",
+      h("button", { type: "button", class: "secondary", id: "recovery-later", onclick: async () => {
+        recoveryChecked = true;
+        await route();
+      } }, "Remind me at the next login"),
+      error),
   );
 }
 
 // ---------------------------------------------------------------- routing
 
-const VIEWS = { status: statusView, routes: routesView, retention: retentionView, keys: keysView, log: logView, audit: auditView, compliance: complianceView };
+const VIEWS = { status: statusView, tls: tlsView, s3: s3View, routes: routesView, retention: retentionView, keys: keysView, log: logView, audit: auditView, compliance: complianceView };
 
 async function route() {
   const name = (location.hash || "#status").slice(1);
@@ -362,6 +550,8 @@ async function route() {
   document.getElementById("nav").hidden = false;
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.getAttribute("href") === `#${name}`));
   try {
+    const recovery = await recoveryPending();
+    if (recovery !== null) return recoveryView(recovery);
     await view();
   } catch (err) {
     if (err.status === 401) loginView(err.message);
