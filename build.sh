@@ -7,8 +7,10 @@
 #   ./build.sh bench   mxnode against Postfix and the SMTP limit on loopback,
 #                      and MIME-to-payload MB/s; results in out/bench/ (root;
 #                      `./build.sh bench --quick` for a short development sweep)
-#   ./build.sh image   the appliance disk image (DESIGN §8) in out/image/
-#                      (raw, qcow2, sizes, sha256); needs root
+#   ./build.sh image [--version V] [--overlay DIR] [--release-only]
+#                      the appliance disk image (DESIGN §8) in out/image/
+#                      (raw, qcow2, sizes, sha256) and its signed release in
+#                      out/image/release/ (DESIGN §9); needs root
 #   ./build.sh vm      boot that image in qemu (TCG), SMTP and HTTPS
 #                      forwarded to 127.0.0.1 (--fresh: forget the VM's disk)
 #   ./build.sh fuzz [TARGET] [SECONDS]
@@ -23,7 +25,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/mxnode-target}"
 
 usage() {
-    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 }
 
 log() {
@@ -194,11 +196,14 @@ SOURCES
 # Where `image` puts its output and `vm` boots from (git-ignored).
 IMAGE_OUT="${MXNODE_IMAGE_OUT:-out/image}"
 
+# Options (see image/build-image.sh): --version V, --overlay DIR (test releases only),
+# --release-only. MXNODE_RELEASE_KEY signs the release (default: the development key in
+# firmware-config/), MXNODE_UPDATE_KEYS lists the keys the image trusts.
 cmd_image() {
     install_image_dependencies
     log "cargo build -p mxnode --release"
     cargo build -p mxnode --release
-    image/build-image.sh --binary "$CARGO_TARGET_DIR/release/mxnode" --out "$IMAGE_OUT"
+    image/build-image.sh --binary "$CARGO_TARGET_DIR/release/mxnode" --out "$IMAGE_OUT" "$@"
 }
 
 # Where `bench` writes its tables, JSON and chart (git-ignored); its scratch space (message
@@ -376,7 +381,8 @@ case "${1:-}" in
         cmd_test
         ;;
     image)
-        cmd_image
+        shift
+        cmd_image "$@"
         # Exit here, inside the parsed case: bash reads a script as it runs, and an edit to
         # this file during a long image build must not be read half-way after it.
         exit 0

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# image/build-image.sh --binary MXNODE --out DIR — the appliance disk image (DESIGN §8).
+# image/build-image.sh --binary MXNODE --out DIR [--version V] [--overlay DIR] [--release-only]
+# — the appliance disk image (DESIGN §8) and its signed release (DESIGN §9).
 #
 # Stage 1 (image/base.sh, cached by its inputs): the Debian bookworm base root file system.
 # Stage 2 (here, cached by all inputs): mxnode, its units (systemd/), the baked-in defaults
@@ -12,6 +13,17 @@
 #   root.erofs, vmlinuz, initrd.img
 #                                the slot artifacts an update writes (DESIGN §9)
 #   SHA256SUMS, image.json       sizes, hashes, partition offsets, versions
+#   release/                     the signed release of the same artifacts: manifest.json,
+#                                manifest.json.sig, root.erofs, vmlinuz, initrd.img (what an
+#                                update channel serves; `mxnode release sign`)
+#
+# Options:
+#   --version V      the release version (IMAGE_VERSION in os-release, the boot entries, the
+#                    manifest); default: the mxnode binary's version
+#   --overlay DIR    copied over the root file system last. For building test releases (e.g. a
+#                    release whose node cannot start, for the rollback test); never for products
+#   --release-only   only the slot artifacts and the release (no ESP, state, raw or qcow2 disk):
+#                    what an update needs, in a fraction of the time
 #
 # Nothing here needs loop devices, device-mapper or mounting: it runs in a container.
 #
@@ -27,23 +39,44 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
 
+usage="usage: build-image.sh --binary MXNODE --out DIR [--version V] [--overlay DIR] [--release-only]"
 binary=""
 out=""
+version=""
+overlay=""
+release_only=""
 while [ $# -gt 0 ]; do
     case "$1" in
-        --binary) binary=$2; shift 2 ;;
-        --out) out=$2; shift 2 ;;
-        *) echo "usage: build-image.sh --binary MXNODE --out DIR" >&2; exit 64 ;;
+        --binary) binary=${2:?$usage}; shift 2 ;;
+        --out) out=${2:?$usage}; shift 2 ;;
+        --version) version=${2:?$usage}; shift 2 ;;
+        --overlay) overlay=${2:?$usage}; shift 2 ;;
+        --release-only) release_only=1; shift ;;
+        *) echo "$usage" >&2; exit 64 ;;
     esac
 done
 [ -x "$binary" ] || { echo "build-image.sh: --binary must name the mxnode executable" >&2; exit 64; }
 [ -n "$out" ] || { echo "build-image.sh: --out is required" >&2; exit 64; }
+if [ -n "$overlay" ]; then
+    [ -d "$overlay" ] || { echo "build-image.sh: --overlay must name a directory" >&2; exit 64; }
+    overlay=$(cd "$overlay" && pwd)
+fi
+# Semantic versions only (the node compares them; systemd-boot sorts the entries by them).
+semver='^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$'
+if [ -n "$version" ] && ! [[ $version =~ $semver ]]; then
+    echo "build-image.sh: --version must be a semantic version (1.2.3), got: $version" >&2
+    exit 64
+fi
+update_keys=${MXNODE_UPDATE_KEYS:-$repo/firmware-config/update-keys.txt}
+release_key=${MXNODE_RELEASE_KEY:-$repo/firmware-config/update-dev-key.pk8}
+[ -f "$update_keys" ] || { echo "build-image.sh: MXNODE_UPDATE_KEYS: no file $update_keys" >&2; exit 64; }
+[ -f "$release_key" ] || { echo "build-image.sh: MXNODE_RELEASE_KEY: no file $release_key" >&2; exit 64; }
 [ "$(id -u)" -eq 0 ] || { echo "build-image.sh: must run as root (mmdebstrap chroot, file ownership)" >&2; exit 1; }
 
 cache=${MXNODE_IMAGE_CACHE:-/var/tmp/mxnode-image-cache}
 # Cache entries kept of each stage; older ones are deleted after a build.
 readonly KEEP_BASES=2
-readonly KEEP_IMAGES=3
+readonly KEEP_IMAGES=5
 
 # shellcheck source=layout.env
 . "$here/layout.env"
@@ -51,6 +84,11 @@ readonly KEEP_IMAGES=3
 log() { printf '==> image [%4ss]: %s\n' "$SECONDS" "$*" >&2; }
 
 sha256_of_files() { (cd "$repo" && find "$@" -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16; }
+# A directory tree's names, types, modes, owners, link targets and contents, as one hash.
+sha256_of_tree() {
+    (cd "$1" && find . -printf '%p %y %m %U:%G %l\n' | sort && find . -type f -print0 | sort -z | xargs -0 -r sha256sum) |
+        sha256sum | cut -c1-16
+}
 
 mkdir -p "$cache"
 # A private copy: another build may replace the file in cargo's target dir while this runs.
@@ -59,14 +97,20 @@ trap 'rm -f "$snapshot"' EXIT
 install -m 0755 "$binary" "$snapshot"
 binary=$snapshot
 
-version=$("$binary" --version | awk '{ print $2 }')
-[ -n "$version" ] || { echo "build-image.sh: cannot read the version of $binary" >&2; exit 1; }
+if [ -z "$version" ]; then
+    version=$("$binary" --version | awk '{ print $2 }')
+    [ -n "$version" ] || { echo "build-image.sh: cannot read the version of $binary" >&2; exit 1; }
+fi
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct 2>/dev/null || echo 0)}
 
 base_key=$(sha256_of_files image/base.sh image/packages image/module-excludes)
+# Every input of stage 2: the version, the binary, the trusted keys, the overlay, the mode
+# (a --release-only entry lacks the disk images), and the files of this repository.
 image_key=$( {
-    echo "$base_key $version"
+    echo "$base_key $version ${release_only:+release-only}"
     sha256sum <"$binary"
+    sha256sum <"$update_keys"
+    if [ -n "$overlay" ]; then echo "overlay $(sha256_of_tree "$overlay")"; fi
     sha256_of_files image/build-image.sh image/layout.env image/esp image/rootfs systemd firmware-config
 } | sha256sum | cut -c1-16)
 
@@ -128,7 +172,7 @@ if [ -n "${MXNODE_IMAGE_REFRESH:-}" ] || [ ! -f "$image_dir/SHA256SUMS" ]; then
     install -D -m 0644 "$repo/firmware-config/mxnode.toml" "$rootfs/etc/mxnode/mxnode.toml"
     install -D -m 0644 "$repo/firmware-config/sysctl.conf" "$rootfs/etc/sysctl.d/90-mxnode.conf"
     install -D -m 0644 "$repo/firmware-config/journald.conf" "$rootfs/etc/systemd/journald.conf.d/90-mxnode.conf"
-    install -D -m 0644 "$repo/firmware-config/update-keys.txt" "$rootfs/usr/share/mxnode/update-keys.txt"
+    install -D -m 0644 "$update_keys" "$rootfs/usr/share/mxnode/update-keys.txt"
     install -D -m 0644 "$repo/firmware-config/kernel-cmdline" "$rootfs/usr/share/mxnode/kernel-cmdline"
     install -D -m 0644 "$here/layout.env" "$rootfs/usr/share/mxnode/layout.env"
 
@@ -137,7 +181,8 @@ if [ -n "${MXNODE_IMAGE_REFRESH:-}" ] || [ ! -f "$image_dir/SHA256SUMS" ]; then
     chroot "$rootfs" systemctl enable --quiet \
         systemd-networkd.service systemd-resolved.service systemd-timesyncd.service \
         mxnode.service mxnode-data.service mxnode-tls.service mxnode-health.service \
-        mxnode-banner.service mxnode-banner.path mxnode-status.service mxnode-network.service
+        mxnode-banner.service mxnode-banner.path mxnode-status.service mxnode-network.service \
+        mxnode-update.path mxnode-update-finish.service
     chroot "$rootfs" systemctl set-default --quiet multi-user.target
     # Jobs that make no sense on a read-only appliance without LVM or package database.
     chroot "$rootfs" systemctl mask --quiet e2scrub_all.timer e2scrub_reap.service \
@@ -171,36 +216,47 @@ FSTAB
         "$rootfs/etc/apt" "$rootfs/var/lib/apt"
     # Units with ConditionNeedsUpdate= (ldconfig, hwdb, sysusers) see an up-to-date /etc.
     touch "$rootfs/etc/.updated" "$rootfs/var/.updated"
+    if [ -n "$overlay" ]; then
+        log "overlay (test release): $overlay"
+        cp -a "$overlay/." "$rootfs/"
+    fi
 
     log "root file system: erofs (lz4hc)"
     mkfs.erofs --quiet -zlz4hc -T "$SOURCE_DATE_EPOCH" "$work/root.erofs" "$rootfs"
     root_bytes=$(stat -c %s "$work/root.erofs")
     [ "$root_bytes" -le $((SLOT_SIZE_MIB * 1024 * 1024)) ] || { echo "root image ($root_bytes bytes) does not fit a ${SLOT_SIZE_MIB} MiB slot" >&2; exit 1; }
 
-    log "ESP: systemd-boot, kernel $kernel_version, boot entries"
+    cp "$rootfs/usr/share/mxnode/packages.txt" "$work/packages.txt"
+    (cd "$work" && sha256sum root.erofs vmlinuz initrd.img >SHA256SUMS)
+    sum() { awk -v f="$1" '$2 == f { print $1 }' "$work/SHA256SUMS"; }
+    file_json() { printf '"%s": {"size": %s, "sha256": "%s"}' "$1" "$(stat -c %s "$work/$1")" "$(sum "$1")"; }
+    root_fs_bytes=$(du -sb "$rootfs" | cut -f1)
     cmdline=$(sed 's/#.*//' "$repo/firmware-config/kernel-cmdline" | tr -s ' \t\n' ' ' | sed 's/^ //; s/ $//')
-    esp=$work/esp.img
-    truncate -s "${ESP_SIZE_MIB}M" "$esp"
-    mkfs.vfat -F 32 -n ESP -i "${ESP_UUID:0:8}" "$esp" >/dev/null
-    export MTOOLS_SKIP_CHECK=1
-    mmd -i "$esp" ::/EFI ::/EFI/BOOT ::/EFI/systemd ::/loader ::/loader/entries ::/mxnode ::/mxnode/a ::/mxnode/b
-    efi=$rootfs/usr/lib/systemd/boot/efi/systemd-bootx64.efi
-    mcopy -i "$esp" "$efi" ::/EFI/BOOT/BOOTX64.EFI
-    mcopy -i "$esp" "$efi" ::/EFI/systemd/systemd-bootx64.efi
-    mcopy -i "$esp" "$here/esp/loader.conf" ::/loader/loader.conf
-    for slot in a b; do
-        mcopy -i "$esp" "$work/vmlinuz" "::/mxnode/$slot/vmlinuz"
-        mcopy -i "$esp" "$work/initrd.img" "::/mxnode/$slot/initrd.img"
-        if [ "$slot" = a ]; then
-            # Slot A boots first, with boot counting: systemd-bless-boot marks it good once
-            # mxnode-health.service passed; three failed boots fall back to slot B.
-            uuid=$ROOT_A_UUID entry=mxnode-a+3.conf entry_version=$version title="mxnode $version (slot a)"
-        else
-            # Slot B holds the same release as a fallback; its version sorts below A's
-            # ("~" sorts before everything), so systemd-boot picks it only when A is bad.
-            uuid=$ROOT_B_UUID entry=mxnode-b.conf entry_version="$version~factory" title="mxnode $version (slot b, factory copy)"
-        fi
-        cat >"$work/$entry" <<ENTRY
+    # --release-only: the slot artifacts are all there is (no ESP, state or disk images).
+    if [ -z "$release_only" ]; then
+        log "ESP: systemd-boot, kernel $kernel_version, boot entries"
+        esp=$work/esp.img
+        truncate -s "${ESP_SIZE_MIB}M" "$esp"
+        mkfs.vfat -F 32 -n ESP -i "${ESP_UUID:0:8}" "$esp" >/dev/null
+        export MTOOLS_SKIP_CHECK=1
+        mmd -i "$esp" ::/EFI ::/EFI/BOOT ::/EFI/systemd ::/loader ::/loader/entries ::/mxnode ::/mxnode/a ::/mxnode/b
+        efi=$rootfs/usr/lib/systemd/boot/efi/systemd-bootx64.efi
+        mcopy -i "$esp" "$efi" ::/EFI/BOOT/BOOTX64.EFI
+        mcopy -i "$esp" "$efi" ::/EFI/systemd/systemd-bootx64.efi
+        mcopy -i "$esp" "$here/esp/loader.conf" ::/loader/loader.conf
+        for slot in a b; do
+            mcopy -i "$esp" "$work/vmlinuz" "::/mxnode/$slot/vmlinuz"
+            mcopy -i "$esp" "$work/initrd.img" "::/mxnode/$slot/initrd.img"
+            if [ "$slot" = a ]; then
+                # Slot A boots first, with boot counting: systemd-bless-boot marks it good once
+                # mxnode-health.service passed; three failed boots fall back to slot B.
+                uuid=$ROOT_A_UUID entry=mxnode-a+3.conf entry_version=$version title="mxnode $version (slot a)"
+            else
+                # Slot B holds the same release as a fallback; its version sorts below A's
+                # ("~" sorts before everything), so systemd-boot picks it only when A is bad.
+                uuid=$ROOT_B_UUID entry=mxnode-b.conf entry_version="$version~factory" title="mxnode $version (slot b, factory copy)"
+            fi
+            cat >"$work/$entry" <<ENTRY
 title      $title
 version    $entry_version
 sort-key   mxnode
@@ -208,29 +264,32 @@ linux      /mxnode/$slot/vmlinuz
 initrd     /mxnode/$slot/initrd.img
 options    root=PARTUUID=$uuid mxnode.slot=$slot $cmdline
 ENTRY
-        mcopy -i "$esp" "$work/$entry" "::/loader/entries/$entry"
-    done
+            mcopy -i "$esp" "$work/$entry" "::/loader/entries/$entry"
+        done
 
-    log "state partition: ext4"
-    state=$work/state
-    install -d -m 0755 "$state"
-    install -d -m 0755 -o root -g root "$state/config" "$state/network"
-    install -d -m 0750 -o root -g "$MXNODE_UID" "$state/tls"
-    install -d -m 0700 -o root -g root "$state/luks"
-    install -d -m 0700 -o "$MXNODE_UID" -g "$MXNODE_UID" "$state/node"
-    truncate -s "${STATE_SIZE_MIB}M" "$work/state.img"
-    mkfs.ext4 -q -L state -E root_owner=0:0 -d "$state" "$work/state.img"
+        log "state partition: ext4"
+        state=$work/state
+        install -d -m 0755 "$state"
+        install -d -m 0755 -o root -g root "$state/config" "$state/network"
+        install -d -m 0750 -o root -g "$MXNODE_UID" "$state/tls"
+        install -d -m 0700 -o root -g root "$state/luks"
+        install -d -m 0700 -o "$MXNODE_UID" -g "$MXNODE_UID" "$state/node"
+        # The updater's own records (installed-version floor, history, status): written by root
+        # (`mxnode update install|finish`), read by the node for the API.
+        install -d -m 0755 -o root -g root "$state/update"
+        truncate -s "${STATE_SIZE_MIB}M" "$work/state.img"
+        mkfs.ext4 -q -L state -E root_owner=0:0 -d "$state" "$work/state.img"
 
-    log "disk: GPT ($ESP_NAME, $ROOT_A_NAME, $ROOT_B_NAME, $STATE_NAME)"
-    mib=$((1024 * 1024))
-    esp_start=1
-    root_a_start=$((esp_start + ESP_SIZE_MIB))
-    root_b_start=$((root_a_start + SLOT_SIZE_MIB))
-    state_start=$((root_b_start + SLOT_SIZE_MIB))
-    disk_mib=$((state_start + STATE_SIZE_MIB + 1))
-    disk=$work/mxnode.raw
-    truncate -s "${disk_mib}M" "$disk"
-    sfdisk --quiet --no-reread --no-tell-kernel "$disk" <<TABLE
+        log "disk: GPT ($ESP_NAME, $ROOT_A_NAME, $ROOT_B_NAME, $STATE_NAME)"
+        mib=$((1024 * 1024))
+        esp_start=1
+        root_a_start=$((esp_start + ESP_SIZE_MIB))
+        root_b_start=$((root_a_start + SLOT_SIZE_MIB))
+        state_start=$((root_b_start + SLOT_SIZE_MIB))
+        disk_mib=$((state_start + STATE_SIZE_MIB + 1))
+        disk=$work/mxnode.raw
+        truncate -s "${disk_mib}M" "$disk"
+        sfdisk --quiet --no-reread --no-tell-kernel "$disk" <<TABLE
 label: gpt
 label-id: $DISK_GUID
 unit: sectors
@@ -239,28 +298,26 @@ start=$((root_a_start * 2048)), size=$((SLOT_SIZE_MIB * 2048)), type=$ROOT_TYPE,
 start=$((root_b_start * 2048)), size=$((SLOT_SIZE_MIB * 2048)), type=$ROOT_TYPE, uuid=$ROOT_B_UUID, name=$ROOT_B_NAME
 start=$((state_start * 2048)), size=$((STATE_SIZE_MIB * 2048)), type=$STATE_TYPE, uuid=$STATE_UUID, name=$STATE_NAME
 TABLE
-    put() { dd if="$1" of="$disk" bs=1M seek="$2" conv=notrunc,sparse status=none; }
-    put "$esp" "$esp_start"
-    put "$work/root.erofs" "$root_a_start"
-    put "$work/root.erofs" "$root_b_start"
-    put "$work/state.img" "$state_start"
+        put() { dd if="$1" of="$disk" bs=1M seek="$2" conv=notrunc,sparse status=none; }
+        put "$esp" "$esp_start"
+        put "$work/root.erofs" "$root_a_start"
+        put "$work/root.erofs" "$root_b_start"
+        put "$work/state.img" "$state_start"
 
-    log "qcow2 (compressed)"
-    qemu-img convert -c -f raw -O qcow2 "$disk" "$work/mxnode.qcow2"
+        log "qcow2 (compressed)"
+        qemu-img convert -c -f raw -O qcow2 "$disk" "$work/mxnode.qcow2"
 
-    (cd "$work" && sha256sum mxnode.raw mxnode.qcow2 root.erofs vmlinuz initrd.img >SHA256SUMS)
-    sum() { awk -v f="$1" '$2 == f { print $1 }' "$work/SHA256SUMS"; }
-    file_json() { printf '"%s": {"size": %s, "sha256": "%s"}' "$1" "$(stat -c %s "$work/$1")" "$(sum "$1")"; }
-    part_json() { printf '{"number": %s, "name": "%s", "offset": %s, "size": %s, "uuid": "%s", "type": "%s"}' \
-        "$1" "$2" "$(($3 * mib))" "$(($4 * mib))" "$5" "$6"; }
-    cat >"$work/image.json" <<JSON
+        (cd "$work" && sha256sum mxnode.raw mxnode.qcow2 root.erofs vmlinuz initrd.img >SHA256SUMS)
+        part_json() { printf '{"number": %s, "name": "%s", "offset": %s, "size": %s, "uuid": "%s", "type": "%s"}' \
+            "$1" "$2" "$(($3 * mib))" "$(($4 * mib))" "$5" "$6"; }
+        cat >"$work/image.json" <<JSON
 {
   "product": "mxnode",
   "version": "$version",
   "kernel": "$kernel_version",
   "debian": "bookworm",
   "kernel_cmdline": "$cmdline",
-  "root_file_system_bytes": $(du -sb "$rootfs" | cut -f1),
+  "root_file_system_bytes": $root_fs_bytes,
   "files": {
     $(file_json mxnode.raw),
     $(file_json mxnode.qcow2),
@@ -276,8 +333,24 @@ TABLE
   ]
 }
 JSON
-    cp "$rootfs/usr/share/mxnode/packages.txt" "$work/packages.txt"
-    rm -rf "$rootfs" "$work/state" "$esp" "$work/state.img" "$work"/mxnode-*.conf
+    else
+        cat >"$work/image.json" <<JSON
+{
+  "product": "mxnode",
+  "version": "$version",
+  "kernel": "$kernel_version",
+  "debian": "bookworm",
+  "kernel_cmdline": "$cmdline",
+  "root_file_system_bytes": $root_fs_bytes,
+  "files": {
+    $(file_json root.erofs),
+    $(file_json vmlinuz),
+    $(file_json initrd.img)
+  }
+}
+JSON
+    fi
+    rm -rf "$rootfs" "$work/state" "$work/esp.img" "$work/state.img" "$work"/mxnode-*.conf
     trap 'rm -f "$snapshot"' EXIT
     mv "$work" "$image_dir"
 else
@@ -295,10 +368,23 @@ prune "$KEEP_BASES" 'base-*'
 prune "$KEEP_IMAGES" 'image-*'
 
 mkdir -p "$out"
-for f in mxnode.raw mxnode.qcow2 root.erofs vmlinuz initrd.img SHA256SUMS image.json packages.txt; do
+files=(root.erofs vmlinuz initrd.img SHA256SUMS image.json packages.txt)
+if [ -z "$release_only" ]; then
+    files=(mxnode.raw mxnode.qcow2 "${files[@]}")
+fi
+for f in "${files[@]}"; do
     cp --sparse=always "$image_dir/$f" "$out/$f.tmp"
     mv "$out/$f.tmp" "$out/$f"
 done
+
+# The signed release of these artifacts (DESIGN §9), outside the cache: its manifest carries
+# the signing time and an expiry.
+log "release: signing $version with $(basename "$release_key")"
+rm -rf "$out/release" "$out/release.tmp"
+"$binary" release sign --key "$release_key" --version "$version" \
+    --root "$image_dir/root.erofs" --kernel "$image_dir/vmlinuz" --initrd "$image_dir/initrd.img" \
+    --out "$out/release.tmp" >&2
+mv "$out/release.tmp" "$out/release"
 log "done: $out ($version, cache key $image_key)"
 (cd "$out" && while read -r hash file; do
     printf '    %-14s %10s bytes  sha256 %s\n' "$file" "$(stat -c %s "$file")" "$hash"

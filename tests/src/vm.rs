@@ -1,12 +1,14 @@
 //! The appliance image under test (DESIGN §8): building it (`./build.sh image`, cached by
-//! input hash outside the clone), provisioning a test's site config into a copy's state
-//! partition, and booting that copy in qemu (TCG, UEFI, optional software TPM) with SMTP and
-//! HTTPS forwarded to 127.0.0.1 ports, the serial console captured in memory, and a QMP socket
-//! for an orderly power-down.
+//! input hash outside the clone, optionally as a test release of another version or with an
+//! overlay), provisioning a test's site config into a copy's state partition, booting that copy
+//! in qemu (TCG, UEFI, optional software TPM) with SMTP and HTTPS forwarded to 127.0.0.1 ports,
+//! the serial console captured in memory, and a QMP socket for an orderly power-down; and an
+//! update channel ([`ReleaseChannel`], `tests/peers/release_server.py`) serving signed releases
+//! over HTTPS (DESIGN §9).
 //!
-//! It must never leave qemu or swtpm running after its test (killed on drop), never wait
-//! without a deadline, never write the console output to a file, and never listen on anything
-//! but 127.0.0.1.
+//! It must never leave qemu, swtpm or the channel running after its test (killed on drop),
+//! never wait without a deadline, never write the console output to a file, and never listen
+//! on anything but 127.0.0.1.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -53,6 +55,12 @@ const QMP_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// 127.0.0.1, where the test's peers listen.
 pub const HOST_FROM_GUEST: &str = "10.0.2.2";
 
+/// How long the release server may take to print `listening <port>`.
+const CHANNEL_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the release server script lives, resolved at compile time.
+const RELEASE_SERVER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/release_server.py");
+
 /// One partition of the image, from `image.json`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Partition {
@@ -69,8 +77,20 @@ pub struct Partition {
 pub struct ImageInfo {
     /// The release version (`mxnode --version`).
     pub version: String,
-    /// The partitions in disk order.
+    /// The partitions in disk order (none for a `--release-only` build).
+    #[serde(default)]
     pub partitions: Vec<Partition>,
+}
+
+/// What to build: `./build.sh image` options.
+#[derive(Debug, Default, Clone)]
+pub struct ImageOptions {
+    /// `--version`: the release version (default: the binary's).
+    pub version: Option<String>,
+    /// `--overlay`: a directory copied over the root file system (test releases).
+    pub overlay: Option<PathBuf>,
+    /// `--release-only`: only the slot artifacts and the signed release, no disk images.
+    pub release_only: bool,
 }
 
 /// A built appliance image: `mxnode.raw` and its `image.json` in a temp directory.
@@ -87,19 +107,31 @@ impl Image {
     /// Runs `./build.sh image` into a temp directory. Panics with the build's output when it
     /// fails; needs root (the CI machine runs as root).
     pub fn build() -> Image {
+        Image::build_with(&ImageOptions::default())
+    }
+
+    /// Runs `./build.sh image` with `options` into a temp directory (see [`Image::build`]).
+    pub fn build_with(options: &ImageOptions) -> Image {
         let dir = tempfile::Builder::new()
             .prefix("mxnode-test-image-")
             .tempdir()
             .expect("create the image output dir");
         let started = Instant::now();
-        let output = output_with_timeout(
-            Command::new(workspace_dir().join("build.sh"))
-                .arg("image")
-                .current_dir(workspace_dir())
-                .env("MXNODE_IMAGE_OUT", dir.path()),
-            "./build.sh image",
-            IMAGE_BUILD_TIMEOUT,
-        );
+        let mut command = Command::new(workspace_dir().join("build.sh"));
+        command
+            .arg("image")
+            .current_dir(workspace_dir())
+            .env("MXNODE_IMAGE_OUT", dir.path());
+        if let Some(version) = &options.version {
+            command.arg("--version").arg(version);
+        }
+        if let Some(overlay) = &options.overlay {
+            command.arg("--overlay").arg(overlay);
+        }
+        if options.release_only {
+            command.arg("--release-only");
+        }
+        let output = output_with_timeout(&mut command, "./build.sh image", IMAGE_BUILD_TIMEOUT);
         let build_time = started.elapsed();
         assert!(
             output.status.success(),
@@ -124,6 +156,12 @@ impl Image {
     /// `mxnode.raw`.
     pub fn raw(&self) -> PathBuf {
         self.dir.path().join("mxnode.raw")
+    }
+
+    /// The signed release of this image's slot artifacts (`release/`: manifest.json,
+    /// manifest.json.sig, root.erofs, vmlinuz, initrd.img).
+    pub fn release_dir(&self) -> PathBuf {
+        self.dir.path().join("release")
     }
 
     /// The partition named `name`. Panics when the layout lacks it.
@@ -374,13 +412,27 @@ impl Running {
         self.started.elapsed()
     }
 
+    /// How much the console holds so far, in bytes: a mark for [`Running::wait_for_line_after`]
+    /// (a guest that reboots itself keeps writing to the same console).
+    pub fn console_len(&self) -> usize {
+        self.console().len()
+    }
+
     /// Waits until a console line contains `needle` and returns that line; panics with the
     /// console after `timeout` or when qemu exits first.
     pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+        self.wait_for_line_after(needle, 0, timeout)
+    }
+
+    /// Like [`Running::wait_for_line`], but only looks at the console after byte `mark`
+    /// (from [`Running::console_len`]).
+    pub fn wait_for_line_after(&mut self, needle: &str, mark: usize, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(line) = self
-                .console()
+            let console = self.console();
+            if let Some(line) = console
+                .get(mark..)
+                .unwrap_or_default()
                 .lines()
                 .find(|line| line.contains(needle))
                 .map(str::to_string)
@@ -438,6 +490,14 @@ impl Running {
         }
     }
 
+    /// Pulls the plug: kills qemu at once, without any shutdown (a power cut).
+    pub fn power_cut(mut self) {
+        kill_and_reap(&mut self.qemu);
+        if let Some(swtpm) = self.swtpm.as_mut() {
+            kill_and_reap(swtpm);
+        }
+    }
+
     /// Prints the console to stderr (shown by nextest for a failing test).
     fn print_console(&mut self) {
         if !self.printed {
@@ -466,7 +526,7 @@ impl Drop for Running {
 /// `state`'s files (`mkfs.ext4 -d`, no mounting), and writes it over the partition in `disk`.
 fn provision_state(dir: &Path, disk: &Path, partition: &Partition, state: &StateFiles) {
     let tree = dir.join("state");
-    for sub in ["config", "network", "tls", "luks", "node"] {
+    for sub in ["config", "network", "tls", "luks", "node", "update"] {
         fs::create_dir_all(tree.join(sub)).expect("create a state directory");
     }
     for (path, contents) in &state.files {
@@ -542,4 +602,106 @@ fn wait_for_path(path: &Path, timeout: Duration) -> bool {
         thread::sleep(POLL_INTERVAL);
     }
     false
+}
+
+/// An update channel: `tests/peers/release_server.py` serving one signed release directory
+/// over HTTPS on 127.0.0.1 (the guest reaches it as [`HOST_FROM_GUEST`]), switchable to
+/// another release while it runs. Killed on drop.
+pub struct ReleaseChannel {
+    /// The python process.
+    child: Child,
+    /// The port it bound.
+    port: u16,
+    /// Holds `current`, the symlink the server serves through.
+    dir: TempDir,
+    /// What it printed: `served <status> <path>` per request.
+    log: Arc<Mutex<String>>,
+}
+
+impl ReleaseChannel {
+    /// Starts serving `release` (a signed release directory) with the certificate and key
+    /// (PEM files) `cert` and `key`.
+    pub fn start(cert: &Path, key: &Path, release: &Path) -> ReleaseChannel {
+        let dir = tempfile::Builder::new()
+            .prefix("mxnode-test-channel-")
+            .tempdir()
+            .expect("create the channel's temp dir");
+        std::os::unix::fs::symlink(release, dir.path().join("current"))
+            .expect("link the served release");
+        let mut child = Command::new("python3")
+            .arg(RELEASE_SERVER_SCRIPT)
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .arg("--root")
+            .arg(dir.path().join("current"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("cannot start python3 {RELEASE_SERVER_SCRIPT}: {error}")
+            });
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(stdout) = child.stdout.take() {
+            collect_into(stdout, Arc::clone(&log));
+        }
+        let deadline = Instant::now() + CHANNEL_STARTUP_TIMEOUT;
+        let port = loop {
+            let text = crate::process::snapshot(&log);
+            if let Some(port) = text
+                .lines()
+                .find_map(|line| line.strip_prefix("listening "))
+                .and_then(|port| port.trim().parse().ok())
+            {
+                break port;
+            }
+            if Instant::now() >= deadline {
+                kill_and_reap(&mut child);
+                panic!("the release server did not start: {text}");
+            }
+            thread::sleep(POLL_INTERVAL);
+        };
+        ReleaseChannel {
+            child,
+            port,
+            dir,
+            log,
+        }
+    }
+
+    /// The port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves `release` from now on (the symlink is replaced atomically).
+    pub fn switch_to(&self, release: &Path) {
+        let next = self.dir.path().join("next");
+        let _ = fs::remove_file(&next);
+        std::os::unix::fs::symlink(release, &next).expect("link the next release");
+        fs::rename(&next, self.dir.path().join("current")).expect("switch the served release");
+    }
+
+    /// The paths answered with `status` so far, in order.
+    pub fn served(&self, status: u16) -> Vec<String> {
+        let prefix = format!("served {status} ");
+        crate::process::snapshot(&self.log)
+            .lines()
+            .filter_map(|line| line.strip_prefix(&prefix).map(str::to_string))
+            .collect()
+    }
+}
+
+impl Drop for ReleaseChannel {
+    fn drop(&mut self) {
+        kill_and_reap(&mut self.child);
+        if thread::panicking() {
+            eprintln!(
+                "----- release channel -----\n{}----- end of release channel -----",
+                crate::process::snapshot(&self.log)
+            );
+        }
+    }
 }

@@ -661,12 +661,31 @@ pub fn running_version() -> Version {
     installed_version(fs::read_to_string(OS_RELEASE).ok().as_deref())
 }
 
-/// The boot state of this machine from `LoaderEntrySelected`.
+/// Created by the image's mxnode-update-finish.service once this boot reached
+/// boot-complete.target (health passed, systemd-bless-boot ran); /run is per boot. Needed
+/// because systemd-boot (252) keeps the counted name (`mxnode-a+3.conf`) in
+/// `LoaderEntrySelected` for the whole boot, even after systemd-bless-boot renamed the entry:
+/// by the name alone, the boot that was just blessed would stay unblessed until a reboot.
+pub const BLESSED_MARKER: &str = "/run/mxnode-update/blessed";
+
+/// The boot state of this machine from `LoaderEntrySelected` and [`BLESSED_MARKER`].
 pub fn read_boot() -> Boot {
-    match fs::read(LOADER_ENTRY_SELECTED)
-        .ok()
-        .and_then(|b| policy::parse_loader_entry(&b))
-    {
+    boot_state(
+        fs::read(LOADER_ENTRY_SELECTED).ok().as_deref(),
+        Path::new(BLESSED_MARKER).exists(),
+    )
+}
+
+/// The boot state from the `LoaderEntrySelected` bytes (None: no such variable) and whether
+/// this boot was marked blessed after boot-complete.target: a marked boot counts as its
+/// entry's blessed name (the counter dropped, as systemd-bless-boot renamed it).
+pub fn boot_state(selected: Option<&[u8]>, marked_blessed: bool) -> Boot {
+    match selected.and_then(policy::parse_loader_entry) {
+        Some(entry) if marked_blessed && !policy::is_blessed(&entry) => {
+            let stem = entry.strip_suffix(".conf").unwrap_or(&entry);
+            let name = stem.rsplit_once('+').map_or(stem, |(name, _)| name);
+            Boot::Entry(format!("{name}.conf"))
+        }
         Some(entry) => Boot::Entry(entry),
         None => Boot::NotAb,
     }
@@ -758,4 +777,53 @@ pub fn record_reboot_pending(state: &StateDir, at: &str) -> std::io::Result<()> 
     status.state = "reboot-pending".into();
     status.reboot_at = Some(at.to_string());
     state.write_status(&status)
+}
+
+#[cfg(test)]
+mod boot_state_tests {
+    use super::*;
+
+    /// `LoaderEntrySelected` as efivarfs shows it: attributes, UTF-16LE name, NUL.
+    fn efivar(name: &str) -> Vec<u8> {
+        let mut bytes = vec![6, 0, 0, 0];
+        for unit in name.encode_utf16().chain([0]) {
+            bytes.extend_from_slice(&unit.to_le_bytes());
+        }
+        bytes
+    }
+
+    fn check(selected: Option<&str>, marked: bool, expected: Boot, blessed: bool) {
+        let bytes = selected.map(efivar);
+        let boot = boot_state(bytes.as_deref(), marked);
+        assert_eq!(boot, expected, "{selected:?}, marked {marked}");
+        assert_eq!(
+            policy::check_boot(&boot).is_ok(),
+            blessed,
+            "{selected:?}, marked {marked}"
+        );
+    }
+
+    #[test]
+    fn a_counted_entry_is_blessed_once_the_boot_was_marked_after_boot_complete() {
+        let entry = |name: &str| Boot::Entry(name.to_string());
+        check(
+            Some("mxnode-a+3.conf"),
+            false,
+            entry("mxnode-a+3.conf"),
+            false,
+        );
+        check(Some("mxnode-a+3.conf"), true, entry("mxnode-a.conf"), true);
+        check(
+            Some("mxnode-b+2-1.conf"),
+            true,
+            entry("mxnode-b.conf"),
+            true,
+        );
+        check(Some("mxnode-b.conf"), false, entry("mxnode-b.conf"), true);
+        check(Some("mxnode-b.conf"), true, entry("mxnode-b.conf"), true);
+        // A `+` that is not a counter stays part of the name.
+        check(Some("mxnode+x.conf"), true, entry("mxnode+x.conf"), true);
+        check(None, true, Boot::NotAb, false);
+        check(None, false, Boot::NotAb, false);
+    }
 }
