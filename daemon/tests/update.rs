@@ -763,6 +763,39 @@ fn finish_on_the_old_slot_reports_the_rollback() {
     assert_eq!(m.ctx.state.floor(), Some(Version::new(1, 0, 1)));
 }
 
+/// Regression (issue 7): after a rollback, a channel still offering the failed version must
+/// not have the node install it again (install, three failed boots, fall back, for ever).
+#[test]
+fn a_version_that_rolled_back_is_not_taken_from_the_channel_again() {
+    let f = Fixture::new();
+    let manifest =
+        mxnode::update::manifest::Manifest::parse(&f.manifest()).expect("manifest parses");
+    let version = manifest.version.to_string();
+    let at = "2026-11-22T10:00:00Z";
+    let refused = policy::check_not_rolled_back(
+        &manifest,
+        [
+            ("installed", "1.0.0", at),
+            ("rolled_back", version.as_str(), at),
+        ],
+    )
+    .expect_err("a rolled-back version is refused");
+    assert_eq!(refused.code(), "rolled_back_before");
+    assert!(refused.to_string().contains(&version), "{refused}");
+    // Installed before, or another version rolled back: no refusal.
+    assert_eq!(
+        policy::check_not_rolled_back(
+            &manifest,
+            [
+                ("installed", version.as_str(), at),
+                ("rolled_back", "9.9.9", at),
+                ("refused", version.as_str(), at),
+            ]
+        ),
+        Ok(())
+    );
+}
+
 /// Runs the installer on a machine changed by `setup` and expects refusal `code` with slot b
 /// and its entries untouched (or, for refusals found while writing, without a boot entry).
 fn check_install_refused(name: &str, setup: impl FnOnce(&mut Machine), code: &str, touched: bool) {

@@ -513,4 +513,20 @@ fn without_auto_apply_a_check_only_stages_and_apply_requests() {
             .is_some_and(|d| d.contains("not_blessed")),
         "{refused:?}"
     );
+
+    // Regression (issue 7): 9.0.0 failed its boots and the node fell back; the channel still
+    // offers it, and a check must not send the node round that loop again.
+    fs::remove_file(node_dirs.path().join("state/pending.json")).expect("finish cleared it");
+    fs::write(
+        node_dirs.path().join("state/history.json"),
+        serde_json::json!([{"at": "2026-01-01T00:10:00Z", "event": "rolled_back",
+                            "version": "9.0.0", "slot": "a",
+                            "message": "rolled back from 9.0.0 to 0.1.0 (slot a)"}])
+        .to_string(),
+    )
+    .expect("history.json");
+    let looped = api.post("/api/v1/update/check", Some(key), &Value::Null);
+    assert_eq!(looped.status, 422, "{}", looped.body);
+    assert_eq!(looped.error_code(), "rolled_back_before", "{}", looped.body);
+    assert!(!spool.join("request.json").exists(), "not requested again");
 }

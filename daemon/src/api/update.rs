@@ -112,6 +112,7 @@ fn static_code(code: &str) -> &'static str {
         "slot_too_small",
         "not_blessed",
         "not_ab_node",
+        "rolled_back_before",
         "update_busy",
         "no_channel",
         "nothing_staged",

@@ -298,6 +298,14 @@ impl Updater {
                 });
             }
             let manifest = self.judge(&manifest_bytes, &signature, now)?;
+            let history = StateDir(self.config.state_dir.clone()).history();
+            policy::check_not_rolled_back(
+                &manifest,
+                history
+                    .iter()
+                    .map(|h| (h.event.as_str(), h.version.as_str(), h.at.as_str())),
+            )
+            .map_err(UpdateError::Refused)?;
             // Installed already, the reboot still to come: nothing to fetch or install again.
             if StateDir(self.config.state_dir.clone())
                 .pending()

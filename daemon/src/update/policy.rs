@@ -76,6 +76,12 @@ pub enum Refusal {
     },
     /// No boot loader variable: this machine does not boot A/B slots with systemd-boot.
     NotAbNode,
+    /// This version failed its boots on this node before and was rolled back: the channel
+    /// does not get to install it again (an uploaded bundle may, by an operator's decision).
+    RolledBackBefore {
+        version: Version,
+        at: String,
+    },
 }
 
 impl Refusal {
@@ -96,6 +102,7 @@ impl Refusal {
             Refusal::SlotTooSmall { .. } => "slot_too_small",
             Refusal::NotBlessed { .. } => "not_blessed",
             Refusal::NotAbNode => "not_ab_node",
+            Refusal::RolledBackBefore { .. } => "rolled_back_before",
         }
     }
 }
@@ -156,6 +163,11 @@ impl fmt::Display for Refusal {
             Refusal::NotBlessed { entry } => write!(
                 f,
                 "the current boot ({entry}) is not blessed yet: updates start only from a known-good boot"
+            ),
+            Refusal::RolledBackBefore { version, at } => write!(
+                f,
+                "version {version} failed its boots on this node and was rolled back at {at}; \
+                 the channel does not install it again (upload the bundle to retry it)"
             ),
             Refusal::NotAbNode => write!(
                 f,
@@ -259,6 +271,27 @@ pub fn check_artifact(
         return Err(mismatch("sha256 differs".to_string()));
     }
     Ok(())
+}
+
+/// Refuses, for the channel, a version that this node already rolled back from: without it a
+/// channel that still offers a release whose new slot failed its boots would have the node
+/// install it, fail three boots and fall back again, for ever. `history` is the node's update
+/// history as (event, version, at).
+pub fn check_not_rolled_back<'h>(
+    manifest: &Manifest,
+    history: impl IntoIterator<Item = (&'h str, &'h str, &'h str)>,
+) -> Result<(), Refusal> {
+    let version = manifest.version.to_string();
+    match history
+        .into_iter()
+        .find(|(event, v, _)| *event == "rolled_back" && *v == version)
+    {
+        Some((_, _, at)) => Err(Refusal::RolledBackBefore {
+            version: manifest.version.clone(),
+            at: at.to_string(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Whether `available` bytes on the spool filesystem hold the release plus the margin.
