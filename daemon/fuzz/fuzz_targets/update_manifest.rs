@@ -65,7 +65,11 @@ fuzz_target!(|data: &[u8]| {
     let signed = pair.sign(manifest);
     match policy::check_release(manifest, signed.as_ref(), &keys, &facts) {
         Ok(m) => {
-            assert!(m.version > running, "accepted a version not newer: {}", m.version);
+            assert!(
+                m.version > running,
+                "accepted a version not newer: {}",
+                m.version
+            );
             assert!(m.security_floor <= m.version);
             assert!(m.created <= facts.now && facts.now <= m.expires);
             assert_eq!(m.key_id, mxnode::update::key_id(public));
@@ -78,4 +82,3 @@ fuzz_target!(|data: &[u8]| {
         let _ = policy::is_blessed(&entry);
     }
 });
-
