@@ -556,7 +556,10 @@ pub async fn run(raw: RawConfig, config: Config) -> Result<(), StartError> {
     if let Some(updating) = updating {
         updating.cancel().await;
     }
-    drop(gauges.cancel());
+    // Awaited, not just dropped: a dropped task is cancelled later on the executor's thread,
+    // where its last reference to the server (and so to the store) could close RocksDB while
+    // the process already runs its exit handlers (a crash at exit, seen in `at_rest`).
+    gauges.cancel().await;
 
     let longest_budget = config
         .routes
