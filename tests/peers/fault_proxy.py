@@ -4,8 +4,11 @@
 It owns: accepting plain TCP on 127.0.0.1, relaying each connection to a
 backend port on 127.0.0.1 (e.g. the s3s-fs store), and, for a chosen share of
 connections, resetting both sides after a random number of bytes from the
-client (within --cut-window): an upload that fails half way, as when a store
-or a load balancer in front of it dies.
+client between half of --cut-window and --cut-window: an upload that fails
+half way, as when a store or a load balancer in front of it dies. Small
+requests (a bucket check) pass; every connection is marked for a cut until
+the first cut has happened, so each run breaks at least one upload whatever
+the dice say.
 
 It must never: keep or write the bytes it relays, listen on anything but
 127.0.0.1, or need anything beyond the Python 3.11 standard library.
@@ -24,6 +27,9 @@ CHUNK_BYTES = 64 * 1024
 
 # A connection idle this long in either direction is closed.
 IDLE_TIMEOUT_SECONDS = 300
+
+# Set once a connection has been reset.
+first_cut_done = threading.Event()
 
 
 def reset(*sockets):
@@ -47,6 +53,7 @@ def pump(source, sink, cut_at=None):
             if cut_at is not None and relayed + len(data) >= cut_at:
                 sink.sendall(data[: max(0, cut_at - relayed)])
                 reset(source, sink)
+                first_cut_done.set()
                 return
             sink.sendall(data)
             relayed += len(data)
@@ -66,7 +73,8 @@ def serve(client, backend_port, cut_percent, cut_window):
     except OSError:
         client.close()
         return
-    cut_at = random.randint(1, cut_window) if random.randrange(100) < cut_percent else None
+    cut = not first_cut_done.is_set() or random.randrange(100) < cut_percent
+    cut_at = random.randint(max(1, cut_window // 2), cut_window) if cut else None
     threading.Thread(target=pump, args=(backend, client), daemon=True).start()
     pump(client, backend, cut_at)
 
@@ -85,7 +93,7 @@ def main():
     parser.add_argument("--backend", type=int, required=True, help="backend port on 127.0.0.1")
     parser.add_argument("--cut-percent", type=int, default=50, help="share of connections cut")
     parser.add_argument("--cut-window", type=int, default=200_000,
-                        help="a cut connection is reset within this many client bytes")
+                        help="a cut connection is reset after half to all of this many client bytes")
     args = parser.parse_args()
 
     listener = socket.create_server(("127.0.0.1", 0))

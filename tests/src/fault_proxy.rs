@@ -26,7 +26,9 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     /// Starts a proxy for `backend_port` that resets `cut_percent` % of its connections after
-    /// a random number of client bytes up to `cut_window`.
+    /// a random number of client bytes between `cut_window / 2` and `cut_window`. Until the
+    /// first reset has happened every connection is cut, so a run always breaks at least one
+    /// transfer longer than `cut_window` bytes.
     pub fn start(backend_port: u16, cut_percent: u8, cut_window: usize) -> FaultProxy {
         let mut child = Command::new("python3")
             .arg(FAULT_PROXY_SCRIPT)
