@@ -22,6 +22,8 @@ use crate::store::{AuditEvent, Retention, Store, new_id, unix_ms};
 /// After SIGTERM, how long sessions in flight may take beyond the longest webhook budget
 /// before the node exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// At exit, how long the store's last users (a blocking call still running) are waited for.
+const STORE_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -417,6 +419,34 @@ pub async fn run(raw: RawConfig, config: Config) -> Result<(), StartError> {
     // Opened once per process (RocksDB locks its directory) and shared by delivery, the API,
     // settings and the retention sweeper.
     let store = open_store(&config)?;
+    let result = serve(raw, config, store.clone()).await;
+    close_store(store).await;
+    result
+}
+
+/// Closes the store on this thread, before the process runs its exit handlers: RocksDB closed
+/// later by the last reference on another thread, or torn down under its own background work
+/// during exit, can crash the process at exit. A store still in use after
+/// [`STORE_CLOSE_WAIT`] (a blocking call that outlived its request) has its background work
+/// stopped and is left to the OS, as after a kill: every write it acknowledged is in its log.
+async fn close_store(store: Arc<dyn Store>) {
+    let give_up = Instant::now() + STORE_CLOSE_WAIT;
+    while Arc::strong_count(&store) > 1 && Instant::now() < give_up {
+        smol::Timer::after(Duration::from_millis(20)).await;
+    }
+    if Arc::strong_count(&store) > 1 {
+        log::warn!("metadata store still in use at exit: stopping its background work only");
+        store.quiesce();
+        std::mem::forget(store);
+    } else {
+        drop(store);
+        log::info!("metadata store closed");
+    }
+}
+
+/// [`run`] once the store is open; every reference to it made here is gone when this returns,
+/// except in blocking calls still running.
+async fn serve(raw: RawConfig, config: Config, store: Arc<dyn Store>) -> Result<(), StartError> {
     let (raw, config) = with_persisted_settings(&store, raw, config);
     let router = Arc::new(Router::new(&config)?);
     if config.routes.is_empty() {

@@ -503,3 +503,46 @@ fn erasure_removes_every_record_of_a_recipient_and_export_shows_the_rest() {
     assert!(audit.contains("deleted 2 records"), "{audit}");
     assert!(!audit.to_lowercase().contains("bob@"), "{audit}");
 }
+
+#[test]
+fn sigterm_finishes_the_request_in_progress_closes_idle_connections_and_then_the_store() {
+    let ca = TestCa::new();
+    let receiver = Receiver::start(&ca, &new_webhook_secret());
+    let mut node = Node::start(
+        &NodeConfig::new()
+            .http(&ca)
+            .api_key("admin", &["admin"])
+            .route(RouteConfig::to_receiver(
+                "*@in.example.test",
+                &receiver,
+                "/delay/1500/status/200",
+            )),
+    );
+    let key = node.api_key("admin").to_string();
+    // A keep-alive client that stays connected and idle through the shutdown.
+    let idle = ApiClient::new(&node, &ca);
+    assert_eq!(idle.get("/api/v1/status", Some(&key)).status, 200);
+    // A test delivery the receiver answers only after 1.5 s: in progress at SIGTERM.
+    let busy = ApiClient::new(&node, &ca);
+    let testing = std::thread::spawn(move || {
+        busy.post("/api/v1/settings/routes/0/test", Some(&key), &json!({}))
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while receiver.received().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the test delivery never reached the receiver"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let status = node.terminate();
+    let answer = testing.join().expect("the API client thread");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.json()["status"], 200, "{}", answer.body);
+    assert!(status.success(), "{status:?}");
+    let log = node.log();
+    assert!(log.contains("metadata store closed"), "{log}");
+    assert!(!log.contains("still in use"), "{log}");
+    drop(idle);
+}

@@ -2,18 +2,23 @@
 //! async-native-tls (never below TLS 1.2; the acceptor is reloadable, so a new certificate
 //! applies to the next connection without a restart), HTTP/1.1 by async-h1 (tide's own HTTP layer), on
 //! smol's executor. `run(listener, app, tls, shutdown)` accepts until shutdown, one task per
-//! connection, at most [`MAX_CONNECTIONS`] at a time.
+//! connection, at most [`MAX_CONNECTIONS`] at a time, and returns once every connection has
+//! ended: idle keep-alive connections close at shutdown, a request in progress gets
+//! [`SHUTDOWN_GRACE`] to finish. So nothing the application holds (the store) outlives `run`.
 //!
 //! It moves bytes and enforces connection bounds; it never logs a request (paths and queries
 //! may carry an address).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use smol::channel::Receiver;
 use smol::future::FutureExt as _;
-use smol::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use smol::io::{AsyncBufRead, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use smol::lock::Semaphore;
 use smol::{Async, Timer};
 
@@ -36,14 +41,20 @@ const ERROR_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// destroy the answer before the client reads it ("lingering close", as HTTP servers do).
 const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 const LINGER_MAX_BYTES: usize = 256 * 1024;
+/// At shutdown, how long a request in progress may still take before its connection is
+/// dropped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// At shutdown, a connection with no request in progress (head read, answer not yet written)
+/// for this long is closed.
+const SHUTDOWN_IDLE: Duration = Duration::from_millis(100);
 
 /// Binds the listener (so the caller knows the real address before serving).
 pub fn bind(addr: SocketAddr) -> std::io::Result<Async<TcpListener>> {
     Async::<TcpListener>::bind(addr)
 }
 
-/// Serves `app` on `listener` until `shutdown` closes. Connections in progress are left to
-/// finish on their own (each is bounded by [`REQUEST_TIMEOUT`] per request).
+/// Serves `app` on `listener` until `shutdown` closes, then waits for the connections to end
+/// (bounded by [`SHUTDOWN_GRACE`]).
 pub async fn run<S>(
     listener: Async<TcpListener>,
     app: tide::Server<S>,
@@ -64,13 +75,14 @@ pub async fn run<S>(
         })
         .await;
         match accepted {
-            None => return,
+            None => break,
             Some((slot, Ok((stream, peer)))) => {
                 let app = app.clone();
                 // The certificate current now: a replacement applies from the next connection.
                 let tls = tls.as_ref().map(|t| t.current());
+                let shutdown = shutdown.clone();
                 smol::spawn(async move {
-                    connection(stream, peer, app, tls).await;
+                    connection(stream, peer, app, tls, shutdown).await;
                     drop(slot);
                 })
                 .detach();
@@ -82,6 +94,10 @@ pub async fn run<S>(
             }
         }
     }
+    // Every connection task gives its slot back when it ends.
+    for _ in 0..MAX_CONNECTIONS {
+        std::mem::forget(slots.acquire().await);
+    }
 }
 
 async fn connection<S>(
@@ -89,29 +105,112 @@ async fn connection<S>(
     peer: SocketAddr,
     app: tide::Server<S>,
     tls: Option<async_native_tls::TlsAcceptor>,
+    shutdown: Receiver<()>,
 ) where
     S: Clone + Send + Sync + 'static,
 {
-    match tls {
-        None => serve(stream, peer, app).await,
-        Some(acceptor) => {
-            let handshake = async { Some(acceptor.accept(stream).await) }
-                .or(async {
-                    Timer::after(TLS_HANDSHAKE_TIMEOUT).await;
-                    None
-                })
-                .await;
-            match handshake {
-                Some(Ok(stream)) => serve(stream, peer, app).await,
-                Some(Err(e)) => log::debug!("http: TLS handshake with {peer} failed: {e}"),
-                None => log::debug!("http: TLS handshake with {peer} timed out"),
+    let requests = Arc::new(AtomicUsize::new(0));
+    let served = async {
+        match tls {
+            None => serve(stream, peer, app, requests.clone()).await,
+            Some(acceptor) => {
+                let handshake = async { Some(acceptor.accept(stream).await) }
+                    .or(async {
+                        Timer::after(TLS_HANDSHAKE_TIMEOUT).await;
+                        None
+                    })
+                    .await;
+                match handshake {
+                    Some(Ok(stream)) => serve(stream, peer, app, requests.clone()).await,
+                    Some(Err(e)) => log::debug!("http: TLS handshake with {peer} failed: {e}"),
+                    None => log::debug!("http: TLS handshake with {peer} timed out"),
+                }
             }
         }
+    };
+    served.or(closing(shutdown, &requests)).await;
+}
+
+/// Resolves once shutdown has begun and the connection has had no request in progress for
+/// [`SHUTDOWN_IDLE`], or [`SHUTDOWN_GRACE`] after shutdown whatever it does.
+async fn closing(shutdown: Receiver<()>, requests: &AtomicUsize) {
+    let _ = shutdown.recv().await;
+    let idle = async {
+        let mut quiet = Duration::ZERO;
+        while quiet < SHUTDOWN_IDLE {
+            Timer::after(SHUTDOWN_IDLE / 4).await;
+            quiet = if requests.load(Ordering::Acquire) == 0 {
+                quiet + SHUTDOWN_IDLE / 4
+            } else {
+                Duration::ZERO
+            };
+        }
+    };
+    idle.or(async {
+        Timer::after(SHUTDOWN_GRACE).await;
+    })
+    .await;
+}
+
+/// Counts a request in progress for as long as it lives.
+struct InProgress(Arc<AtomicUsize>);
+
+impl InProgress {
+    fn new(requests: &Arc<AtomicUsize>) -> InProgress {
+        requests.fetch_add(1, Ordering::AcqRel);
+        InProgress(requests.clone())
     }
 }
 
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// `res` with a body that keeps its request counted as in progress until the body has been
+/// written out (or dropped), so shutdown never cuts an answer half way.
+fn counted(mut res: tide::http::Response, in_progress: InProgress) -> tide::http::Response {
+    let body = res.take_body();
+    let (len, mime) = (body.len(), body.mime().clone());
+    let mut counted = tide::http::Body::from_reader(
+        CountedBody {
+            body,
+            _in_progress: in_progress,
+        },
+        len,
+    );
+    counted.set_mime(mime);
+    res.set_body(counted);
+    res
+}
+
+struct CountedBody {
+    body: tide::http::Body,
+    _in_progress: InProgress,
+}
+
+impl AsyncRead for CountedBody {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().body).poll_read(cx, buf)
+    }
+}
+
+impl AsyncBufRead for CountedBody {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<&[u8]>> {
+        Pin::new(&mut self.get_mut().body).poll_fill_buf(cx)
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        Pin::new(&mut self.get_mut().body).consume(amt)
+    }
+}
 /// HTTP/1.1 on one connection (keep-alive) until the client closes or misbehaves.
-async fn serve<S, IO>(io: IO, peer: SocketAddr, app: tide::Server<S>)
+async fn serve<S, IO>(io: IO, peer: SocketAddr, app: tide::Server<S>, requests: Arc<AtomicUsize>)
 where
     S: Clone + Send + Sync + 'static,
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -121,13 +220,16 @@ where
     let result = async_h1::accept(io.clone(), |mut req| {
         let app = app.clone();
         req.set_peer_addr(Some(peer));
+        let in_progress = InProgress::new(&requests);
         async move {
-            app.respond(req)
+            let res = app
+                .respond(req)
                 .or(async {
                     Timer::after(REQUEST_TIMEOUT).await;
                     Ok(error_response(503, "timeout", "the request took too long"))
                 })
-                .await
+                .await?;
+            Ok(counted(res, in_progress))
         }
     })
     .or(async {

@@ -218,6 +218,9 @@ pub trait Store: Send + Sync {
     fn sweep(&self, now: SystemTime, retention: Retention) -> Result<SweepReport, StoreError>;
     /// Approximate bytes on disk (for `/metrics`).
     fn size_bytes(&self) -> u64;
+    /// Stops background work (flushes, compactions) for a process about to exit with the store
+    /// still referenced elsewhere; reads and writes keep working.
+    fn quiesce(&self) {}
 }
 
 /// Unix milliseconds of a time (0 before 1970).

@@ -948,6 +948,10 @@ impl Store for RocksStore {
             .unwrap_or(0);
         keystore + database
     }
+
+    fn quiesce(&self) {
+        self.db.cancel_all_background_work(true);
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
