@@ -304,6 +304,16 @@ fn channel_check_stages_a_signed_release_and_refusals_are_audited() {
         fs::read(spool.join("staged/root.erofs")).expect("staged root"),
         fs::read(releases.path("root.in")).expect("root")
     );
+
+    // A refused upload leaves the requested release standing (update state after a refusal).
+    let refused_again = upload(releases.bundle(&forged), Some(admin));
+    assert_eq!(refused_again.error_code(), "bad_signature");
+    assert!(spool.join("request.json").exists());
+    let view = api.get("/api/v1/update", Some(reader)).json();
+    assert_eq!(view["state"], "requested", "{view}");
+    assert_eq!(view["available"], "9.1.0", "{view}");
+    assert_eq!(view["last_error"]["code"], "bad_signature", "{view}");
+
     let leftovers: Vec<_> = fs::read_dir(&spool)
         .expect("spool")
         .map(|e| e.expect("entry").file_name())

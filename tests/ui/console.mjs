@@ -308,8 +308,9 @@ page.on("console", (msg) => {
   await page.click("#update-upload button[type=submit]");
   await page.waitForSelector("#update-upload-result.error:has-text('refused: bad signature')");
   check((await page.textContent("#update-upload-result")).includes("(bad_signature)"), "the refusal's code");
-  await page.waitForSelector("#update-state[data-state=refused]");
-  check((await page.textContent("#update-last-error")).includes("bad signature"), "last error");
+  await page.waitForSelector("#update-last-error:has-text('bad signature')");
+  // The release requested before is still in place: the refusal does not replace it.
+  check((await page.getAttribute("#update-state", "data-state")) === "requested", "state stays requested");
   await snap(page, "update-upload-refused");
 
   step = "narrow screen";

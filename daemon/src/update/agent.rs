@@ -241,6 +241,7 @@ impl Updater {
             return Err(UpdateError::Busy);
         }
         let result = f();
+        let standing = result.is_err().then(|| self.standing()).flatten();
         self.set(now, |s| match &result {
             Ok(Outcome::UpToDate { .. }) => {
                 s.state = "idle";
@@ -258,15 +259,31 @@ impl Updater {
                 s.last_error = None;
             }
             Err(e) => {
-                s.state = if matches!(e, UpdateError::Refused(_)) {
-                    "refused"
-                } else {
-                    "failed"
+                // A release staged earlier and still in place stays what the state says;
+                // the refusal or failure is the last error.
+                s.state = match standing {
+                    Some(word) => word,
+                    None if matches!(e, UpdateError::Refused(_)) => "refused",
+                    None => "failed",
                 };
+                if standing.is_none() {
+                    s.available = None;
+                }
                 s.last_error = Some(e.view());
             }
         });
         result
+    }
+
+    /// `requested` or `staged` while an earlier release is still staged in the spool.
+    fn standing(&self) -> Option<&'static str> {
+        if self.config.spool_dir.join(REQUEST_FILE).exists() {
+            Some("requested")
+        } else if self.staged_dir().join(MANIFEST_FILE).exists() {
+            Some("staged")
+        } else {
+            None
+        }
     }
 
     /// Polls the channel once: judges its release, downloads and stages it, and requests the

@@ -505,7 +505,7 @@ const UPDATE_STATES = {
   checking: "checking the channel…",
   downloading: "downloading and verifying…",
   staged: "staged: verified and ready; press Apply to install it",
-  requested: "install requested: the installer is writing the other slot",
+  requested: "install requested: waiting for the installer to write the other slot",
   refused: "refused (see the last error)",
   failed: "failed (see the last error)",
   installing: "installing into the other slot…",
