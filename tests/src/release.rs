@@ -50,7 +50,12 @@ pub struct Releases {
 impl Releases {
     pub fn new() -> Releases {
         let dir = tempfile::tempdir().expect("temp dir");
-        release_cli(&["keygen", "--out", &text(&dir.path().join("key"))]);
+        let key_id = release_cli(&["keygen", "--out", &text(&dir.path().join("key"))]);
+        assert_eq!(
+            key_id.trim().len(),
+            16,
+            "keygen prints the key id, 16 hex digits: {key_id}"
+        );
         let root: Vec<u8> = (0..ROOT_BYTES).map(|i| (i % 251) as u8).collect();
         fs::write(dir.path().join("root.in"), root).expect("root");
         fs::write(dir.path().join("vmlinuz.in"), b"a kernel").expect("kernel");

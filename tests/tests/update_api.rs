@@ -5,103 +5,20 @@
 //! leave an audit entry.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use base64::Engine as _;
-use mxnode_tests::{ApiClient, Node, NodeConfig, StaticServer, TestCa, mxnode_bin};
+use mxnode_tests::{ApiClient, Node, NodeConfig, Releases, StaticServer, TestCa, mxnode_bin};
 use serde_json::Value;
-
-/// Runs `mxnode release …` and returns its stdout; panics with its output on failure.
-fn release(args: &[&str]) -> String {
-    let output = Command::new(mxnode_bin())
-        .arg("release")
-        .args(args)
-        .output()
-        .expect("run mxnode release");
-    assert!(
-        output.status.success(),
-        "mxnode release {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// A release key, artifacts, and signed releases in a temp dir.
-struct Releases {
-    dir: tempfile::TempDir,
-}
-
-impl Releases {
-    fn new() -> Releases {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let key_id = release(&["keygen", "--out", &path_str(&dir.path().join("key"))]);
-        assert_eq!(
-            key_id.trim().len(),
-            16,
-            "the key id is 16 hex digits: {key_id}"
-        );
-        let root: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        fs::write(dir.path().join("root.in"), root).expect("root");
-        fs::write(dir.path().join("vmlinuz.in"), b"a kernel").expect("kernel");
-        fs::write(dir.path().join("initrd.in"), b"an initrd").expect("initrd");
-        Releases { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn keys_file(&self) -> PathBuf {
-        self.path("key/release-key.pub")
-    }
-
-    /// Signs `version` into `name/` and returns the directory.
-    fn sign(&self, name: &str, version: &str) -> PathBuf {
-        let out = self.path(name);
-        release(&[
-            "sign",
-            "--key",
-            &path_str(&self.path("key/release-key.pk8")),
-            "--version",
-            version,
-            "--security-floor",
-            "1.0.0",
-            "--root",
-            &path_str(&self.path("root.in")),
-            "--kernel",
-            &path_str(&self.path("vmlinuz.in")),
-            "--initrd",
-            &path_str(&self.path("initrd.in")),
-            "--out",
-            &path_str(&out),
-        ]);
-        out
-    }
-
-    fn bundle(&self, dir: &Path) -> Vec<u8> {
-        let out = dir.with_extension("tar");
-        release(&["bundle", "--dir", &path_str(dir), "--out", &path_str(&out)]);
-        fs::read(out).expect("bundle")
-    }
-}
 
 fn path_str(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// Copies a release directory's files into the served channel directory.
-fn publish(release: &Path, channel: &Path) {
-    fs::create_dir_all(channel).expect("channel dir");
-    for name in [
-        "manifest.json",
-        "manifest.json.sig",
-        "root.erofs",
-        "vmlinuz",
-        "initrd.img",
-    ] {
-        fs::copy(release.join(name), channel.join(name)).expect("publish");
-    }
+/// The offline bundle of a release directory, as the bytes an upload sends.
+fn bundle(releases: &Releases, dir: &Path) -> Vec<u8> {
+    fs::read(releases.bundle(dir)).expect("bundle")
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -129,7 +46,7 @@ fn channel_check_stages_a_signed_release_and_refusals_are_audited() {
     let served = tempfile::tempdir().expect("temp dir");
     let channel_dir = served.path().join("stable");
     let good = releases.sign("good", "9.0.0");
-    publish(&good, &channel_dir);
+    releases.publish(&good, &channel_dir);
     let server = StaticServer::start(&ca, served.path());
     let node_dirs = tempfile::tempdir().expect("temp dir");
     let spool = node_dirs.path().join("spool");
@@ -229,7 +146,7 @@ fn channel_check_stages_a_signed_release_and_refusals_are_audited() {
     let mut root = fs::read(tampered.join("root.erofs")).expect("root");
     root[123_456] ^= 0x01;
     fs::write(tampered.join("root.erofs"), root).expect("tamper");
-    publish(&tampered, &channel_dir);
+    releases.publish(&tampered, &channel_dir);
     let refused = api.post("/api/v1/update/check", Some(admin), &Value::Null);
     assert_eq!(refused.status, 422, "{}", refused.body);
     assert_eq!(refused.error_code(), "artifact_mismatch");
@@ -274,7 +191,7 @@ fn channel_check_stages_a_signed_release_and_refusals_are_audited() {
             Some(("application/x-tar", body)),
         )
     };
-    let refused = upload(releases.bundle(&forged), Some(admin));
+    let refused = upload(bundle(&releases, &forged), Some(admin));
     assert_eq!(refused.status, 422, "{}", refused.body);
     assert_eq!(refused.error_code(), "bad_signature");
     assert_eq!(audit(&api, admin, "update.refused").len(), 2);
@@ -283,12 +200,12 @@ fn channel_check_stages_a_signed_release_and_refusals_are_audited() {
     let garbage = upload(b"definitely not a tar archive".repeat(40), Some(admin));
     assert_eq!(garbage.status, 400, "{}", garbage.body);
     assert_eq!(garbage.error_code(), "invalid_bundle");
-    let anonymous = upload(releases.bundle(&good), None);
+    let anonymous = upload(bundle(&releases, &good), None);
     assert_eq!(anonymous.status, 401, "{}", anonymous.body);
 
     // A good bundle is staged and requested like a channel release.
     let offline = releases.sign("offline", "9.1.0");
-    let taken = upload(releases.bundle(&offline), Some(admin));
+    let taken = upload(bundle(&releases, &offline), Some(admin));
     assert_eq!(taken.status, 200, "{}", taken.body);
     assert_eq!(taken.json()["available"], "9.1.0");
     let request: Value =
@@ -306,7 +223,7 @@ fn channel_check_stages_a_signed_release_and_refusals_are_audited() {
     );
 
     // A refused upload leaves the requested release standing (update state after a refusal).
-    let refused_again = upload(releases.bundle(&forged), Some(admin));
+    let refused_again = upload(bundle(&releases, &forged), Some(admin));
     assert_eq!(refused_again.error_code(), "bad_signature");
     assert!(spool.join("request.json").exists());
     let view = api.get("/api/v1/update", Some(reader)).json();
@@ -437,7 +354,7 @@ fn without_auto_apply_a_check_only_stages_and_apply_requests() {
     let ca = TestCa::new();
     let releases = Releases::new();
     let served = tempfile::tempdir().expect("temp dir");
-    publish(
+    releases.publish(
         &releases.sign("good", "9.0.0"),
         &served.path().join("stable"),
     );
