@@ -185,6 +185,7 @@ fn counted(mut res: tide::http::Response, in_progress: InProgress) -> tide::http
     res
 }
 
+/// A response body that holds its request's [`InProgress`] until written out or dropped.
 struct CountedBody {
     body: tide::http::Body,
     _in_progress: InProgress,
@@ -209,6 +210,7 @@ impl AsyncBufRead for CountedBody {
         Pin::new(&mut self.get_mut().body).consume(amt)
     }
 }
+
 /// HTTP/1.1 on one connection (keep-alive) until the client closes or misbehaves.
 async fn serve<S, IO>(io: IO, peer: SocketAddr, app: tide::Server<S>, requests: Arc<AtomicUsize>)
 where
