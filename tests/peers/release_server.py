@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""An update channel for mxnode's appliance tests: static files over HTTPS.
+"""An update channel for mxnode's tests (the appliance VM and the API): static files over HTTPS.
 
 It owns: serving the files of one directory (GET and HEAD, e.g. a signed release's
 manifest.json, manifest.json.sig and artifacts) over TLS 1.2 or newer on 127.0.0.1 with a

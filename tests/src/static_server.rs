@@ -1,4 +1,4 @@
-//! A static HTTPS file server (`tests/peers/static_https.py`): the update channel the node
+//! A static HTTPS file server (`tests/peers/release_server.py`): the update channel the node
 //! polls in the update tests.
 //!
 //! It must never serve anything but its directory, and never outlive its test (killed on drop).
@@ -17,7 +17,7 @@ use crate::process::kill_and_reap;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the script lives.
-const STATIC_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/static_https.py");
+const STATIC_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/release_server.py");
 
 /// A running HTTPS file server on 127.0.0.1 with the certificate of a [`TestCa`].
 pub struct StaticServer {
@@ -35,7 +35,7 @@ impl StaticServer {
             .arg(&ca.cert_pem)
             .arg("--key")
             .arg(&ca.key_pem)
-            .arg("--dir")
+            .arg("--root")
             .arg(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -45,9 +45,15 @@ impl StaticServer {
         let stdout = child.stdout.take().expect("stdout was piped");
         let (line_tx, line_rx) = mpsc::channel();
         thread::spawn(move || {
+            let mut stdout = BufReader::new(stdout);
             let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = stdout.read_line(&mut line);
             let _ = line_tx.send(line);
+            // The server prints a line per request; keep its stdout drained until it exits.
+            let mut served = String::new();
+            while stdout.read_line(&mut served).is_ok_and(|n| n > 0) {
+                served.clear();
+            }
         });
         let line = line_rx.recv_timeout(STARTUP_TIMEOUT).unwrap_or_default();
         match line
