@@ -159,27 +159,14 @@ impl std::fmt::Debug for WebhookClient {
 impl WebhookClient {
     /// Builds the client of a route: system roots plus the route's CA bundle.
     pub fn new(route: &Route) -> Result<WebhookClient, WebhookError> {
-        let mut roots: Vec<Certificate<'static>> = Vec::new();
-        // The system bundle may be missing on a minimal machine; a route CA can still work.
-        if let Ok(pem) = std::fs::read(SYSTEM_CA_BUNDLE) {
-            roots.extend(pem_certificates(&pem));
-        }
-        if let Some(path) = &route.webhook_ca {
-            let pem = std::fs::read(path).map_err(|source| WebhookError::ReadCa {
-                path: path.display().to_string(),
-                source,
-            })?;
-            let extra = pem_certificates(&pem);
-            if extra.is_empty() {
-                return Err(WebhookError::EmptyCa {
-                    path: path.display().to_string(),
-                });
+        let ca = route.webhook_ca.as_deref();
+        let tls = tls_trusting(ca).map_err(|e| {
+            let path = ca.map(|p| p.display().to_string()).unwrap_or_default();
+            match e {
+                CaError::Read(source) => WebhookError::ReadCa { path, source },
+                CaError::Empty => WebhookError::EmptyCa { path },
             }
-            roots.extend(extra);
-        }
-        let tls = TlsConfig::builder()
-            .root_certs(RootCerts::Specific(Arc::new(roots)))
-            .build();
+        })?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .tls_config(tls)
             .http_status_as_error(false)
@@ -339,6 +326,34 @@ impl WebhookClient {
         })
         .await
     }
+}
+
+/// Why a configured CA bundle cannot be trusted.
+#[derive(Debug)]
+pub enum CaError {
+    Read(std::io::Error),
+    /// The file holds no PEM certificate.
+    Empty,
+}
+
+/// TLS settings trusting the system bundle plus, when given, the certificates of the PEM file
+/// `ca` (at least one). The system bundle may be missing on a minimal machine; a configured CA
+/// can still work. Shared by the webhook, S3 and update channel clients.
+pub fn tls_trusting(ca: Option<&std::path::Path>) -> Result<TlsConfig, CaError> {
+    let mut roots: Vec<Certificate<'static>> = Vec::new();
+    if let Ok(pem) = std::fs::read(SYSTEM_CA_BUNDLE) {
+        roots.extend(pem_certificates(&pem));
+    }
+    if let Some(path) = ca {
+        let extra = pem_certificates(&std::fs::read(path).map_err(CaError::Read)?);
+        if extra.is_empty() {
+            return Err(CaError::Empty);
+        }
+        roots.extend(extra);
+    }
+    Ok(TlsConfig::builder()
+        .root_certs(RootCerts::Specific(Arc::new(roots)))
+        .build())
 }
 
 /// Certificates from a PEM bundle, skipping anything else.

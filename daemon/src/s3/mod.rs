@@ -16,14 +16,12 @@
 pub mod keys;
 pub mod sigv4;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use ureq::http;
-use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 
 use crate::config::{S3Config, Secret};
 
@@ -247,17 +245,14 @@ impl S3Client {
     /// Builds the client of connection `name`: system roots plus the connection's `ca`.
     pub fn new(name: &str, config: &S3Config) -> Result<S3Client, SetupError> {
         let (scheme, authority) = parse_endpoint(&config.endpoint).map_err(SetupError::Endpoint)?;
-        let mut roots: Vec<Certificate<'static>> = Vec::new();
-        // The system bundle may be missing on a minimal machine; the connection CA can still work.
-        if let Ok(pem) = std::fs::read(crate::webhook::SYSTEM_CA_BUNDLE) {
-            roots.extend(pem_certificates(&pem));
-        }
-        if let Some(path) = &config.ca {
-            roots.extend(read_ca(path)?);
-        }
-        let tls = TlsConfig::builder()
-            .root_certs(RootCerts::Specific(Arc::new(roots)))
-            .build();
+        let ca = config.ca.as_deref();
+        let tls = crate::webhook::tls_trusting(ca).map_err(|e| {
+            let path = ca.map(|p| p.display().to_string()).unwrap_or_default();
+            match e {
+                crate::webhook::CaError::Read(source) => SetupError::ReadCa { path, source },
+                crate::webhook::CaError::Empty => SetupError::EmptyCa { path },
+            }
+        })?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .tls_config(tls)
             .http_status_as_error(false)
@@ -631,31 +626,6 @@ fn status_of(error: &S3Error) -> String {
         S3Error::Status { status, .. } => status.to_string(),
         S3Error::Transport(_) => "-".into(),
     }
-}
-
-/// Reads a PEM CA bundle: at least one certificate.
-fn read_ca(path: &Path) -> Result<Vec<Certificate<'static>>, SetupError> {
-    let pem = std::fs::read(path).map_err(|source| SetupError::ReadCa {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let certificates = pem_certificates(&pem);
-    if certificates.is_empty() {
-        return Err(SetupError::EmptyCa {
-            path: path.display().to_string(),
-        });
-    }
-    Ok(certificates)
-}
-
-/// Certificates from a PEM bundle, skipping anything else.
-fn pem_certificates(pem: &[u8]) -> Vec<Certificate<'static>> {
-    ureq::tls::parse_pem(pem)
-        .filter_map(|item| match item {
-            Ok(PemItem::Certificate(c)) => Some(c),
-            _ => None,
-        })
-        .collect()
 }
 
 /// The `<Code>` of an S3 XML error body, restricted to the characters codes use; `""` when

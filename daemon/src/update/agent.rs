@@ -16,7 +16,6 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use serde::Serialize;
-use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 
 use super::install::{self, ErrorView, HistoryEntry, InstallStatus, Progress, Request, StateDir};
 use super::manifest::{ArtifactKind, MAX_MANIFEST_BYTES, Manifest, SIGNATURE_BYTES, TrustedKeys};
@@ -24,7 +23,7 @@ use super::policy::{self, Boot, Facts, Refusal};
 use super::release::{self, BundleError};
 use super::{MANIFEST_FILE, PRODUCT, REQUEST_FILE, SIGNATURE_FILE, STAGED_DIR, copy_hashing};
 use crate::config::UpdateConfig;
-use crate::webhook::SYSTEM_CA_BUNDLE;
+use crate::webhook::CaError;
 
 /// One request to the channel (manifest, signature) may take this long.
 const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -608,25 +607,15 @@ impl Updater {
 
 /// The channel's HTTPS client: system roots plus `channel_ca`, no redirects.
 fn channel_agent(channel_ca: Option<&Path>) -> Result<ureq::Agent, String> {
-    let mut roots: Vec<Certificate<'static>> = Vec::new();
-    if let Ok(pem) = fs::read(SYSTEM_CA_BUNDLE) {
-        roots.extend(pem_certificates(&pem));
-    }
-    if let Some(path) = channel_ca {
-        let pem = fs::read(path)
-            .map_err(|e| format!("update.channel_ca: cannot read {}: {e}", path.display()))?;
-        let extra = pem_certificates(&pem);
-        if extra.is_empty() {
-            return Err(format!(
-                "update.channel_ca: {} holds no PEM certificate",
-                path.display()
-            ));
+    let tls = crate::webhook::tls_trusting(channel_ca).map_err(|e| {
+        let path = channel_ca
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        match e {
+            CaError::Read(e) => format!("update.channel_ca: cannot read {path}: {e}"),
+            CaError::Empty => format!("update.channel_ca: {path} holds no PEM certificate"),
         }
-        roots.extend(extra);
-    }
-    let tls = TlsConfig::builder()
-        .root_certs(RootCerts::Specific(Arc::new(roots)))
-        .build();
+    })?;
     Ok(ureq::Agent::config_builder()
         .tls_config(tls)
         .http_status_as_error(false)
@@ -634,15 +623,6 @@ fn channel_agent(channel_ca: Option<&Path>) -> Result<ureq::Agent, String> {
         .user_agent(concat!("mxnode/", env!("CARGO_PKG_VERSION")))
         .build()
         .into())
-}
-
-fn pem_certificates(pem: &[u8]) -> Vec<Certificate<'static>> {
-    ureq::tls::parse_pem(pem)
-        .filter_map(|item| match item {
-            Ok(PemItem::Certificate(c)) => Some(c),
-            _ => None,
-        })
-        .collect()
 }
 
 fn get(
