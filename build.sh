@@ -16,6 +16,8 @@
 #   ./build.sh fuzz [TARGET] [SECONDS]
 #                      a fuzzing campaign (default: every target, 600 s each);
 #                      the grown corpus stays in /var/tmp/mxnode-fuzz
+#   ./build.sh doctor  every package and tool the commands need, which
+#                      command needs it, and whether this machine has it
 #
 # CARGO_TARGET_DIR defaults to /var/tmp/mxnode-target: outside the clone, so
 # builds are reused between CI runs and checkouts on the same machine.
@@ -25,44 +27,89 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/mxnode-target}"
 
 usage() {
-    sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 }
 
 log() {
     printf '==> %s\n' "$*" >&2
 }
 
-# Whether the Debian package $1 is installed.
-dpkg_installed() {
-    [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]
+# Every Debian package a command needs, listed once: the package, the commands that need it
+# (run, test, bench, image; `test` also builds and boots the image), the check that proves it
+# is present, and why. A check tests what the code really uses (the library file, the Perl
+# module, the binary), so neither a package that merely happens to be installed nor one whose
+# recommendations are missing can satisfy it.
+REQUIREMENTS=(
+    # package           | commands             | check                                              | needed for
+    "libclang-dev       | run test bench image | compgen -G '/usr/lib/llvm-*/lib/libclang.so' && compgen -G '/usr/lib/llvm-*/lib/clang/*/include/stddef.h' | bindgen (RocksDB bindings): libclang and its headers"
+    "librocksdb-dev     | run test bench image | [ -e /usr/lib/x86_64-linux-gnu/librocksdb.so ]     | RocksDB to link (.cargo/config.toml)"
+    "g++                | run test bench image | command -v c++                                     | compiles RocksDB's C++ glue"
+    "pkg-config         | run test bench image | command -v pkg-config                              | finds OpenSSL for native-tls"
+    "libssl-dev         | run test bench image | pkg-config --exists openssl                        | native-tls (OpenSSL)"
+    "ca-certificates    | run test bench image | [ -s /etc/ssl/certs/ca-certificates.crt ]          | system trust roots of every HTTPS client"
+    "swaks              | test                 | command -v swaks                                   | independent SMTP client"
+    "libnet-ssleay-perl | test                 | perl -MNet::SSLeay -e1                             | swaks --tls (STARTTLS)"
+    "python3            | test                 | python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' | webhook receiver and channel peers"
+    "python3-venv       | test bench           | python3 -c 'import ensurepip, venv'                | venvs of schemathesis and the bench chart"
+    "openssl            | test                 | command -v openssl                                 | TLS tooling of the tests"
+    "strace             | test                 | command -v strace                                  | files the node writes (at_rest)"
+    "chromium           | test                 | [ -x /usr/bin/chromium ]                           | browser of the console tests (ui.rs)"
+    "npm                | test                 | command -v npm                                     | installs playwright-core"
+    "postfix            | bench                | command -v smtp-source && command -v smtp-sink     | smtp-source, smtp-sink, Postfix"
+    "mmdebstrap         | test image           | command -v mmdebstrap                              | Debian root file system of the image"
+    "erofs-utils        | test image           | command -v mkfs.erofs                              | read-only root image"
+    "mtools             | test image           | command -v mcopy                                   | ESP without mounting"
+    "dosfstools         | test image           | command -v mkfs.vfat                               | ESP file system"
+    "fdisk              | test image           | command -v sfdisk                                  | GPT on a file"
+    "e2fsprogs          | test image           | command -v mkfs.ext4                               | state partition (-d)"
+    "binutils           | test image           | command -v objcopy                                 | strips debug info"
+    "qemu-utils         | test image           | command -v qemu-img                                | qcow2"
+    "ovmf               | test image           | [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ]             | UEFI firmware of the VM"
+    "swtpm              | test image           | command -v swtpm                                   | TPM 2.0 of the VM"
+    "swtpm-tools        | test image           | command -v swtpm_setup                             | creates the VM's TPM state"
+    "qemu-system-x86    | test image           | command -v qemu-system-x86_64                      | boots the image (bookworm-backports)"
+)
+
+# Field $2 (1-based) of requirement line $1, trimmed.
+requirement_field() {
+    local field
+    field=$(cut -d'|' -f"$2" <<<"$1")
+    field="${field#"${field%%[![:space:]]*}"}"
+    printf '%s' "${field%"${field##*[![:space:]]}"}"
 }
 
-# Debian bookworm packages the tests need, each with the check that proves
-# it is present. Checking first keeps local runs fast and offline.
+# Whether requirement line $1 is met: its check, run quietly.
+requirement_met() {
+    bash -c "$(requirement_field "$1" 3)" >/dev/null 2>&1
+}
+
+# The packages command $1 needs that are missing, one a line.
 missing_packages() {
-    local missing=()
-    command -v swaks >/dev/null || missing+=(swaks)                 # independent SMTP client
-    python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
-        || missing+=(python3)                                        # webhook receiver peer
-    python3 -c 'import ensurepip, venv' 2>/dev/null \
-        || missing+=(python3-venv)                                   # venv of the contract tester
-    command -v openssl >/dev/null || missing+=(openssl)              # TLS tooling in tests
-    command -v strace >/dev/null || missing+=(strace)                # files the node writes (at_rest)
-    [ -s /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
-    dpkg_installed libclang-dev || missing+=(libclang-dev)           # bindgen (RocksDB bindings)
-    dpkg_installed librocksdb-dev || missing+=(librocksdb-dev)       # RocksDB to link (.cargo/config.toml)
-    command -v pkg-config >/dev/null || missing+=(pkg-config)        # finds OpenSSL for native-tls
-    dpkg_installed libssl-dev || missing+=(libssl-dev)               # native-tls (OpenSSL)
-    command -v c++ >/dev/null || missing+=(g++)                      # compiles RocksDB's C++
-    [ -x /usr/bin/chromium ] || missing+=(chromium)                  # browser of the console tests (ui.rs)
-    command -v npm >/dev/null || missing+=(npm)                      # installs playwright-core
-    printf '%s\n' "${missing[@]}"
+    local line
+    for line in "${REQUIREMENTS[@]}"; do
+        if [[ " $(requirement_field "$line" 2) " == *" $1 "* ]] && ! requirement_met "$line"; then
+            requirement_field "$line" 1
+            echo
+        fi
+    done
 }
 
-install_test_dependencies() {
-    local missing
-    mapfile -t missing < <(missing_packages | sed '/^$/d')
-    if [ "${#missing[@]}" -eq 0 ]; then
+# Installs what command $1 needs: checked first (fast and offline when all is there), then
+# `apt-get update` and one `apt-get install`, as root or through passwordless sudo; otherwise
+# the exact command to run. qemu-system-x86 comes from bookworm-backports (the machine's
+# qemu-utils are from there, and both share qemu-system-common's version).
+BACKPORTS_SOURCES=/etc/apt/sources.list.d/mxnode-backports.sources
+
+install_packages() {
+    local missing=() backports=() package
+    while read -r package; do
+        case "$package" in
+            '') ;;
+            qemu-system-x86) backports+=("$package") ;;
+            *) missing+=("$package") ;;
+        esac
+    done < <(missing_packages "$1")
+    if [ "${#missing[@]}" -eq 0 ] && [ "${#backports[@]}" -eq 0 ]; then
         return
     fi
     local sudo=()
@@ -70,22 +117,86 @@ install_test_dependencies() {
         if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
             sudo=(sudo -n)
         else
-            echo "missing packages: ${missing[*]}; install them as root:" >&2
-            echo "  apt-get update && apt-get install -y ${missing[*]}" >&2
+            echo "./build.sh $1 needs these Debian packages: ${missing[*]} ${backports[*]}" >&2
+            echo "install them as root:" >&2
+            echo "  apt-get update && apt-get install -y --no-install-recommends ${missing[*]}" >&2
+            if [ "${#backports[@]}" -gt 0 ]; then
+                echo "  apt-get install -y --no-install-recommends -t bookworm-backports ${backports[*]}" >&2
+                echo "  (with bookworm-backports in the apt sources)" >&2
+            fi
             exit 1
         fi
     fi
-    log "installing ${missing[*]}"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y --no-install-recommends "${missing[@]}"
+    local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
+    if [ "${#backports[@]}" -gt 0 ] && [ ! -f "$BACKPORTS_SOURCES" ]; then
+        log "adding bookworm-backports ($BACKPORTS_SOURCES) for ${backports[*]}"
+        "${sudo[@]}" tee "$BACKPORTS_SOURCES" >/dev/null <<'SOURCES'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+    fi
+    if [[ " ${missing[*]} " == *" postfix "* ]]; then
+        # Postfix asks what the machine's own mail system should be: "No configuration" writes
+        # no /etc/postfix/main.cf and starts nothing; tests and the bench run private instances.
+        echo "postfix postfix/main_mailer_type select No configuration" |
+            "${sudo[@]}" debconf-set-selections
+    fi
+    log "installing ${missing[*]} ${backports[*]}"
+    "${apt[@]}" update
+    if [ "${#missing[@]}" -gt 0 ]; then
+        "${apt[@]}" install -y --no-install-recommends "${missing[@]}"
+    fi
+    if [ "${#backports[@]}" -gt 0 ]; then
+        "${apt[@]}" install -y --no-install-recommends -t bookworm-backports "${backports[@]}"
+    fi
+    # A package's presence is not the proof: every check must hold now.
+    local still
+    still=$(missing_packages "$1" | sed '/^$/d' | tr '\n' ' ')
+    if [ -n "$still" ]; then
+        echo "installed, but their checks still fail: $still(see ./build.sh doctor)" >&2
+        exit 1
+    fi
 }
 
+# `./build.sh doctor`: every requirement, the commands that need it, and whether it is present
+# on this machine (CI prints it before the tests, so a run shows what the machine already had).
+cmd_doctor() {
+    local line state package
+    printf '%-20s %-22s %-8s %s\n' requirement "needed by" state "what for"
+    for line in "${REQUIREMENTS[@]}"; do
+        package=$(requirement_field "$line" 1)
+        if requirement_met "$line"; then state=present; else state=MISSING; fi
+        printf '%-20s %-22s %-8s %s\n' "$package" "$(requirement_field "$line" 2)" "$state" \
+            "$(requirement_field "$line" 4)"
+    done
+    local tool check
+    for tool in \
+        "cargo|cargo --version|run test bench image|Rust toolchain (rustup)" \
+        "rustfmt, clippy|cargo fmt --version && cargo clippy --version|test|lint gates" \
+        "cargo-nextest|cargo nextest --version|test|test runner" \
+        "cargo-fuzz|cargo fuzz --version|test|fuzz smoke run" \
+        "cargo-audit|cargo audit --version|test|RustSec check of Cargo.lock" \
+        "s3s-fs $S3S_FS_VERSION|[ \"\$(${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs --version)\" = 's3s-fs $S3S_FS_VERSION' ]|test|S3 server peer" \
+        "schemathesis|$SCHEMATHESIS_VENV/bin/schemathesis --version|test|API contract tester" \
+        "playwright-core|cd tests/ui && node -p 'require(\"playwright-core/package.json\").version'|test|browser driver"; do
+        IFS='|' read -r package check line _ <<<"$tool|"
+        if bash -c "$check" >/dev/null 2>&1; then state=present; else state=MISSING; fi
+        printf '%-20s %-22s %-8s %s\n' "$package" "$line" "$state" "$(cut -d'|' -f4 <<<"$tool")"
+    done
+}
+
+# The Rust tools a command needs: cargo for every command; the lint and test tools for `test`.
 ensure_rust_tools() {
     command -v cargo >/dev/null || {
         echo "cargo is missing: install a Rust toolchain (rustup) first" >&2
         exit 1
     }
+    if [ "${1:-test}" != test ]; then
+        return
+    fi
     if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
         log "installing rustfmt and clippy"
         rustup component add rustfmt clippy
@@ -139,60 +250,6 @@ ensure_playwright() {
     fi
 }
 
-# Host tools of the appliance image and of its VM tests (DESIGN §8), each with the check that
-# proves it is present. None of them needs loop devices, device-mapper or mounts.
-missing_image_packages() {
-    local missing=()
-    command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)          # Debian root file system
-    command -v mkfs.erofs >/dev/null || missing+=(erofs-utils)         # read-only root image
-    command -v mcopy >/dev/null || missing+=(mtools)                   # ESP without mounting
-    command -v mkfs.vfat >/dev/null || missing+=(dosfstools)           # ESP file system
-    command -v sfdisk >/dev/null || missing+=(fdisk)                   # GPT on a file
-    command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)            # state partition (-d)
-    command -v objcopy >/dev/null || missing+=(binutils)               # strips debug info
-    command -v qemu-img >/dev/null || missing+=(qemu-utils)            # qcow2
-    [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || missing+=(ovmf)          # UEFI firmware for the VM
-    command -v swtpm >/dev/null || missing+=(swtpm swtpm-tools)        # TPM 2.0 for the VM
-    printf '%s\n' "${missing[@]}"
-}
-
-# qemu-system-x86 must come from bookworm-backports: the machine's qemu-utils are from there,
-# and both share qemu-system-common's version. The suite is added in a sources file of ours.
-BACKPORTS_SOURCES=/etc/apt/sources.list.d/mxnode-backports.sources
-
-install_image_dependencies() {
-    local missing qemu=()
-    mapfile -t missing < <(missing_image_packages | sed '/^$/d')
-    command -v qemu-system-x86_64 >/dev/null || qemu=(qemu-system-x86)
-    if [ "${#missing[@]}" -eq 0 ] && [ "${#qemu[@]}" -eq 0 ]; then
-        return
-    fi
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "missing packages: ${missing[*]} ${qemu[*]}; the image needs root anyway:" >&2
-        echo "  run ./build.sh image (or test) as root" >&2
-        exit 1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    if [ "${#qemu[@]}" -gt 0 ] && [ ! -f "$BACKPORTS_SOURCES" ]; then
-        log "adding bookworm-backports ($BACKPORTS_SOURCES) for qemu-system-x86"
-        cat >"$BACKPORTS_SOURCES" <<'SOURCES'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: bookworm-backports
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SOURCES
-    fi
-    log "installing ${missing[*]} ${qemu[*]}"
-    apt-get update
-    if [ "${#missing[@]}" -gt 0 ]; then
-        apt-get install -y --no-install-recommends "${missing[@]}"
-    fi
-    if [ "${#qemu[@]}" -gt 0 ]; then
-        apt-get install -y --no-install-recommends -t bookworm-backports "${qemu[@]}"
-    fi
-}
-
 # Where `image` puts its output and `vm` boots from (git-ignored).
 IMAGE_OUT="${MXNODE_IMAGE_OUT:-out/image}"
 
@@ -200,7 +257,7 @@ IMAGE_OUT="${MXNODE_IMAGE_OUT:-out/image}"
 # --release-only. MXNODE_RELEASE_KEY signs the release (default: the development key in
 # firmware-config/), MXNODE_UPDATE_KEYS lists the keys the image trusts.
 cmd_image() {
-    install_image_dependencies
+    install_packages image
     log "cargo build -p mxnode --release"
     cargo build -p mxnode --release
     image/build-image.sh --binary "$CARGO_TARGET_DIR/release/mxnode" --out "$IMAGE_OUT" "$@"
@@ -213,25 +270,8 @@ BENCH_OUT="${MXNODE_BENCH_OUT:-out/bench}"
 BENCH_WORK="${MXNODE_BENCH_WORK:-/var/tmp/mxnode-bench}"
 BENCH_VENV="${MXNODE_BENCH_VENV:-/var/tmp/mxnode-bench-venv}"
 
-# Debian packages of the benchmark, each with the check that proves it is present.
-missing_bench_packages() {
-    local missing=()
-    command -v smtp-source >/dev/null || missing+=(postfix)          # smtp-source, smtp-sink, Postfix
-    python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)  # the chart's venv
-    printf '%s\n' "${missing[@]}"
-}
-
-install_bench_dependencies() {
-    local missing
-    mapfile -t missing < <(missing_bench_packages | sed '/^$/d')
-    if [ "${#missing[@]}" -gt 0 ]; then
-        log "installing ${missing[*]}"
-        # Postfix asks what the machine's own mail system should be: "No configuration" writes no
-        # /etc/postfix/main.cf and starts nothing; the benchmark runs a private instance.
-        echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-        DEBIAN_FRONTEND=noninteractive apt-get update
-        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
-    fi
+# The chart's Python environment (matplotlib from PyPI), outside the clone.
+ensure_bench_venv() {
     if ! "$BENCH_VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
         log "creating $BENCH_VENV with matplotlib from PyPI"
         python3 -m venv "$BENCH_VENV"
@@ -244,7 +284,8 @@ cmd_bench() {
         echo "./build.sh bench needs root: it installs Postfix and starts a private instance" >&2
         exit 1
     fi
-    install_bench_dependencies
+    install_packages bench
+    ensure_bench_venv
     # Absolute: cargo runs the parse benchmark in the bench crate's directory.
     BENCH_OUT="$(realpath -m "$BENCH_OUT")"
     # Two builds: together, cargo would unify features with the bench crate's dependencies and
@@ -352,8 +393,9 @@ cmd_fuzz() {
 }
 
 cmd_test() {
-    install_test_dependencies
-    install_image_dependencies
+    log "requirements on this machine before installing (./build.sh doctor)"
+    cmd_doctor >&2
+    install_packages test
     ensure_rust_tools
     ensure_s3_server
     ensure_schemathesis
@@ -375,7 +417,12 @@ cmd_test() {
 case "${1:-}" in
     run)
         shift
+        install_packages run
+        ensure_rust_tools run
         exec cargo run -p mxnode --release -- dev "$@"
+        ;;
+    doctor)
+        cmd_doctor
         ;;
     test)
         cmd_test

@@ -1,6 +1,7 @@
 //! `mxnode dev`: a development node on embedded defaults. SMTP on 127.0.0.1:2525 routes
 //! `*@localhost` and `*@example.test` to a built-in receiver that prints each payload, with
-//! STARTTLS on a self-signed certificate. Nothing else needs to be installed.
+//! STARTTLS on a self-signed certificate; the setup page, console and REST API answer on
+//! `http://127.0.0.1:8080` (setup mode until an admin exists). Nothing else needs to be installed.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -19,6 +20,8 @@ pub struct DevOptions {
     pub data_dir: std::path::PathBuf,
     pub smtp_listen: String,
     pub receiver_listen: String,
+    /// The setup page, console and REST API; plain HTTP, so a loopback address only.
+    pub http_listen: String,
 }
 
 /// Prepares the development node: self-signed TLS, the receiver, the config.
@@ -42,6 +45,7 @@ pub fn prepare(options: &DevOptions) -> anyhow::Result<(RawConfig, Config, TcpLi
     let text = DEV_CONFIG
         .replace("@DATA_DIR@", &data_dir.display().to_string())
         .replace("@SMTP_LISTEN@", &options.smtp_listen)
+        .replace("@HTTP_LISTEN@", &options.http_listen)
         .replace("@TLS_CERT@", &cert.display().to_string())
         .replace("@TLS_KEY@", &key.display().to_string())
         .replace("@WEBHOOK@", &format!("http://{receiver_addr}/webhook"))
@@ -51,8 +55,9 @@ pub fn prepare(options: &DevOptions) -> anyhow::Result<(RawConfig, Config, TcpLi
     let config = Config::from_raw(raw.clone())?;
     println!(
         "mxnode dev: SMTP on {} (STARTTLS, self-signed), mail for *@localhost and *@example.test \
-         is printed below by the built-in receiver on http://{receiver_addr}/webhook",
-        options.smtp_listen
+         is printed below by the built-in receiver on http://{receiver_addr}/webhook; setup page \
+         and console on http://{}/ (the setup token is logged below until an admin exists)",
+        options.smtp_listen, options.http_listen
     );
     Ok((raw, config, receiver, key_bytes))
 }

@@ -51,6 +51,9 @@ enum Command {
         smtp: String,
         #[arg(long, default_value = "127.0.0.1:8025")]
         receiver: String,
+        /// The setup page, console and REST API (plain HTTP: a loopback address only).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: String,
     },
     /// Manage REST API keys offline (the node must not be running: the store is locked by it).
     ApiKey {
@@ -254,12 +257,14 @@ fn main() -> ExitCode {
             data_dir,
             smtp,
             receiver,
+            http,
         } => {
             mxnode::logging::init(log::LevelFilter::Info);
             let options = mxnode::dev::DevOptions {
                 data_dir,
                 smtp_listen: smtp,
                 receiver_listen: receiver,
+                http_listen: http,
             };
             exit(smol::block_on(async {
                 let (raw, config, listener, key) = mxnode::dev::prepare(&options)?;

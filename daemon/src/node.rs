@@ -393,7 +393,7 @@ fn prepare_http(
     let listener = crate::http::server::bind(addr).map_err(StartError::HttpListen)?;
     if let Ok(addr) = listener.get_ref().local_addr() {
         let scheme = if tls.is_some() { "https" } else { "http" };
-        log::info!("listening on {scheme}://{addr} (REST API)");
+        log::info!("listening on {scheme}://{addr} (setup page, console and REST API)");
     }
     Ok(HttpService {
         listener,

@@ -18,6 +18,9 @@ use crate::tls::{TestCa, https_agent_trusting};
 /// Upper bound of one contract-test run (it is sized to take well under a minute).
 const CONTRACT_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Upper bound of one plain-HTTP request (loopback, a development node).
+const PLAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Largest API answer read (an export of many records).
 const MAX_ANSWER_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -112,6 +115,18 @@ impl ApiClient {
         ApiClient {
             agent: https_agent_trusting(&ca.ca_pem),
             base: node.api_url(""),
+        }
+    }
+
+    /// A client of a plain-HTTP API at `base` (`http://ADDR`, loopback), such as `mxnode dev`'s.
+    pub fn plain(base: &str) -> ApiClient {
+        ApiClient {
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(PLAIN_TIMEOUT))
+                .build()
+                .into(),
+            base: base.trim_end_matches('/').to_string(),
         }
     }
 

@@ -44,7 +44,7 @@ const LOG_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const LISTENING_MARKER: &str = "listening on smtp://";
 
 /// The log line prefix that announces the REST API listener, e.g.
-/// `listening on https://127.0.0.1:40124 (REST API)` (or `http://`).
+/// `listening on https://127.0.0.1:40124 (setup page, console and REST API)` (or `http://`).
 const HTTP_LISTENING_MARKER: &str = "listening on http";
 
 /// The `mxnode` binary to test: `$MXNODE_BIN` when set, else `mxnode` in the
@@ -852,7 +852,7 @@ fn create_api_key(config_path: &Path, name: &str, scopes: &[String]) -> String {
 
 /// The base URL (`https://ADDR` or `http://ADDR`) of the first
 /// `listening on http[s]://<addr>` line in `log`.
-fn parse_http_listening(log: &str) -> Option<String> {
+pub fn parse_http_listening(log: &str) -> Option<String> {
     log.match_indices(HTTP_LISTENING_MARKER)
         .find_map(|(at, _)| {
             let rest = &log[at + "listening on ".len()..];

@@ -389,7 +389,7 @@ impl Api {
             None => None,
         };
         log::warn!(
-            "setup mode: no admin exists yet. Open the node's https:// address and enter the setup token {token}{}{}",
+            "setup mode: no admin exists yet. Open the node's setup page (its https:// address) and enter the setup token {token}{}{}",
             file.as_ref()
                 .map(|p| format!(" (also in {})", p.display()))
                 .unwrap_or_default(),
