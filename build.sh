@@ -205,6 +205,24 @@ ensure_rust_tools() {
         log "installing cargo-nextest"
         cargo install --locked cargo-nextest
     fi
+    if ! cargo audit --version >/dev/null 2>&1; then
+        log "installing cargo-audit"
+        cargo install --locked cargo-audit
+    fi
+}
+
+# The RustSec advisory database the audit reads: the offline snapshot beside the clone.
+ADVISORY_DB="${MXNODE_ADVISORY_DB:-../shared/advisory-db}"
+
+# Cargo.lock against the RustSec database: every kind of advisory (vulnerability, unmaintained,
+# unsound, notice) fails, except those ignored in .cargo/audit.toml, each with its reason there.
+audit_dependencies() {
+    if [ ! -d "$ADVISORY_DB/crates" ]; then
+        echo "no RustSec advisory database at $ADVISORY_DB (set MXNODE_ADVISORY_DB)" >&2
+        exit 1
+    fi
+    log "cargo audit (RustSec snapshot in $ADVISORY_DB)"
+    cargo audit --db "$ADVISORY_DB" --no-fetch --stale --deny warnings
 }
 
 # The S3-compatible server of the S3 tests (tests/src/s3.rs): s3s-fs, which checks SigV4
@@ -404,6 +422,7 @@ cmd_test() {
     cargo fmt --all -- --check
     log "cargo clippy"
     cargo clippy --workspace --all-targets -- -D warnings
+    audit_dependencies
     log "cargo build -p mxnode"
     cargo build -p mxnode
     fuzz_smoke
