@@ -129,6 +129,21 @@ pub fn facts(chain_pem: &[u8]) -> Option<CertificateFacts> {
     facts_of(&chain, &now)
 }
 
+/// `der` as PEM with `label` (`CERTIFICATE`, `PRIVATE KEY`), in 64-column lines as OpenSSL
+/// writes it.
+#[cfg(test)]
+pub(crate) fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let base64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in base64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
 /// A validated upload: the chain as PEM (normalised) and the key as PKCS#8 PEM, which is what
 /// the TLS layer loads.
 pub struct Upload {
@@ -300,7 +315,7 @@ pub fn validate(chain_pem: &str, key_pem: &str, now: i64) -> Result<Upload, Vec<
         .private_key_to_pem_pkcs8()
         .map_err(|_| vec![problem("key", "the key cannot be encoded as PKCS#8")])?;
     let key_pem = String::from_utf8_lossy(&key_pem).into_owned();
-    crate::smtp::tls::acceptor_from_pem(normalised.as_bytes(), key_pem.as_bytes())
+    crate::smtp::tls::config_from_pem(normalised.as_bytes(), key_pem.as_bytes())
         .map_err(|e| vec![problem("certificate", e)])?;
     let facts = facts_of(&chain, &now)
         .ok_or_else(|| vec![problem("certificate", "the certificate cannot be read")])?;
