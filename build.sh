@@ -44,8 +44,6 @@ REQUIREMENTS=(
     "libclang-dev       | run test bench image | compgen -G '/usr/lib/llvm-*/lib/libclang.so' && compgen -G '/usr/lib/llvm-*/lib/clang/*/include/stddef.h' | bindgen (RocksDB bindings): libclang and its headers"
     "librocksdb-dev     | run test bench image | [ -e /usr/lib/x86_64-linux-gnu/librocksdb.so ]     | RocksDB to link (.cargo/config.toml)"
     "g++                | run test bench image | command -v c++                                     | compiles RocksDB's C++ glue"
-    "pkg-config         | run test bench image | command -v pkg-config                              | finds OpenSSL for native-tls"
-    "libssl-dev         | run test bench image | pkg-config --exists openssl                        | native-tls (OpenSSL)"
     "ca-certificates    | run test bench image | [ -s /etc/ssl/certs/ca-certificates.crt ]          | system trust roots of every HTTPS client"
     "swaks              | test                 | command -v swaks                                   | independent SMTP client"
     "libnet-ssleay-perl | test                 | perl -MNet::SSLeay -e1                             | swaks --tls (STARTTLS)"

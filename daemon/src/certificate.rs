@@ -3,7 +3,11 @@
 //! about a certificate, storing an upload under `data_dir/tls/uploaded/`, and switching the
 //! running listeners (STARTTLS and HTTPS) to it without a restart.
 //!
-//! X.509 is read by OpenSSL, the library the TLS layer itself uses; nothing here parses DER.
+//! Certificates are read by `x509-parser` (signatures checked with ring, the crypto of the TLS
+//! layer); keys are read and matched by the TLS layer itself (`smtp::tls`, rustls), so what
+//! passes here is what the listeners will load. The only DER written here is the PKCS#8
+//! envelope around a SEC1 or PKCS#1 key (RFC 5208), the one form every release of the node
+//! loads. Dates keep OpenSSL's rendering (`Nov 22 12:00:00 2026 GMT`), which the API returns.
 //! It must never log, return or echo a private key: the key is written once, 0600, and only the
 //! certificate's public facts leave this module.
 
@@ -12,11 +16,16 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use openssl::asn1::{Asn1Time, Asn1TimeRef};
-use openssl::pkey::{PKey, Private};
-use openssl::x509::{X509, X509NameRef, X509VerifyResult};
+use base64::Engine as _;
 use ring::digest::{SHA256, digest};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Serialize;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::error::X509Error;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::FromDer as _;
+use x509_parser::time::ASN1Time;
+use x509_parser::x509::{AttributeTypeAndValue, X509Name};
 
 use crate::config::{ConfigError, TlsFiles};
 use crate::smtp::tls::ReloadableAcceptor;
@@ -50,87 +59,182 @@ pub struct CertificateFacts {
     pub chain_length: usize,
 }
 
-fn name(n: &X509NameRef) -> String {
-    n.entries()
-        .map(|e| {
-            let value = String::from_utf8_lossy(e.data().as_slice()).into_owned();
-            match e.object().nid().short_name() {
-                Ok(key) => format!("{key}={value}"),
-                Err(_) => value,
-            }
-        })
+/// OpenSSL's short name of a name attribute (`CN`, `O`, …), so subjects read as they always
+/// did; an attribute without one is shown by its OID.
+fn attribute_key(attribute: &AttributeTypeAndValue<'_>) -> String {
+    let oid = attribute.attr_type().to_id_string();
+    let short = match oid.as_str() {
+        "2.5.4.3" => "CN",
+        "2.5.4.4" => "SN",
+        "2.5.4.5" => "serialNumber",
+        "2.5.4.6" => "C",
+        "2.5.4.7" => "L",
+        "2.5.4.8" => "ST",
+        "2.5.4.9" => "street",
+        "2.5.4.10" => "O",
+        "2.5.4.11" => "OU",
+        "2.5.4.12" => "title",
+        "2.5.4.15" => "businessCategory",
+        "2.5.4.17" => "postalCode",
+        "2.5.4.41" => "name",
+        "2.5.4.42" => "GN",
+        "2.5.4.43" => "initials",
+        "2.5.4.44" => "generationQualifier",
+        "2.5.4.46" => "dnQualifier",
+        "2.5.4.65" => "pseudonym",
+        "2.5.4.97" => "organizationIdentifier",
+        "1.2.840.113549.1.9.1" => "emailAddress",
+        "0.9.2342.19200300.100.1.1" => "UID",
+        "0.9.2342.19200300.100.1.25" => "DC",
+        "1.3.6.1.4.1.311.60.2.1.1" => "jurisdictionL",
+        "1.3.6.1.4.1.311.60.2.1.2" => "jurisdictionST",
+        "1.3.6.1.4.1.311.60.2.1.3" => "jurisdictionC",
+        _ => return oid,
+    };
+    short.to_string()
+}
+
+/// The text of a name attribute: the string types as they are, a BMPString decoded from
+/// UTF-16, anything else byte by byte (lossy).
+fn attribute_value(attribute: &AttributeTypeAndValue<'_>) -> String {
+    if let Ok(text) = attribute.as_str() {
+        return text.to_string();
+    }
+    let bytes = attribute.as_slice();
+    if attribute.attr_value().tag() == x509_parser::der_parser::asn1_rs::Tag::BmpString {
+        let units: Vec<u16> = bytes
+            .chunks_exact(2)
+            .map(|pair| u16::from_be_bytes([pair[0], pair[1]]))
+            .collect();
+        return String::from_utf16_lossy(&units);
+    }
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `CN=mx.test, O=Example`: every attribute in certificate order.
+fn name(n: &X509Name<'_>) -> String {
+    n.iter_attributes()
+        .map(|a| format!("{}={}", attribute_key(a), attribute_value(a)))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-fn sans(cert: &X509) -> Vec<String> {
-    let Some(names) = cert.subject_alt_names() else {
+fn sans(cert: &X509Certificate<'_>) -> Vec<String> {
+    let Ok(Some(names)) = cert.subject_alternative_name() else {
         return Vec::new();
     };
     names
+        .value
+        .general_names
         .iter()
-        .filter_map(|n| {
-            if let Some(dns) = n.dnsname() {
-                return Some(dns.to_string());
-            }
-            if let Some(ip) = n.ipaddress() {
+        .filter_map(|n| match n {
+            GeneralName::DNSName(dns) => Some(dns.to_string()),
+            GeneralName::IPAddress(ip) => {
                 let ip = match ip.len() {
-                    4 => <[u8; 4]>::try_from(ip).ok().map(IpAddr::from),
-                    16 => <[u8; 16]>::try_from(ip).ok().map(IpAddr::from),
+                    4 => <[u8; 4]>::try_from(*ip).ok().map(IpAddr::from),
+                    16 => <[u8; 16]>::try_from(*ip).ok().map(IpAddr::from),
                     _ => None,
                 };
-                return ip.map(|ip| ip.to_string());
+                ip.map(|ip| ip.to_string())
             }
-            n.email()
-                .map(|e| format!("email:{e}"))
-                .or_else(|| n.uri().map(|u| format!("uri:{u}")))
+            GeneralName::RFC822Name(email) => Some(format!("email:{email}")),
+            GeneralName::URI(uri) => Some(format!("uri:{uri}")),
+            _ => None,
         })
         .collect()
 }
 
-/// The SHA-256 fingerprint of a certificate, `AB:CD:…`.
-fn fingerprint(cert: &X509) -> Option<String> {
-    let der = cert.to_der().ok()?;
-    Some(
-        digest(&SHA256, &der)
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02X}"))
-            .collect::<Vec<_>>()
-            .join(":"),
+/// The SHA-256 fingerprint of a certificate's DER, `AB:CD:…`.
+fn fingerprint(der: &[u8]) -> String {
+    digest(&SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A certificate time as OpenSSL prints it (`ASN1_TIME_print`): `Nov  2 12:00:00 2026 GMT`, the
+/// day padded with a space.
+fn openssl_time(time: &ASN1Time) -> String {
+    let t = time.to_datetime();
+    let month: String = t.month().to_string().chars().take(3).collect();
+    format!(
+        "{month} {:2} {:02}:{:02}:{:02} {} GMT",
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.year()
     )
 }
 
-/// Whole days from `now` to `then` (negative when `then` is past).
-fn days_between(now: &Asn1TimeRef, then: &Asn1TimeRef) -> i64 {
-    now.diff(then).map_or(0, |d| {
-        i64::from(d.days) + i64::from(d.secs).div_euclid(SECONDS_PER_DAY)
-    })
+/// Whole days from `now` to `then` (unix seconds; negative, rounded down, when `then` is past),
+/// as OpenSSL's `ASN1_TIME_diff` counted them.
+fn days_between(now: i64, then: i64) -> i64 {
+    then.saturating_sub(now).div_euclid(SECONDS_PER_DAY)
 }
 
-fn facts_of(chain: &[X509], now: &Asn1TimeRef) -> Option<CertificateFacts> {
+/// A certificate with its DER (the fingerprint is over the bytes as uploaded).
+struct Parsed<'a> {
+    der: &'a [u8],
+    cert: X509Certificate<'a>,
+}
+
+fn facts_of(chain: &[Parsed<'_>], now: i64) -> Option<CertificateFacts> {
     let leaf = chain.first()?;
+    let validity = leaf.cert.validity();
     Some(CertificateFacts {
-        subject: name(leaf.subject_name()),
-        issuer: name(leaf.issuer_name()),
-        sans: sans(leaf),
-        not_before: leaf.not_before().to_string(),
-        not_after: leaf.not_after().to_string(),
-        days_left: days_between(now, leaf.not_after()),
-        sha256_fingerprint: fingerprint(leaf)?,
+        subject: name(leaf.cert.subject()),
+        issuer: name(leaf.cert.issuer()),
+        sans: sans(&leaf.cert),
+        not_before: openssl_time(&validity.not_before),
+        not_after: openssl_time(&validity.not_after),
+        days_left: days_between(now, validity.not_after.timestamp()),
+        sha256_fingerprint: fingerprint(leaf.der),
         chain_length: chain.len(),
     })
 }
 
-/// The facts of the PEM chain `chain_pem` now, `None` when it holds no certificate.
-pub fn facts(chain_pem: &[u8]) -> Option<CertificateFacts> {
-    let chain = X509::stack_from_pem(chain_pem).ok()?;
-    let now = Asn1Time::days_from_now(0).ok()?;
-    facts_of(&chain, &now)
+/// Parses each certificate; `None` when one is not an X.509 certificate.
+fn parse<'a>(ders: &'a [CertificateDer<'static>]) -> Option<Vec<Parsed<'a>>> {
+    ders.iter()
+        .map(|der| {
+            X509Certificate::from_der(der)
+                .ok()
+                .map(|(_, cert)| Parsed { der, cert })
+        })
+        .collect()
 }
 
-/// A validated upload: the chain as PEM (normalised) and the key as PKCS#8 PEM, which is what
-/// the TLS layer loads.
+/// The unix time now.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The facts of the PEM chain `chain_pem` now, `None` when it holds no certificate.
+pub fn facts(chain_pem: &[u8]) -> Option<CertificateFacts> {
+    let ders = crate::smtp::tls::certificate_chain(chain_pem).ok()?;
+    facts_of(&parse(&ders)?, unix_now())
+}
+
+/// `der` as PEM with `label` (`CERTIFICATE`, `PRIVATE KEY`), in 64-column lines as OpenSSL
+/// writes it.
+pub(crate) fn pem(label: &str, der: &[u8]) -> String {
+    let base64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in base64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// A validated upload: the chain as PEM (normalised) and the key as PKCS#8 PEM, the form every
+/// release of the node loads (a rollback included).
 pub struct Upload {
     pub chain_pem: String,
     key_pem: String,
@@ -152,7 +256,7 @@ fn problem(key: &str, message: impl Into<String>) -> ConfigError {
     }
 }
 
-fn read_chain(pem: &str) -> Result<Vec<X509>, String> {
+fn read_chain(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     if pem.trim().is_empty() {
         return Err("paste the certificate chain in PEM (-----BEGIN CERTIFICATE-----)".into());
     }
@@ -162,31 +266,37 @@ fn read_chain(pem: &str) -> Result<Vec<X509>, String> {
         }
         return Err("no PEM certificate found (-----BEGIN CERTIFICATE-----)".into());
     }
-    let chain = X509::stack_from_pem(pem.as_bytes()).map_err(|_| {
-        "a PEM certificate could not be read (truncated, or not an X.509 certificate)".to_string()
-    })?;
-    if chain.is_empty() {
-        return Err("no PEM certificate found (-----BEGIN CERTIFICATE-----)".into());
-    }
+    let unreadable =
+        || "a PEM certificate could not be read (truncated, or not an X.509 certificate)";
+    let chain = crate::smtp::tls::certificate_chain(pem.as_bytes()).map_err(|_| unreadable())?;
     if chain.len() > MAX_CHAIN_CERTIFICATES {
         return Err(format!(
             "{} certificates: at most {MAX_CHAIN_CERTIFICATES} in one chain",
             chain.len()
         ));
     }
+    if parse(&chain).is_none() {
+        return Err(unreadable().into());
+    }
     Ok(chain)
 }
 
-fn read_key(pem: &str) -> Result<PKey<Private>, String> {
+/// A private key as the TLS layer loads it: its PKCS#8 DER and its public key (the DER of a
+/// SubjectPublicKeyInfo, as certificates carry it).
+struct Key {
+    pkcs8: PrivatePkcs8KeyDer<'static>,
+    public: Vec<u8>,
+}
+
+fn read_key(pem: &str) -> Result<Key, String> {
     if pem.trim().is_empty() {
         return Err("paste the private key in PEM (-----BEGIN PRIVATE KEY-----)".into());
     }
     if pem.contains("ENCRYPTED") {
-        return Err(
-            "the key is protected by a passphrase: upload it unencrypted (the node \
-                    stores it readable by itself only)"
-                .into(),
-        );
+        return Err(format!(
+            "{}: upload it unencrypted (the node stores it readable by itself only)",
+            crate::smtp::tls::ENCRYPTED_KEY
+        ));
     }
     if !pem.contains("PRIVATE KEY-----") {
         if pem.contains("-----BEGIN CERTIFICATE-----") {
@@ -194,14 +304,85 @@ fn read_key(pem: &str) -> Result<PKey<Private>, String> {
         }
         return Err("no PEM private key found (-----BEGIN PRIVATE KEY-----)".into());
     }
-    // A callback that supplies no passphrase: OpenSSL's default would prompt on a terminal.
-    PKey::private_key_from_pem_callback(pem.as_bytes(), |_| Ok(0))
-        .map_err(|_| "the PEM private key could not be read (truncated or damaged)".to_string())
+    let damaged = || {
+        "the PEM private key could not be read (truncated or damaged, or not an RSA, ECDSA \
+         P-256/P-384 or Ed25519 key)"
+            .to_string()
+    };
+    let key = crate::smtp::tls::private_key(pem.as_bytes()).map_err(|_| damaged())?;
+    let pkcs8 = to_pkcs8(&key).ok_or_else(damaged)?;
+    let public =
+        rustls::crypto::ring::sign::any_supported_type(&PrivateKeyDer::Pkcs8(pkcs8.clone_key()))
+            .ok()
+            .and_then(|signing| signing.public_key().map(|spki| spki.to_vec()))
+            .ok_or_else(damaged)?;
+    Ok(Key { pkcs8, public })
+}
+
+/// The key as PKCS#8 (RFC 5208): as it is, or a SEC1 (RFC 5915) or PKCS#1 (RFC 8017) key put
+/// into the PKCS#8 envelope with its algorithm; `None` when ring cannot load the result.
+fn to_pkcs8(key: &PrivateKeyDer<'_>) -> Option<PrivatePkcs8KeyDer<'static>> {
+    /// AlgorithmIdentifier rsaEncryption, NULL parameters.
+    const RSA: &[u8] = &[
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+    /// AlgorithmIdentifier id-ecPublicKey with the named curve P-256 (prime256v1).
+    const EC_P256: &[u8] = &[
+        0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86,
+        0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+    ];
+    /// AlgorithmIdentifier id-ecPublicKey with the named curve P-384 (secp384r1).
+    const EC_P384: &[u8] = &[
+        0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b, 0x81,
+        0x04, 0x00, 0x22,
+    ];
+    let loads = |der: &Vec<u8>| {
+        let candidate = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.as_slice()));
+        rustls::crypto::ring::sign::any_supported_type(&candidate).is_ok()
+    };
+    let der = match key {
+        PrivateKeyDer::Pkcs8(pkcs8) => Some(pkcs8.secret_pkcs8_der().to_vec()).filter(loads),
+        PrivateKeyDer::Pkcs1(pkcs1) => {
+            Some(pkcs8_envelope(RSA, pkcs1.secret_pkcs1_der())).filter(loads)
+        }
+        // SEC1 may leave the curve out (its parameters are optional): the curve is the one
+        // ring accepts the key for.
+        PrivateKeyDer::Sec1(sec1) => [EC_P256, EC_P384]
+            .into_iter()
+            .map(|algorithm| pkcs8_envelope(algorithm, sec1.secret_sec1_der()))
+            .find(loads),
+        _ => None,
+    }?;
+    Some(PrivatePkcs8KeyDer::from(der))
+}
+
+/// PrivateKeyInfo ::= SEQUENCE { version INTEGER (0), algorithm, privateKey OCTET STRING }.
+fn pkcs8_envelope(algorithm: &[u8], key: &[u8]) -> Vec<u8> {
+    let mut content = vec![0x02, 0x01, 0x00];
+    content.extend_from_slice(algorithm);
+    content.extend(der_element(0x04, key));
+    der_element(0x30, &content)
+}
+
+/// One DER element: the tag, the definite length (short or long form), the content.
+fn der_element(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let significant = &bytes[bytes.iter().take_while(|&&b| b == 0).count()..];
+        out.push(0x80 | significant.len() as u8);
+        out.extend_from_slice(significant);
+    }
+    out.extend_from_slice(content);
+    out
 }
 
 /// `n. (subject)` for messages about certificate number `index` (from 0) of a chain.
-fn which(chain: &[X509], index: usize) -> String {
-    let subject = chain.get(index).map(|c| name(c.subject_name()));
+fn which(chain: &[Parsed<'_>], index: usize) -> String {
+    let subject = chain.get(index).map(|c| name(c.cert.subject()));
     format!(
         "certificate {} ({})",
         index + 1,
@@ -209,26 +390,79 @@ fn which(chain: &[X509], index: usize) -> String {
     )
 }
 
+/// Whether two names are the same the way OpenSSL compares them: equal encodings, or equal
+/// after folding case and runs of spaces (its canonical form, RFC 5280 §7.1).
+fn same_name(a: &X509Name<'_>, b: &X509Name<'_>) -> bool {
+    let canonical = |n: &X509Name<'_>| {
+        name(n)
+            .to_lowercase()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    a.as_raw() == b.as_raw() || canonical(a) == canonical(b)
+}
+
+/// Whether `parent` issued `child`, as OpenSSL's `X509_check_issued` decides it: the child's
+/// issuer is the parent's subject, the key identifiers agree when both are given, and the parent
+/// may sign certificates (when it restricts its key usage at all); and then the child's
+/// signature checks with the parent's key.
+fn issued(parent: &X509Certificate<'_>, child: &X509Certificate<'_>) -> bool {
+    if !same_name(parent.subject(), child.issuer()) {
+        return false;
+    }
+    let authority_key = child
+        .iter_extensions()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.as_ref(),
+            _ => None,
+        });
+    let subject_key = parent
+        .iter_extensions()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(ski) => Some(ski),
+            _ => None,
+        });
+    if let (Some(authority), Some(subject)) = (authority_key, subject_key) {
+        if authority.0 != subject.0 {
+            return false;
+        }
+    }
+    if let Ok(Some(usage)) = parent.key_usage() {
+        if !usage.value.key_cert_sign() {
+            return false;
+        }
+    }
+    match child.verify_signature(Some(parent.public_key())) {
+        Ok(()) => true,
+        // An algorithm ring does not verify (e.g. ECDSA with SHA-512, P-521) is not a wrong
+        // order: the names and key identifiers above already tie the two together, and the
+        // TLS client checks the signature anyway.
+        Err(X509Error::SignatureUnsupportedAlgorithm) => true,
+        Err(_) => false,
+    }
+}
+
 /// Checks an uploaded chain and key at unix time `now`: both PEM, the key belongs to the first
 /// certificate, each certificate is issued (and signed) by the next, none is expired or not yet
-/// valid, and OpenSSL can serve them. Every problem is named by its field (`certificate` or
-/// `key`).
+/// valid, and the TLS layer can serve them. Every problem is named by its field (`certificate`
+/// or `key`).
 pub fn validate(chain_pem: &str, key_pem: &str, now: i64) -> Result<Upload, Vec<ConfigError>> {
     let chain = read_chain(chain_pem).map_err(|m| problem("certificate", m));
     let key = read_key(key_pem).map_err(|m| problem("key", m));
-    let (chain, key) = match (chain, key) {
+    let (ders, key) = match (chain, key) {
         (Ok(chain), Ok(key)) => (chain, key),
         (chain, key) => {
             return Err([chain.err(), key.err()].into_iter().flatten().collect());
         }
     };
-    let now = Asn1Time::from_unix(now)
-        .map_err(|_| vec![problem("", "the node's clock cannot be read")])?;
+    let chain = parse(&ders)
+        .ok_or_else(|| vec![problem("certificate", "the certificate cannot be read")])?;
     let mut problems = Vec::new();
 
     let owner = chain
         .iter()
-        .position(|c| c.public_key().is_ok_and(|p| p.public_eq(&key)));
+        .position(|c| c.cert.public_key().raw == key.public.as_slice());
     match owner {
         Some(0) => {}
         Some(index) => problems.push(problem(
@@ -243,17 +477,13 @@ pub fn validate(chain_pem: &str, key_pem: &str, now: i64) -> Result<Upload, Vec<
             "key",
             format!(
                 "the private key does not belong to the certificate ({})",
-                name(chain[0].subject_name())
+                name(chain[0].cert.subject())
             ),
         )),
     }
     if !matches!(owner, Some(index) if index > 0) {
-        for i in 0..chain.len().saturating_sub(1) {
-            let (child, parent) = (&chain[i], &chain[i + 1]);
-            let signed = parent
-                .public_key()
-                .is_ok_and(|p| child.verify(&p).unwrap_or(false));
-            if parent.issued(child) != X509VerifyResult::OK || !signed {
+        for (i, pair) in chain.windows(2).enumerate() {
+            if !issued(&pair[1].cert, &pair[0].cert) {
                 problems.push(problem(
                     "certificate",
                     format!(
@@ -267,21 +497,25 @@ pub fn validate(chain_pem: &str, key_pem: &str, now: i64) -> Result<Upload, Vec<
             }
         }
     }
-    for (i, cert) in chain.iter().enumerate() {
+    for (i, parsed) in chain.iter().enumerate() {
         let subject = if i == 0 {
             "the certificate".to_string()
         } else {
             which(&chain, i)
         };
-        if cert.not_after() < now {
+        let validity = parsed.cert.validity();
+        if validity.not_after.timestamp() < now {
             problems.push(problem(
                 "certificate",
-                format!("{subject} expired on {}", cert.not_after()),
+                format!("{subject} expired on {}", openssl_time(&validity.not_after)),
             ));
-        } else if cert.not_before() > now {
+        } else if validity.not_before.timestamp() > now {
             problems.push(problem(
                 "certificate",
-                format!("{subject} is not valid before {}", cert.not_before()),
+                format!(
+                    "{subject} is not valid before {}",
+                    openssl_time(&validity.not_before)
+                ),
             ));
         }
     }
@@ -289,20 +523,11 @@ pub fn validate(chain_pem: &str, key_pem: &str, now: i64) -> Result<Upload, Vec<
         return Err(problems);
     }
 
-    let mut normalised = String::new();
-    for cert in &chain {
-        let pem = cert
-            .to_pem()
-            .map_err(|_| vec![problem("certificate", "the certificate cannot be encoded")])?;
-        normalised.push_str(&String::from_utf8_lossy(&pem));
-    }
-    let key_pem = key
-        .private_key_to_pem_pkcs8()
-        .map_err(|_| vec![problem("key", "the key cannot be encoded as PKCS#8")])?;
-    let key_pem = String::from_utf8_lossy(&key_pem).into_owned();
-    crate::smtp::tls::acceptor_from_pem(normalised.as_bytes(), key_pem.as_bytes())
+    let normalised: String = ders.iter().map(|der| pem("CERTIFICATE", der)).collect();
+    let key_pem = pem("PRIVATE KEY", key.pkcs8.secret_pkcs8_der());
+    crate::smtp::tls::config_from_pem(normalised.as_bytes(), key_pem.as_bytes())
         .map_err(|e| vec![problem("certificate", e)])?;
-    let facts = facts_of(&chain, &now)
+    let facts = facts_of(&chain, now)
         .ok_or_else(|| vec![problem("certificate", "the certificate cannot be read")])?;
     Ok(Upload {
         chain_pem: normalised,
@@ -575,15 +800,12 @@ mod tests {
             "Debug hides the key"
         );
 
-        // A traditional (SEC1) key is accepted and stored as PKCS#8, which the TLS layer loads.
-        let sec1 = PKey::private_key_from_pem(p.leaf_key.as_bytes())
-            .and_then(|k| k.ec_key())
-            .and_then(|k| k.private_key_to_pem())
-            .expect("SEC1 PEM");
-        let sec1 = String::from_utf8(sec1).expect("PEM is text");
+        // A traditional (SEC1) key is accepted and stored as PKCS#8, the form every release of
+        // the node loads.
+        let sec1 = crate::smtp::tls::test_keys::sec1_pem(&p.leaf_key);
         assert!(sec1.starts_with("-----BEGIN EC PRIVATE KEY-----"));
-        let upload = validate(&chain, &sec1, NOW).expect("a SEC1 key is accepted");
-        assert!(upload.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        let from_sec1 = validate(&chain, &sec1, NOW).expect("a SEC1 key is accepted");
+        assert_eq!(from_sec1.key_pem, upload.key_pem, "the same key, as PKCS#8");
     }
 
     #[test]
@@ -650,6 +872,103 @@ mod tests {
         let long: String =
             std::iter::repeat_n(p.leaf_pem.as_str(), MAX_CHAIN_CERTIFICATES + 1).collect();
         check(&long, &p.leaf_key, &["certificate: 9 certificates"]);
+    }
+
+    /// A self-signed certificate with a many-part subject, every kind of SAN the console shows
+    /// and fixed validity (2026-11-02 09:05:07 to 2027-01-31 23:59:59 UTC), as PEM.
+    fn described() -> String {
+        use rcgen::SanType;
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        for (kind, value) in [
+            (DnType::CountryName, "DE"),
+            (DnType::OrganizationName, "Example"),
+            (DnType::OrganizationalUnitName, "Mail"),
+            (DnType::CommonName, "mx.test"),
+            // emailAddress, which rcgen has no name for.
+            (
+                DnType::CustomDnType(vec![1, 2, 840, 113_549, 1, 9, 1]),
+                "postmaster@mx.test",
+            ),
+        ] {
+            params.distinguished_name.push(kind, value);
+        }
+        params.subject_alt_names = vec![
+            SanType::DnsName("mx.test".try_into().expect("ia5")),
+            SanType::IpAddress("192.0.2.1".parse().expect("ip")),
+            SanType::IpAddress("2001:db8::1".parse().expect("ip")),
+            SanType::Rfc822Name("postmaster@mx.test".try_into().expect("ia5")),
+            SanType::URI("https://mx.test/".try_into().expect("ia5")),
+        ];
+        params.not_before = time::OffsetDateTime::from_unix_timestamp(1_793_610_307).expect("t");
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(1_801_439_999).expect("t");
+        let key = KeyPair::generate().expect("key");
+        params.self_signed(&key).expect("self-signed").pem()
+    }
+
+    #[test]
+    fn facts_read_as_openssl_prints_them() {
+        // Checked against `openssl x509 -noout -subject -issuer -dates -ext subjectAltName` on
+        // the same certificate (OpenSSL 3.0): the facts the console and API showed when OpenSSL
+        // read them.
+        let pem = described();
+        let facts = facts(pem.as_bytes()).expect("facts");
+        // rcgen writes the common name first.
+        let subject = "CN=mx.test, C=DE, O=Example, OU=Mail, emailAddress=postmaster@mx.test";
+        assert_eq!(facts.subject, subject);
+        assert_eq!(facts.issuer, subject);
+        assert_eq!(
+            facts.sans,
+            vec![
+                "mx.test",
+                "192.0.2.1",
+                "2001:db8::1",
+                "email:postmaster@mx.test",
+                "uri:https://mx.test/"
+            ]
+        );
+        assert_eq!(facts.not_before, "Nov  2 09:05:07 2026 GMT");
+        assert_eq!(facts.not_after, "Jan 31 23:59:59 2027 GMT");
+        assert_eq!(facts.chain_length, 1);
+        let der = crate::smtp::tls::certificate_chain(pem.as_bytes()).expect("PEM");
+        let sum = digest(&SHA256, &der[0]);
+        assert_eq!(facts.sha256_fingerprint.replace(':', "").len(), 64);
+        assert!(
+            facts
+                .sha256_fingerprint
+                .starts_with(&format!("{:02X}:", sum.as_ref()[0]))
+        );
+
+        // Days left count whole days, rounded down, as `ASN1_TIME_diff` did.
+        let not_after = 1_801_439_999;
+        assert_eq!(days_between(NOW, not_after), 70);
+        assert_eq!(days_between(not_after, not_after), 0);
+        assert_eq!(days_between(not_after + 1, not_after), -1);
+        assert_eq!(days_between(not_after + SECONDS_PER_DAY, not_after), -1);
+        assert_eq!(days_between(not_after + SECONDS_PER_DAY + 1, not_after), -2);
+    }
+
+    /// Prints [`described`]'s PEM, for comparing with `openssl x509` by hand.
+    #[test]
+    #[ignore = "prints a certificate for a manual comparison with openssl"]
+    fn print_described_certificate() {
+        println!("{}", described());
+    }
+
+    #[test]
+    fn der_lengths_take_the_short_and_the_long_form() {
+        // X.690 §8.1.3: up to 127 in one byte, beyond that 0x80 | the count of length bytes.
+        for (len, head) in [
+            (0usize, vec![0x04, 0x00]),
+            (0x7f, vec![0x04, 0x7f]),
+            (0x80, vec![0x04, 0x81, 0x80]),
+            (0xff, vec![0x04, 0x81, 0xff]),
+            (0x100, vec![0x04, 0x82, 0x01, 0x00]),
+            (0x1_0000, vec![0x04, 0x83, 0x01, 0x00, 0x00]),
+        ] {
+            let element = der_element(0x04, &vec![0; len]);
+            assert_eq!(element[..head.len()], head[..], "{len}");
+            assert_eq!(element.len(), head.len() + len);
+        }
     }
 
     #[test]

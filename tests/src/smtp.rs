@@ -362,9 +362,19 @@ impl SmtpClient {
     /// CA in `ca_pem` (server name `localhost`). Returns the STARTTLS reply;
     /// panics if the handshake fails. The server forgets EHLO after TLS.
     pub fn starttls(&mut self, ca_pem: &Path) -> Reply {
+        self.starttls_offering(ca_pem, rustls::DEFAULT_VERSIONS)
+    }
+
+    /// [`SmtpClient::starttls`] with a client that offers only `versions`
+    /// (e.g. `&[&rustls::version::TLS12]`, a client that stops at TLS 1.2).
+    pub fn starttls_offering(
+        &mut self,
+        ca_pem: &Path,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Reply {
         let reply = self.command("STARTTLS");
         if reply.code == 220 {
-            self.upgrade_tls(ca_pem)
+            self.upgrade_tls_offering(ca_pem, versions)
                 .unwrap_or_else(|error| panic!("STARTTLS handshake: {error}"));
         }
         reply
@@ -376,6 +386,15 @@ impl SmtpClient {
     /// before the handshake: that would be plaintext injected into the TLS
     /// session.
     pub fn upgrade_tls(&mut self, ca_pem: &Path) -> io::Result<()> {
+        self.upgrade_tls_offering(ca_pem, rustls::DEFAULT_VERSIONS)
+    }
+
+    /// [`SmtpClient::upgrade_tls`] offering only the TLS `versions`.
+    fn upgrade_tls_offering(
+        &mut self,
+        ca_pem: &Path,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> io::Result<()> {
         if !self.buffer.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -394,7 +413,7 @@ impl SmtpClient {
                 ));
             }
         };
-        let config = tls_client_config(ca_pem)?;
+        let config = tls_client_config(ca_pem, versions)?;
         let name = ServerName::try_from("localhost").map_err(io::Error::other)?;
         let connection = ClientConnection::new(config, name).map_err(io::Error::other)?;
         let mut tls = StreamOwned::new(connection, tcp);
@@ -565,7 +584,7 @@ pub fn served_certificate(addr: SocketAddr, ca_pem: &Path) -> Vec<u8> {
         .unwrap_or_else(|error| panic!("connect to {addr}: {error}"));
     tcp.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("set a read timeout");
-    let config = tls_client_config(ca_pem).expect("a TLS client config");
+    let config = tls_client_config(ca_pem, rustls::DEFAULT_VERSIONS).expect("a TLS client config");
     let name = ServerName::try_from("localhost").expect("a server name");
     let connection = ClientConnection::new(config, name).expect("a TLS client");
     let mut tls = StreamOwned::new(connection, tcp);
@@ -581,9 +600,12 @@ pub fn served_certificate(addr: SocketAddr, ca_pem: &Path) -> Vec<u8> {
         .expect("the server sent a certificate")
 }
 
-/// A rustls client config trusting only the certificates in `ca_pem`, with
-/// rustls' safe defaults (TLS 1.2 and 1.3).
-fn tls_client_config(ca_pem: &Path) -> io::Result<Arc<ClientConfig>> {
+/// A rustls client config trusting only the certificates in `ca_pem`,
+/// offering the TLS `versions` (rustls' defaults: TLS 1.3 and 1.2).
+fn tls_client_config(
+    ca_pem: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> io::Result<Arc<ClientConfig>> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca_pem).map_err(io::Error::other)? {
         roots
@@ -592,7 +614,7 @@ fn tls_client_config(ca_pem: &Path) -> io::Result<Arc<ClientConfig>> {
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(io::Error::other)?
         .with_root_certificates(roots)
         .with_no_client_auth();

@@ -421,10 +421,56 @@ fn starttls_session_reports_the_negotiated_tls_in_the_payload() {
     assert_eq!(reply.code, 250, "{reply}");
     let received = receiver.received();
     let tls = &received[0].body["envelope"]["tls"];
+    // A client that offers TLS 1.3 gets it (DESIGN §3: Gmail and Microsoft send over 1.3).
+    assert_eq!(tls["version"], "TLSv1.3", "{tls}");
+    assert!(
+        [
+            "TLS_AES_128_GCM_SHA256",
+            "TLS_AES_256_GCM_SHA384",
+            "TLS_CHACHA20_POLY1305_SHA256"
+        ]
+        .contains(&tls["cipher"].as_str().unwrap_or_default()),
+        "{tls}"
+    );
     // rustls names them `TLSv1_3` / `TLS13_AES_256_GCM_SHA384`; the payload uses the IANA names.
     assert_eq!(tls["version"], version.replace('_', "."), "{tls}");
     let iana = suite.replace("TLS13_", "TLS_");
     assert_eq!(tls["cipher"], iana, "{tls}");
+}
+
+#[test]
+fn a_client_that_stops_at_tls_1_2_gets_tls_1_2_and_its_ecdhe_suite_in_the_payload() {
+    let ca = TestCa::new();
+    let receiver = Receiver::start(&ca, &new_webhook_secret());
+    let node = Node::start(&NodeConfig::new().tls(&ca).route(RouteConfig::to_receiver(
+        "*@in.example.test",
+        &receiver,
+        "/ok",
+    )));
+    let mut client = SmtpClient::connect(node.smtp_addr());
+    client.ehlo("client.test");
+    let reply = client.starttls_offering(&ca.ca_pem, &[&rustls::version::TLS12]);
+    assert_eq!(reply.code, 220);
+    let (version, suite) = client.tls_info().expect("TLS is up");
+    assert_eq!(version, "TLSv1_2");
+    let reply = client.send_mail(
+        "a@example.org",
+        &["bob@in.example.test"],
+        &message("tls12", "x"),
+    );
+    assert_eq!(reply.code, 250, "{reply}");
+    let received = receiver.received();
+    let tls = &received[0].body["envelope"]["tls"];
+    assert_eq!(tls["version"], "TLSv1.2", "{tls}");
+    // The test CA's server key is ECDSA P-256, so an ECDHE-ECDSA AEAD suite; rustls names
+    // TLS 1.2 suites by their IANA names already.
+    assert_eq!(tls["cipher"], suite, "{tls}");
+    let cipher = tls["cipher"].as_str().unwrap_or_default();
+    assert!(
+        cipher.starts_with("TLS_ECDHE_ECDSA_WITH_")
+            && (cipher.contains("_GCM_") || cipher.contains("_CHACHA20_POLY1305_")),
+        "{tls}"
+    );
 }
 
 #[test]

@@ -1,9 +1,11 @@
-//! STARTTLS (issue 8): only TLS 1.2 and up, checked with an independent client (OpenSSL's
-//! `s_client`), and the certificate reloaded without a restart (SIGHUP, the unit's
-//! `ExecReload`): new sessions get the new certificate, sessions in progress keep theirs, and
-//! files that do not load leave the certificate in use in place.
+//! TLS of the node's listeners, checked with an independent client (OpenSSL's `s_client`):
+//! STARTTLS and HTTPS offer TLS 1.3 and 1.2 and nothing older (issue 8, DESIGN §3), keys in
+//! every PEM form OpenSSL writes are served, and the certificate is reloaded without a restart
+//! (SIGHUP, the unit's `ExecReload`): new sessions get the new certificate, sessions in
+//! progress keep theirs, and files that do not load leave the certificate in use in place.
 
 use std::fs;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -31,13 +33,19 @@ fn wait_for_count(node: &Node, needle: &str, count: usize) -> bool {
     false
 }
 
-/// Runs `openssl s_client -starttls smtp` against `node` with `protocol` (e.g. `-tls1_1`) and
-/// returns (handshake succeeded, output). `@SECLEVEL=0` lets OpenSSL 3 really offer the old
-/// protocols, so a failure is the server's refusal, not the client's policy.
-fn s_client(node: &Node, protocol: &str) -> (bool, String) {
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-starttls", "smtp", "-connect"])
-        .arg(node.smtp_addr().to_string())
+/// Runs `openssl s_client` against `addr` (after `STARTTLS` when `starttls`) offering only
+/// `protocol` (e.g. `-tls1_1`) and returns (handshake succeeded, output). `@SECLEVEL=0` lets
+/// OpenSSL 3 really offer the old protocols, so a failure is the server's refusal, not the
+/// client's policy.
+fn s_client(addr: SocketAddr, starttls: bool, protocol: &str) -> (bool, String) {
+    let mut command = Command::new("openssl");
+    command.arg("s_client");
+    if starttls {
+        command.args(["-starttls", "smtp"]);
+    }
+    let mut child = command
+        .arg("-connect")
+        .arg(addr.to_string())
         .args([protocol, "-cipher", "DEFAULT:@SECLEVEL=0", "-brief"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -58,25 +66,139 @@ fn s_client(node: &Node, protocol: &str) -> (bool, String) {
     (text.contains("CONNECTION ESTABLISHED"), text)
 }
 
-#[test]
-fn starttls_negotiates_tls_1_2_and_refuses_anything_older() {
-    let ca = TestCa::new();
-    let node = Node::start(&NodeConfig::new().tls(&ca));
-    let (ok, text) = s_client(&node, "-tls1_2");
+/// TLS 1.3 and 1.2 succeed on `addr` with AEAD suites; 1.1 and 1.0 are refused for their
+/// version.
+fn offers_tls_1_3_and_1_2_only(addr: SocketAddr, starttls: bool) {
+    let (ok, text) = s_client(addr, starttls, "-tls1_3");
+    assert!(ok, "TLS 1.3 is offered:\n{text}");
+    assert!(text.contains("Protocol version: TLSv1.3"), "{text}");
+    let (ok, text) = s_client(addr, starttls, "-tls1_2");
     assert!(ok, "TLS 1.2 is offered:\n{text}");
     assert!(text.contains("Protocol version: TLSv1.2"), "{text}");
+    // OpenSSL's name of the suite: ECDHE key exchange with an AEAD cipher.
+    assert!(
+        text.contains("Ciphersuite: ECDHE-")
+            && (text.contains("-GCM-") || text.contains("-CHACHA20-POLY1305")),
+        "{text}"
+    );
+    // The same client offering only an older version is refused. rustls answers a TLS 1.1 or
+    // 1.0 ClientHello with `handshake_failure` rather than `protocol_version`: such a hello
+    // lacks the signature_algorithms extension (new in TLS 1.2), which rustls requires before
+    // it gets to the version.
     for old in ["-tls1_1", "-tls1"] {
-        let (ok, text) = s_client(&node, old);
+        let (ok, text) = s_client(addr, starttls, old);
         assert!(!ok, "{old} must be refused:\n{text}");
         assert!(
-            text.contains("protocol version") || text.contains("no protocols available"),
-            "{old} refused for its version:\n{text}"
+            text.contains("alert protocol version") || text.contains("alert handshake failure"),
+            "{old} refused by the server:\n{text}"
         );
     }
-    // native-tls's OpenSSL acceptor profile stops at TLS 1.2 (README, "SMTP"); offering 1.3
-    // means another TLS layer, and this line and the README change together.
-    let (ok, _) = s_client(&node, "-tls1_3");
-    assert!(!ok, "TLS 1.3 is not offered by the native-tls acceptor");
+}
+
+#[test]
+fn starttls_offers_tls_1_3_and_1_2_and_refuses_anything_older() {
+    let ca = TestCa::new();
+    let node = Node::start(&NodeConfig::new().tls(&ca));
+    offers_tls_1_3_and_1_2_only(node.smtp_addr(), true);
+}
+
+#[test]
+fn https_offers_tls_1_3_and_1_2_and_refuses_anything_older() {
+    let ca = TestCa::new();
+    let node = Node::start(&NodeConfig::new().http(&ca));
+    offers_tls_1_3_and_1_2_only(node.http_addr(), false);
+}
+
+/// Runs `openssl` with the space-separated `args` in `dir`, asserting success.
+fn openssl(dir: &Path, args: &str) {
+    let output = Command::new("openssl")
+        .args(args.split_whitespace())
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        output.status.success(),
+        "openssl {args}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn keys_in_each_pem_form_openssl_writes_are_served_and_an_encrypted_one_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |name: &str| dir.path().join(name);
+    // RSA in PKCS#1 (`BEGIN RSA PRIVATE KEY`), EC P-384 in SEC1 with its curve
+    // (`BEGIN EC PRIVATE KEY`), and the RSA key encrypted in PKCS#8.
+    openssl(dir.path(), "genrsa -traditional -out rsa.key 2048");
+    openssl(
+        dir.path(),
+        "ecparam -name secp384r1 -genkey -noout -out ec.key",
+    );
+    openssl(
+        dir.path(),
+        "pkcs8 -topk8 -in rsa.key -v2 aes-256-cbc -passout pass:secret -out encrypted.key",
+    );
+    // The RSA key's certificate is X.509 v1 (`openssl x509 -req` adds no extensions), which
+    // OpenSSL served and webpki would refuse to parse; the EC key's is v3.
+    openssl(
+        dir.path(),
+        "req -new -key rsa.key -subj /CN=localhost -out rsa.csr",
+    );
+    openssl(
+        dir.path(),
+        "x509 -req -in rsa.csr -signkey rsa.key -days 2 -out rsa.pem",
+    );
+    openssl(
+        dir.path(),
+        "req -x509 -key ec.key -subj /CN=localhost -days 2 -out ec.pem",
+    );
+    for (key, header) in [
+        ("rsa.key", "-----BEGIN RSA PRIVATE KEY-----"),
+        ("ec.key", "-----BEGIN EC PRIVATE KEY-----"),
+        ("encrypted.key", "-----BEGIN ENCRYPTED PRIVATE KEY-----"),
+    ] {
+        let text = fs::read_to_string(path(key)).expect("read key");
+        assert!(text.starts_with(header), "{key}: {text}");
+    }
+    let install = |cert: &str, key: &str| {
+        fs::copy(path(cert), path("cert.pem")).expect("install cert");
+        fs::copy(path(key), path("key.pem")).expect("install key");
+    };
+
+    install("rsa.pem", "rsa.key");
+    let node = Node::start(&NodeConfig::new().tls_files(&path("cert.pem"), &path("key.pem")));
+    let (ok, text) = s_client(node.smtp_addr(), true, "-tls1_2");
+    assert!(
+        ok,
+        "a PKCS#1 RSA key with a v1 certificate is served:\n{text}"
+    );
+    assert!(text.contains("Ciphersuite: ECDHE-RSA-"), "{text}");
+    let (ok, text) = s_client(node.smtp_addr(), true, "-tls1_3");
+    assert!(ok, "{text}");
+
+    install("ec.pem", "ec.key");
+    node.reload();
+    assert!(
+        node.wait_for_log("reloaded smtp.tls_cert", WAIT),
+        "{}",
+        node.log()
+    );
+    let (ok, text) = s_client(node.smtp_addr(), true, "-tls1_2");
+    assert!(ok, "a SEC1 P-384 key is served:\n{text}");
+    assert!(text.contains("Ciphersuite: ECDHE-ECDSA-"), "{text}");
+
+    install("rsa.pem", "encrypted.key");
+    node.reload();
+    assert!(wait_for_count(&node, REFUSED, 1), "{}", node.log());
+    let log = node.log();
+    let refusal = log
+        .lines()
+        .find(|line| line.contains(REFUSED))
+        .unwrap_or_default();
+    assert!(refusal.contains("passphrase"), "{refusal}");
+    let (ok, text) = s_client(node.smtp_addr(), true, "-tls1_2");
+    assert!(ok, "the SEC1 key stays in use:\n{text}");
+    assert!(text.contains("Ciphersuite: ECDHE-ECDSA-"), "{text}");
 }
 
 /// The DER of the (first) certificate in a PEM file.

@@ -1,12 +1,12 @@
 //! `webhook-sink`: the HTTPS receiver the benchmarked node delivers to. It verifies nothing,
 //! reads each request body to the end, waits the configured delay and answers `200`, over
-//! HTTP/1.1 keep-alive connections on TLS (async-native-tls, a test certificate).
+//! HTTP/1.1 keep-alive connections on TLS (rustls on ring, a test certificate).
 //!
 //! It exists to measure mxnode, so it must cost as little as possible per request and never
 //! become the bottleneck: no signature check, no JSON parsing, nothing kept but three counters
 //! (`GET /stats`: requests, body bytes, and TLS connections accepted, which shows whether the
 //! node reuses its keep-alive connections or pays a handshake per message). It never writes a body anywhere: bodies are read into memory and dropped.
-//! HTTP is tide's (async-h1), TLS is OpenSSL's through async-native-tls: nothing hand-written.
+//! HTTP is tide's (async-h1), TLS is rustls' through futures-rustls: nothing hand-written.
 //!
 //! ```text
 //! webhook-sink --cert server.pem --key server.key [--listen 127.0.0.1:0] [--delay-ms 20]
@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use smol::Async;
 
 #[derive(Parser)]
@@ -68,10 +70,19 @@ fn main() -> anyhow::Result<()> {
     );
     let cert = std::fs::read(&args.cert).with_context(|| format!("{}", args.cert.display()))?;
     let key = std::fs::read(&args.key).with_context(|| format!("{}", args.key.display()))?;
-    let identity = native_tls::Identity::from_pkcs8(&cert, &key).context("certificate or key")?;
-    let acceptor: async_native_tls::TlsAcceptor = native_tls::TlsAcceptor::new(identity)
-        .context("TLS setup")?
-        .into();
+    let chain = CertificateDer::pem_slice_iter(&cert)
+        .collect::<Result<Vec<_>, _>>()
+        .context("certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(&key).context("key")?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS setup")?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .context("certificate or key")?;
+    let acceptor = futures_rustls::TlsAcceptor::from(Arc::new(config));
 
     let state = State {
         delay: Duration::from_millis(args.delay_ms),

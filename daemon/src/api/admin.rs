@@ -309,8 +309,8 @@ pub struct NodeStatus {
 
 /// The SHA-256 fingerprint of the first certificate of a PEM file, `AB:CD:…`.
 pub fn certificate_fingerprint(cert_pem: &[u8]) -> Option<String> {
-    let cert = openssl::x509::X509::from_pem(cert_pem).ok()?;
-    let der = cert.to_der().ok()?;
+    use rustls::pki_types::pem::PemObject as _;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem).ok()?;
     let sum = digest(&SHA256, &der);
     Some(
         sum.as_ref()

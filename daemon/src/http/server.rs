@@ -104,7 +104,7 @@ async fn connection<S>(
     stream: Async<TcpStream>,
     peer: SocketAddr,
     app: tide::Server<S>,
-    tls: Option<async_native_tls::TlsAcceptor>,
+    tls: Option<futures_rustls::TlsAcceptor>,
     shutdown: Receiver<()>,
 ) where
     S: Clone + Send + Sync + 'static,

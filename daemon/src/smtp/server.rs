@@ -19,7 +19,7 @@ use smol::{Async, Timer};
 
 use super::budget::InFlightBudget;
 use super::session::{Action, Reply, Session, SessionConfig};
-use super::tls::{HelloRecorder, ReloadableAcceptor};
+use super::tls::ReloadableAcceptor;
 use crate::deliver::{self, DeliveryReport, PeerInfo, Router};
 use crate::store::Store;
 
@@ -247,17 +247,12 @@ async fn handle_connection(
     };
     // The certificate current now: a reload during this handshake applies from the next one.
     let acceptor = tls.current();
-    let handshake = async {
-        acceptor
-            .accept(HelloRecorder::new(stream))
-            .await
-            .map_err(|e| e.to_string())
-    }
-    .or(async {
-        Timer::after(TLS_HANDSHAKE_TIMEOUT).await;
-        Err("handshake timed out".to_string())
-    })
-    .await;
+    let handshake = async { acceptor.accept(stream).await.map_err(|e| e.to_string()) }
+        .or(async {
+            Timer::after(TLS_HANDSHAKE_TIMEOUT).await;
+            Err("handshake timed out".to_string())
+        })
+        .await;
     let mut tls_stream = match handshake {
         Ok(s) => s,
         Err(e) => {
@@ -265,7 +260,7 @@ async fn handle_connection(
             return;
         }
     };
-    info.tls = tls_stream.get_ref().negotiated();
+    info.tls = super::tls::negotiated(tls_stream.get_ref().1);
     let actions = session.tls_started(Instant::now());
     let _ = drive(
         &mut tls_stream,
