@@ -4,9 +4,10 @@
 #   ./build.sh run     build and run the development node (`mxnode dev`)
 #   ./build.sh test    install missing test tools, then fmt, clippy, build
 #                      and every test with nextest (what CI runs)
-#   ./build.sh bench   mxnode against Postfix and the SMTP limit on loopback,
-#                      and MIME-to-payload MB/s; results in out/bench/ (root;
-#                      `./build.sh bench --quick` for a short development sweep)
+#   ./build.sh bench   mxnode against Postfix, Haraka and the SMTP limit on
+#                      loopback, and MIME-to-payload MB/s; results in out/bench/
+#                      (root; `./build.sh bench --quick` for a short development
+#                      sweep)
 #   ./build.sh image [--version V] [--overlay DIR] [--release-only]
 #                      the appliance disk image (DESIGN §8) in out/image/
 #                      (raw, qcow2, sizes, sha256) and its signed release in
@@ -52,7 +53,8 @@ REQUIREMENTS=(
     "openssl            | test                 | command -v openssl                                 | TLS tooling of the tests"
     "strace             | test                 | command -v strace                                  | files the node writes (at_rest)"
     "chromium           | test                 | [ -x /usr/bin/chromium ]                           | browser of the console tests (ui.rs)"
-    "npm                | test                 | command -v npm                                     | installs playwright-core"
+    "npm                | test bench           | command -v npm                                     | installs playwright-core and Haraka"
+    "nodejs             | bench                | node -e 'process.exit(parseInt(process.versions.node) < 20 ? 1 : 0)' | runs Haraka (3.3 needs Node.js 20 or later)"
     "postfix            | bench                | command -v smtp-source && command -v smtp-sink     | smtp-source, smtp-sink, Postfix"
     "mmdebstrap         | test image           | command -v mmdebstrap                              | Debian root file system of the image"
     "erofs-utils        | test image           | command -v mkfs.erofs                              | read-only root image"
@@ -286,6 +288,19 @@ BENCH_OUT="${MXNODE_BENCH_OUT:-out/bench}"
 BENCH_WORK="${MXNODE_BENCH_WORK:-/var/tmp/mxnode-bench}"
 BENCH_VENV="${MXNODE_BENCH_VENV:-/var/tmp/mxnode-bench-venv}"
 
+# The Haraka of the bench target `haraka` (npm), pinned by bench/haraka/package-lock.json and
+# installed into bench/haraka/node_modules (git-ignored); its optional plugins are left out.
+HARAKA_VERSION=3.3.4
+
+ensure_haraka() {
+    local installed
+    installed="$(cd bench/haraka && node -p 'require("Haraka/package.json").version' 2>/dev/null || true)"
+    if [ "$installed" != "$HARAKA_VERSION" ]; then
+        log "installing Haraka $HARAKA_VERSION into bench/haraka/node_modules"
+        (cd bench/haraka && npm ci --omit=optional --no-audit --no-fund)
+    fi
+}
+
 # The chart's Python environment (matplotlib from PyPI), outside the clone.
 ensure_bench_venv() {
     if ! "$BENCH_VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
@@ -302,6 +317,7 @@ cmd_bench() {
     fi
     install_packages bench
     ensure_bench_venv
+    ensure_haraka
     # Absolute: cargo runs the parse benchmark in the bench crate's directory.
     BENCH_OUT="$(realpath -m "$BENCH_OUT")"
     # Two builds: together, cargo would unify features with the bench crate's dependencies and
@@ -319,10 +335,10 @@ cmd_bench() {
     MXNODE_BENCH_OUT="$BENCH_OUT" MXNODE_BENCH_SECONDS="${MXNODE_BENCH_SECONDS:-$parse_seconds}" \
         cargo bench -p mxnode-bench --bench parse >"$BENCH_OUT/parse.md"
     cat "$BENCH_OUT/parse.md"
-    log "end to end: limit, postfix, mxnode, mxnode + 20 ms receiver (minutes)"
+    log "end to end: limit, postfix, haraka, mxnode, mxnode + 20 ms receiver (minutes)"
     "$CARGO_TARGET_DIR/release/mxnode-bench" --out "$BENCH_OUT" --work "$BENCH_WORK" \
         --mxnode "$CARGO_TARGET_DIR/release/mxnode" \
-        --sink "$CARGO_TARGET_DIR/release/webhook-sink" "$@"
+        --sink "$CARGO_TARGET_DIR/release/webhook-sink" --haraka "$PWD/bench/haraka" "$@"
     "$BENCH_VENV/bin/python" bench/plot.py "$BENCH_OUT/results.json" "$BENCH_OUT/throughput.png"
     log "written: $BENCH_OUT/{results.md,results.json,parse.md,parse.json,throughput.png}"
 }

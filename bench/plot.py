@@ -3,7 +3,7 @@
     plot.py results.json throughput.png
 
 One panel per message size: messages/s by concurrent sessions, one line per target (the limit,
-Postfix, mxnode; mxnode with the 20 ms receiver dashed). Reads only the JSON the driver wrote.
+Postfix, Haraka, mxnode; mxnode with the 20 ms receiver dashed). Reads only the JSON the driver wrote.
 """
 
 import json
@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 STYLE = {
     "limit": {"color": "#7f7f7f", "marker": "s", "label": "limit (smtp-source → smtp-sink)"},
     "postfix": {"color": "#d62728", "marker": "^", "label": "Postfix (queue on disk)"},
+    "haraka": {"color": "#2ca02c", "marker": "D", "label": "Haraka → webhook (0 ms)"},
     "mxnode": {"color": "#1f77b4", "marker": "o", "label": "mxnode → webhook (0 ms)"},
     "mxnode-20ms": {
         "color": "#1f77b4",

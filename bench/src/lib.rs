@@ -1,10 +1,11 @@
-//! The benchmarks of `./build.sh bench` (issue 9): mxnode against Postfix and the protocol limit
-//! on loopback, measured as ratios in one run so a noisy shared machine cancels out.
+//! The benchmarks of `./build.sh bench` (issues 9 and 14): mxnode against Postfix, Haraka and
+//! the protocol limit on loopback, measured as ratios in one run so a noisy shared machine
+//! cancels out.
 //!
 //! - [`messages`] and [`stats`]: pure helpers, also used by the parse micro-benchmark
 //!   (`benches/parse.rs`).
-//! - [`peers`]: the processes under test and around them (smtp-sink, a private Postfix, the
-//!   webhook sink, mxnode), each stopped when dropped.
+//! - [`peers`]: the processes under test and around them (smtp-sink, a private Postfix, a
+//!   private Haraka, the webhook sink, mxnode), each stopped when dropped.
 //! - [`source`] and [`latency`]: load from `smtp-source`, and our own paced client that times
 //!   end of data → reply.
 //! - [`run`]: one sweep over targets × sizes × sessions; [`report`]: table, checks, JSON.

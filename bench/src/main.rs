@@ -14,12 +14,13 @@ use mxnode_bench::report::{self, Machine, Report};
 use mxnode_bench::run::{self, Plan, Target};
 
 #[derive(Parser)]
-#[command(about = "mxnode against Postfix and the SMTP limit, on loopback")]
+#[command(about = "mxnode against Postfix, Haraka and the SMTP limit, on loopback")]
 struct Args {
     /// Where results.json and results.md go.
     #[arg(long)]
     out: PathBuf,
-    /// Scratch directory (message files, Postfix instance and queue, mxnode data_dir).
+    /// Scratch directory (message files, Postfix instance and queue, Haraka's configuration,
+    /// mxnode data_dir).
     #[arg(long, default_value = "/var/tmp/mxnode-bench")]
     work: PathBuf,
     /// The mxnode binary (a release build).
@@ -32,11 +33,18 @@ struct Args {
     /// The webhook-sink binary.
     #[arg(long)]
     sink: PathBuf,
-    /// Targets, comma-separated: limit, postfix, mxnode, mxnode-20ms.
+    /// Haraka's installation (`npm ci` in bench/haraka, which `./build.sh bench` runs).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/haraka"))]
+    haraka: PathBuf,
+    /// Haraka's `nodes` setting: `cpus` (one worker process per core, Haraka's performance
+    /// advice), a number of workers, or `0` for a single process without the cluster.
+    #[arg(long, default_value = "cpus")]
+    haraka_nodes: String,
+    /// Targets, comma-separated: limit, postfix, haraka, mxnode, mxnode-20ms.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "limit,postfix,mxnode,mxnode-20ms"
+        default_value = "limit,postfix,haraka,mxnode,mxnode-20ms"
     )]
     targets: Vec<String>,
     /// Message sizes, comma-separated (e.g. 10KiB,1MiB).
@@ -90,13 +98,16 @@ fn main() -> anyhow::Result<()> {
             .map(str::to_string)
             .collect(),
         sink: args.sink,
+        haraka: args.haraka,
+        haraka_nodes: args.haraka_nodes,
         work: args.work,
     };
     let scenarios = run::run(&plan, &mut |line| eprintln!("bench: {line}"))?;
-    let checks = report::checks(&scenarios);
+    let machine = machine();
+    let checks = report::checks(&scenarios, machine.cores);
     let table = report::markdown(&scenarios, &checks, plan.runs);
     let report = Report {
-        machine: machine(),
+        machine,
         runs_per_scenario: plan.runs,
         scenarios: &scenarios,
         checks,

@@ -1,24 +1,28 @@
 //! The processes a benchmark runs against, each started and stopped by its owner value:
-//! `smtp-sink` (the protocol limit, and Postfix's next hop), a private Postfix instance, the
+//! `smtp-sink` (the protocol limit, and Postfix's next hop), a private Postfix instance, a
+//! private Haraka (SMTP in, the webhook out through `bench/haraka/plugins/queue_webhook.js`), the
 //! HTTPS webhook sink, and the mxnode daemon under test.
 //!
 //! Every peer listens on 127.0.0.1 only, every wait has a deadline, and every process is
-//! stopped when its value is dropped, also when the benchmark fails half-way. Nothing here
-//! writes message content anywhere: Postfix's queue (its own design) is the only exception, and
-//! it lives in the benchmark's scratch directory.
+//! stopped when its value is dropped, also when the benchmark fails half-way (Haraka's cluster
+//! workers with it: it runs in a process group of its own). Nothing here writes message content
+//! anywhere: Postfix's queue (its own design) is the only exception, and it lives in the
+//! benchmark's scratch directory.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 /// How long a peer may take to start listening.
@@ -36,10 +40,16 @@ const SINK_BACKLOG: usize = 1024;
 /// Unprivileged user smtp-sink switches to (it refuses to run as root).
 const SINK_USER: &str = "postfix";
 
+/// How often the thread sampler reads `/proc/PID/status`.
+const THREAD_SAMPLE_INTERVAL: Duration = Duration::from_millis(20);
+
 /// A child process that is terminated (SIGTERM, then SIGKILL) when dropped.
 pub struct Child {
     name: &'static str,
     child: std::process::Child,
+    /// The child leads a process group of its own, and stopping it stops the whole group: for
+    /// servers that fork workers (Haraka's cluster), which must not outlive the benchmark.
+    group: bool,
 }
 
 impl Child {
@@ -47,7 +57,28 @@ impl Child {
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {name} ({command:?})"))?;
-        Ok(Child { name, child })
+        Ok(Child {
+            name,
+            child,
+            group: false,
+        })
+    }
+
+    /// Spawns `command` as the leader of a new process group (see [`Child::group`]).
+    fn spawn_group(name: &'static str, command: &mut Command) -> anyhow::Result<Child> {
+        let mut child = Child::spawn(name, command.process_group(0))?;
+        child.group = true;
+        Ok(child)
+    }
+
+    /// SIGTERM or SIGKILL to the child, or to its whole group.
+    fn signal(&self, signal: Signal) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = match self.group {
+                true => killpg(Pid::from_raw(pid), signal),
+                false => kill(Pid::from_raw(pid), signal),
+            };
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -64,17 +95,22 @@ impl Child {
 
     fn stop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            if let Ok(pid) = i32::try_from(self.child.id()) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            }
+            self.signal(Signal::SIGTERM);
             let deadline = Instant::now() + STOP_TIMEOUT;
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
+                    break;
                 }
                 thread::sleep(POLL);
             }
-            let _ = self.child.kill();
+            if let Ok(None) = self.child.try_wait() {
+                let _ = self.child.kill();
+            }
+        }
+        // Whatever is left of the group once its leader is gone (the group id stays the
+        // leader's pid while any member lives, and no other process can take it).
+        if self.group {
+            self.signal(Signal::SIGKILL);
         }
         let _ = self.child.wait();
     }
@@ -93,20 +129,111 @@ const USER_HZ: f64 = 100.0;
 /// CPU time (user + system, all threads) process `pid` has used so far, in seconds.
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    Ok(parse_stat(&stat)?.cpu_seconds)
+}
+
+/// CPU time of every live process of process group `pgid` (a server and the workers it forked),
+/// in seconds.
+pub fn group_cpu_seconds(pgid: u32) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        // A process may exit between the listing and the read: it is simply not counted.
+        let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let stat = parse_stat(&text)?;
+        if stat.pgrp == pgid {
+            total += stat.cpu_seconds;
+        }
+    }
+    Ok(total)
+}
+
+/// What the benchmark reads from `/proc/PID/stat`.
+struct Stat {
+    pgrp: u32,
+    cpu_seconds: f64,
+}
+
+fn parse_stat(stat: &str) -> anyhow::Result<Stat> {
     // The command name (field 2) may hold spaces; the fields after it start at its `)`.
     let rest = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest)
         .context("malformed /proc/PID/stat")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12th and 13th after the `)`.
-    let ticks = |index: usize| -> anyhow::Result<f64> {
-        Ok(fields
-            .get(index)
-            .context("short /proc/PID/stat")?
-            .parse::<f64>()?)
-    };
-    Ok((ticks(11)? + ticks(12)?) / USER_HZ)
+    let field = |index: usize| fields.get(index).context("short /proc/PID/stat");
+    // pgrp is field 5 of the whole line, the 3rd after the `)`; utime and stime are fields 14
+    // and 15, the 12th and 13th after it.
+    let ticks = |index: usize| -> anyhow::Result<f64> { Ok(field(index)?.parse::<f64>()?) };
+    Ok(Stat {
+        pgrp: field(2)?.parse()?,
+        cpu_seconds: (ticks(11)? + ticks(12)?) / USER_HZ,
+    })
+}
+
+/// The `Threads:` count of `/proc/PID/status`.
+pub fn thread_count(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .context("Threads missing in /proc/PID/status")?;
+    Ok(line.trim().parse()?)
+}
+
+/// Samples a process's thread count every [`THREAD_SAMPLE_INTERVAL`] on a thread of its own
+/// until [`ThreadSampler::stop`], keeping the highest: thread pools grow and shrink with the
+/// load, so a single reading after a run would miss the peak.
+pub struct ThreadSampler {
+    stop: Arc<AtomicBool>,
+    sampler: Option<thread::JoinHandle<u64>>,
+}
+
+impl ThreadSampler {
+    pub fn start(pid: u32) -> ThreadSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut max = 0;
+                // Once more after the stop request, so a short run still has its sample.
+                loop {
+                    let stopping = stop.load(Ordering::Relaxed);
+                    if let Ok(threads) = thread_count(pid) {
+                        max = max.max(threads);
+                    }
+                    if stopping {
+                        return max;
+                    }
+                    thread::sleep(THREAD_SAMPLE_INTERVAL);
+                }
+            })
+        };
+        ThreadSampler {
+            stop,
+            sampler: Some(sampler),
+        }
+    }
+
+    /// Stops sampling; the most threads seen (0 when the process could not be read).
+    pub fn stop(&mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.sampler
+            .take()
+            .and_then(|s| s.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ThreadSampler {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// A loopback port that was free a moment ago.
@@ -377,6 +504,177 @@ fn count_files(dir: &Path) -> anyhow::Result<usize> {
         }
     }
     Ok(count)
+}
+
+/// How Haraka runs, and what its queue plugin posts to.
+pub struct HarakaConfig<'a> {
+    /// `smtp.ini` `nodes`: `cpus` forks one worker per core (Haraka's performance tuning
+    /// advice), `0` runs one process without the cluster.
+    pub nodes: &'a str,
+    /// The webhook sink's URL.
+    pub url: &'a str,
+    /// `whsec_...`: the plugin signs like mxnode (Standard Webhooks).
+    pub secret: &'a str,
+    /// The CA that issued the sink's certificate.
+    pub ca_pem: &'a Path,
+}
+
+/// Haraka's log level: `warn` logs nothing for a message that goes well (`notice` logs four
+/// lines per message, `info` every SMTP command), the setting most favourable to Haraka.
+const HARAKA_LOG_LEVEL: &str = "warn";
+/// The plugins of the bench configuration, in order (`bench/haraka/plugins/`).
+const HARAKA_PLUGINS: [&str; 2] = ["loopback", "queue_webhook"];
+
+/// A private Haraka (pinned in `bench/haraka/package.json`, installed by `./build.sh bench`)
+/// with its own configuration directory: SMTP on a loopback port, mail kept in memory
+/// (`spool_after = -1`), every recipient accepted, and the queue plugin `queue_webhook` that
+/// posts each message to the webhook sink over HTTPS keep-alive and answers the sender after
+/// the sink's 2xx.
+pub struct Haraka {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The `haraka` master; its cluster workers are in its process group.
+    child: Child,
+    log_tail: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Haraka {
+    /// Writes the configuration under `dir` (emptied first) and starts Haraka from `install`
+    /// (the directory with `package.json`, `node_modules/` and `plugins/`).
+    pub fn start(install: &Path, dir: &Path, config: &HarakaConfig<'_>) -> anyhow::Result<Haraka> {
+        ensure!(
+            config.nodes == "cpus" || config.nodes.parse::<u32>().is_ok(),
+            "Haraka's nodes must be `cpus` or a number, not {:?}",
+            config.nodes
+        );
+        let bin = install.join("node_modules/Haraka/bin/haraka");
+        ensure!(
+            bin.exists(),
+            "{} is missing: ./build.sh bench installs Haraka (npm ci in {})",
+            bin.display(),
+            install.display()
+        );
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("clear {}", dir.display()))?;
+        }
+        let etc = dir.join("config");
+        let plugins = dir.join("plugins");
+        for d in [&etc, &plugins] {
+            std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+        }
+        for plugin in HARAKA_PLUGINS {
+            let name = format!("{plugin}.js");
+            std::fs::copy(install.join("plugins").join(&name), plugins.join(&name))
+                .with_context(|| format!("copy plugin {name}"))?;
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        // Haraka reads a configuration file from this directory instead of its own default, not
+        // merged with it: connection.ini starts from the shipped one so every other default
+        // stays Haraka's.
+        let shipped = install.join("node_modules/Haraka/config/connection.ini");
+        let shipped = std::fs::read_to_string(&shipped)
+            .with_context(|| format!("read {}", shipped.display()))?;
+        let files = [
+            (
+                "smtp.ini",
+                format!("listen={addr}\nnodes={}\n", config.nodes),
+            ),
+            ("connection.ini", haraka_connection_ini(&shipped, dir)?),
+            ("plugins", HARAKA_PLUGINS.map(|p| format!("{p}\n")).concat()),
+            ("me", "haraka.bench.test\n".to_string()),
+            (
+                "log.ini",
+                format!("[main]\nlevel={HARAKA_LOG_LEVEL}\ntimestamps=false\nformat=default\n"),
+            ),
+            ("queue_webhook.ini", haraka_queue_webhook_ini(config)),
+        ];
+        for (name, text) in files {
+            std::fs::write(etc.join(name), text).with_context(|| format!("write {name}"))?;
+        }
+        let mut child = Child::spawn_group(
+            "haraka",
+            Command::new("node")
+                .arg(&bin)
+                .arg("-c")
+                .arg(dir)
+                .current_dir(dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )?;
+        let log_tail = Arc::new(Mutex::new(VecDeque::new()));
+        for output in [
+            child
+                .child
+                .stdout
+                .take()
+                .map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
+            child
+                .child
+                .stderr
+                .take()
+                .map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log_tail = log_tail.clone();
+            thread::spawn(move || follow_tail(output, &log_tail));
+        }
+        if let Err(e) = wait_for_port(addr, &mut child) {
+            child.stop();
+            bail!("{e}; haraka's log:\n{}", tail(&log_tail));
+        }
+        Ok(Haraka {
+            addr,
+            child,
+            log_tail,
+        })
+    }
+
+    /// The master's process id, which is also the process group of its workers.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// CPU seconds of the master and its workers so far.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        group_cpu_seconds(self.pid())
+    }
+
+    /// Fails (with the log tail) when Haraka has exited.
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        self.child
+            .ensure_running()
+            .with_context(|| format!("haraka's log:\n{}", tail(&self.log_tail)))
+    }
+}
+
+/// Haraka's shipped `connection.ini` with `spool_after = -1` (never spool a message to disk:
+/// mail stays in memory, as in mxnode) and the spool directory in the scratch directory in
+/// case anything spooled all the same.
+fn haraka_connection_ini(shipped: &str, dir: &Path) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(shipped.len() + 128);
+    let mut found = false;
+    for line in shipped.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if !found && line.trim() == "[main]" {
+            found = true;
+            let _ = writeln!(out, "spool_after=-1\nspool_dir={}", dir.display());
+        }
+    }
+    ensure!(found, "Haraka's connection.ini has no [main] section");
+    Ok(out)
+}
+
+fn haraka_queue_webhook_ini(config: &HarakaConfig<'_>) -> String {
+    format!(
+        "[main]\nurl={}\nca={}\nsecret={}\n",
+        config.url,
+        config.ca_pem.display(),
+        config.secret
+    )
 }
 
 /// The HTTPS webhook sink (`webhook-sink`), answering after `delay_ms`.
@@ -660,12 +958,29 @@ fn follow_log(
                 let _ = found.send(addr);
             }
         }
-        let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
-        if tail.len() == LOG_TAIL_LINES {
-            tail.pop_front();
-        }
-        tail.push_back(text);
+        push_tail(tail, text);
     }
+}
+
+/// Reads a process's output to the end, keeping the last lines.
+fn follow_tail(output: impl std::io::Read, tail: &Mutex<VecDeque<String>>) {
+    let mut reader = BufReader::new(output);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => push_tail(tail, String::from_utf8_lossy(&line).trim_end().to_string()),
+        }
+    }
+}
+
+fn push_tail(tail: &Mutex<VecDeque<String>>, line: String) {
+    let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+    if tail.len() == LOG_TAIL_LINES {
+        tail.pop_front();
+    }
+    tail.push_back(line);
 }
 
 fn tail(log: &Mutex<VecDeque<String>>) -> String {

@@ -5,7 +5,8 @@
 //! `runs` timed `smtp-source` runs (median messages/s), then the latency client at half the
 //! median rate with the same number of sessions. Postfix runs are timed until its queue is
 //! empty; every run checks that each message arrived (Postfix's log, the webhook sink's
-//! counter). mxnode is started afresh per scenario so its memory peak belongs to that scenario.
+//! counter for Haraka and mxnode). mxnode is started afresh per scenario so its memory peak
+//! and thread count belong to that scenario.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,9 @@ use serde::Serialize;
 
 use crate::latency::{self, LatencyRun};
 use crate::messages::{message_lf, size_label, to_crlf};
-use crate::peers::{Mxnode, Postfix, RouteTo, SinkStats, SmtpSink, WebhookSink};
+use crate::peers::{
+    Haraka, HarakaConfig, Mxnode, Postfix, RouteTo, SinkStats, SmtpSink, ThreadSampler, WebhookSink,
+};
 use crate::source::{self, RCPT_DOMAIN};
 use crate::stats::median;
 
@@ -40,6 +43,15 @@ const MAX_LATENCY: usize = 20_000;
 const SINK_THREADS: usize = 2;
 /// How long an idle node is left alone before its idle memory is read.
 const IDLE_SETTLE: Duration = Duration::from_secs(1);
+/// Haraka is JavaScript: until V8 has compiled its hot paths it runs several times slower.
+/// Before any measurement it gets this many bytes of each message size (at least
+/// [`MIN_WARMUP`], at most [`MAX_JIT_WARMUP`] messages), so it is measured as the long-running
+/// server it is in production. (Postfix and mxnode are compiled; their warm-up runs fill
+/// caches and pools.)
+const JIT_WARMUP_BYTES: usize = 32 << 20;
+const MAX_JIT_WARMUP: usize = 1000;
+/// Sessions of that warm-up.
+const JIT_WARMUP_SESSIONS: usize = 10;
 
 /// What the benchmark compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -49,6 +61,9 @@ pub enum Target {
     Limit,
     /// `smtp-source` → Postfix (queue on disk) → `smtp-sink`.
     Postfix,
+    /// `smtp-source` → Haraka (mail in memory, `bench/haraka/plugins/queue_webhook.js`) → the
+    /// webhook sink answering at once: what "SMTP in, HTTP out" is built with today.
+    Haraka,
     /// `smtp-source` → mxnode → a webhook sink that answers at once.
     Mxnode,
     /// The same with a receiver that answers after [`SLOW_RECEIVER_MS`].
@@ -57,9 +72,10 @@ pub enum Target {
 }
 
 impl Target {
-    pub const ALL: [Target; 4] = [
+    pub const ALL: [Target; 5] = [
         Target::Limit,
         Target::Postfix,
+        Target::Haraka,
         Target::Mxnode,
         Target::MxnodeSlow,
     ];
@@ -68,6 +84,7 @@ impl Target {
         match self {
             Target::Limit => "limit",
             Target::Postfix => "postfix",
+            Target::Haraka => "haraka",
             Target::Mxnode => "mxnode",
             Target::MxnodeSlow => "mxnode-20ms",
         }
@@ -77,13 +94,18 @@ impl Target {
         Target::ALL.into_iter().find(|t| t.name() == text)
     }
 
-    /// The webhook receiver's delay, for the mxnode targets.
+    /// The webhook receiver's delay, for the targets that deliver to a webhook.
     pub fn receiver_delay_ms(self) -> Option<u64> {
         match self {
-            Target::Mxnode => Some(0),
+            Target::Haraka | Target::Mxnode => Some(0),
             Target::MxnodeSlow => Some(SLOW_RECEIVER_MS),
             Target::Limit | Target::Postfix => None,
         }
+    }
+
+    /// Whether the target is mxnode (with either receiver).
+    pub fn is_mxnode(self) -> bool {
+        matches!(self, Target::Mxnode | Target::MxnodeSlow)
     }
 }
 
@@ -105,7 +127,11 @@ pub struct Plan {
     pub mxnode_wrapper: Vec<String>,
     /// The `webhook-sink` binary.
     pub sink: PathBuf,
-    /// Scratch space: message files, Postfix's instance, mxnode's data_dir.
+    /// Haraka's installation: `bench/haraka` with its `node_modules` and plugins.
+    pub haraka: PathBuf,
+    /// Haraka's `nodes` (`cpus`, a number, `0` for one process without the cluster).
+    pub haraka_nodes: String,
+    /// Scratch space: message files, Postfix's and Haraka's instances, mxnode's data_dir.
     pub work: PathBuf,
 }
 
@@ -142,15 +168,20 @@ pub struct Scenario {
     pub runs: Vec<Run>,
     /// Median messages/s of the runs.
     pub rate: f64,
-    /// `rate` relative to Postfix and to the limit of the same size and sessions.
+    /// `rate` relative to Postfix, Haraka and the limit of the same size and sessions.
     pub ratio_to_postfix: Option<f64>,
+    pub ratio_to_haraka: Option<f64>,
     pub ratio_to_limit: Option<f64>,
     pub latency: LatencyRun,
     pub receiver_delay_ms: Option<u64>,
     pub memory: Option<Memory>,
     /// Whether mxnode's metadata store wrote a database.
     pub store_on: Option<bool>,
-    /// CPU time of mxnode per message in the timed runs, microseconds (all threads).
+    /// The most threads mxnode had during the scenario (`Threads:` of `/proc/PID/status`,
+    /// sampled through every run).
+    pub threads: Option<u64>,
+    /// CPU time of the server per message in the timed runs, microseconds (all threads; for
+    /// Haraka its master and workers): mxnode and Haraka.
     pub cpu_us_per_message: Option<f64>,
     /// CPU time of the webhook sink per message: what the receiver costs on this machine.
     pub sink_cpu_us_per_message: Option<f64>,
@@ -166,6 +197,12 @@ enum Peer {
     Postfix {
         postfix: Postfix,
         _relay: SmtpSink,
+    },
+    Haraka {
+        haraka: Haraka,
+        sink: WebhookSink,
+        /// Issued the sink's certificate; its files live as long as it does.
+        _ca: Box<mxnode_tests::TestCa>,
     },
     Mxnode {
         sink: WebhookSink,
@@ -199,7 +236,7 @@ pub fn run(plan: &Plan, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<Sc
     let mut peers = plan
         .targets
         .iter()
-        .map(|&target| Ok((target, start_peer(plan, target)?)))
+        .map(|&target| Ok((target, start_peer(plan, target, &messages, progress)?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut scenarios = Vec::new();
     for message in &messages {
@@ -210,7 +247,7 @@ pub fn run(plan: &Plan, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<Sc
                 .with_context(|| group.clone())?;
             for scenario in &results {
                 progress(&format!(
-                    "  {:<12} {:>8.1} msg/s, p50 {:.2} ms, p99 {:.2} ms{}",
+                    "  {:<12} {:>8.1} msg/s, p50 {:.2} ms, p99 {:.2} ms{}{}",
                     scenario.target.name(),
                     scenario.rate,
                     scenario.latency.p50_ms,
@@ -219,6 +256,10 @@ pub fn run(plan: &Plan, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<Sc
                         .memory
                         .as_ref()
                         .map(|m| format!(", peak RSS {:.1} MiB", m.peak_mib))
+                        .unwrap_or_default(),
+                    scenario
+                        .threads
+                        .map(|t| format!(", {t} threads"))
                         .unwrap_or_default()
                 ));
             }
@@ -240,7 +281,12 @@ fn write_message(work: &Path, size: usize) -> anyhow::Result<Message> {
     })
 }
 
-fn start_peer(plan: &Plan, target: Target) -> anyhow::Result<Peer> {
+fn start_peer(
+    plan: &Plan,
+    target: Target,
+    messages: &[Message],
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<Peer> {
     Ok(match target {
         Target::Limit => Peer::Limit(SmtpSink::start()?),
         Target::Postfix => {
@@ -249,6 +295,31 @@ fn start_peer(plan: &Plan, target: Target) -> anyhow::Result<Peer> {
             Peer::Postfix {
                 postfix,
                 _relay: relay,
+            }
+        }
+        Target::Haraka => {
+            let ca = Box::new(mxnode_tests::TestCa::new());
+            let sink = WebhookSink::start(&plan.sink, &ca, 0, SINK_THREADS)?;
+            let config = HarakaConfig {
+                nodes: &plan.haraka_nodes,
+                url: &sink.url,
+                secret: &mxnode_tests::new_webhook_secret(),
+                ca_pem: &ca.ca_pem,
+            };
+            let haraka = Haraka::start(&plan.haraka, &plan.work.join("haraka"), &config)?;
+            for message in messages {
+                let count = (JIT_WARMUP_BYTES / message.size).clamp(MIN_WARMUP, MAX_JIT_WARMUP);
+                progress(&format!(
+                    "haraka: JIT warm-up, {count} × {}",
+                    size_label(message.size)
+                ));
+                source::run(haraka.addr, &message.lf_file, JIT_WARMUP_SESSIONS, count)
+                    .context("haraka warm-up")?;
+            }
+            Peer::Haraka {
+                haraka,
+                sink,
+                _ca: ca,
             }
         }
         Target::Mxnode | Target::MxnodeSlow => {
@@ -264,6 +335,16 @@ fn start_peer(plan: &Plan, target: Target) -> anyhow::Result<Peer> {
     })
 }
 
+impl Peer {
+    /// The webhook sink of the targets that deliver to one (Haraka, mxnode).
+    fn sink(&mut self) -> Option<&mut WebhookSink> {
+        match self {
+            Peer::Haraka { sink, .. } | Peer::Mxnode { sink, .. } => Some(sink),
+            Peer::Limit(_) | Peer::Postfix { .. } => None,
+        }
+    }
+}
+
 /// The scenario's SMTP server, and what makes its numbers honest.
 struct Under<'a> {
     target: Target,
@@ -271,12 +352,14 @@ struct Under<'a> {
     addr: SocketAddr,
     /// The mxnode started for this scenario (mxnode targets).
     node: Option<Mxnode>,
-    /// CPU seconds used by mxnode and by the webhook sink during the timed runs so far, and the
-    /// messages those runs sent.
-    node_cpu: f64,
+    /// Samples the node's thread count from its start to the end of the scenario.
+    threads: Option<ThreadSampler>,
+    /// CPU seconds used by the server (mxnode, Haraka) and by the webhook sink during the timed
+    /// runs so far, and the messages those runs sent.
+    server_cpu: f64,
     sink_cpu: f64,
     cpu_messages: usize,
-    /// The webhook sink's counters when the scenario started (mxnode targets).
+    /// The webhook sink's counters when the scenario started (targets with a sink).
     sink_start: Option<SinkStats>,
 }
 
@@ -289,9 +372,13 @@ impl<'a> Under<'a> {
         index: usize,
         peer: &'a mut Peer,
     ) -> anyhow::Result<Under<'a>> {
-        let (addr, node, sink_start) = match &mut *peer {
-            Peer::Limit(sink) => (sink.addr, None, None),
-            Peer::Postfix { postfix, .. } => (postfix.addr, None, None),
+        let (addr, node) = match &mut *peer {
+            Peer::Limit(sink) => (sink.addr, None),
+            Peer::Postfix { postfix, .. } => (postfix.addr, None),
+            Peer::Haraka { haraka, .. } => {
+                haraka.ensure_running()?;
+                (haraka.addr, None)
+            }
             Peer::Mxnode { sink, ca, secret } => {
                 let route = RouteTo {
                     webhook: &sink.url,
@@ -305,15 +392,18 @@ impl<'a> Under<'a> {
                     &plan.work.join(format!("mxnode-{index}")),
                     &route,
                 )?;
-                (node.addr, Some(node), Some(sink.stats()?))
+                (node.addr, Some(node))
             }
         };
+        let sink_start = peer.sink().map(|sink| sink.stats()).transpose()?;
+        let threads = node.as_ref().map(|node| ThreadSampler::start(node.pid()));
         Ok(Under {
             target,
             peer,
             addr,
             node,
-            node_cpu: 0.0,
+            threads,
+            server_cpu: 0.0,
             sink_cpu: 0.0,
             cpu_messages: 0,
             sink_start,
@@ -322,8 +412,8 @@ impl<'a> Under<'a> {
 
     /// Connections and requests the webhook sink saw since the scenario started.
     fn sink_delta(&mut self) -> anyhow::Result<Option<SinkStats>> {
-        match (self.sink_start, &mut *self.peer) {
-            (Some(start), Peer::Mxnode { sink, .. }) => {
+        match (self.sink_start, self.peer.sink()) {
+            (Some(start), Some(sink)) => {
                 let now = sink.stats()?;
                 Ok(Some(SinkStats {
                     requests: now.requests - start.requests,
@@ -346,48 +436,61 @@ impl<'a> Under<'a> {
         }
         let seconds = started.elapsed().as_secs_f64();
         let cpu_after = self.cpu()?;
-        self.node_cpu += cpu_after.0 - cpu_before.0;
+        self.server_cpu += cpu_after.0 - cpu_before.0;
         self.sink_cpu += cpu_after.1 - cpu_before.1;
         self.cpu_messages += count;
         self.check_delivered(before, count)?;
         Ok(seconds)
     }
 
-    /// CPU seconds of mxnode and of its webhook sink so far (zero for the other targets).
+    /// Whether the server's CPU time is measured: mxnode's and Haraka's (Postfix's is spread
+    /// over processes that come and go, the limit is not a server under test).
+    fn measures_cpu(&self) -> bool {
+        self.node.is_some() || matches!(self.peer, Peer::Haraka { .. })
+    }
+
+    /// CPU seconds of the server and of its webhook sink so far (zero for the other targets).
     fn cpu(&self) -> anyhow::Result<(f64, f64)> {
         match (&self.node, &*self.peer) {
             (Some(node), Peer::Mxnode { sink, .. }) => Ok((
                 crate::peers::cpu_seconds(node.pid())?,
                 crate::peers::cpu_seconds(sink.pid())?,
             )),
+            (None, Peer::Haraka { haraka, sink, .. }) => Ok((
+                haraka.cpu_seconds()?,
+                crate::peers::cpu_seconds(sink.pid())?,
+            )),
             _ => Ok((0.0, 0.0)),
         }
     }
 
-    /// Microseconds of CPU per message of mxnode and of the sink in the timed runs.
+    /// Microseconds of CPU per message of the server and of the sink in the timed runs.
     fn cpu_per_message(&self) -> Option<(f64, f64)> {
-        (self.node.is_some() && self.cpu_messages > 0).then(|| {
+        (self.measures_cpu() && self.cpu_messages > 0).then(|| {
             let per = |seconds: f64| seconds * 1e6 / self.cpu_messages as f64;
-            (per(self.node_cpu), per(self.sink_cpu))
+            (per(self.server_cpu), per(self.sink_cpu))
         })
     }
 
-    /// The sink's counter before a run (mxnode targets).
+    /// The sink's counter before a run (targets with a sink).
     fn delivered_before(&mut self) -> anyhow::Result<u64> {
-        match self.peer {
-            Peer::Mxnode { sink, .. } => sink.requests(),
-            Peer::Postfix { postfix, .. } => {
-                // Forget what earlier runs logged.
-                postfix.delivery_counts()?;
-                Ok(0)
-            }
-            Peer::Limit(_) => Ok(0),
+        if let Peer::Postfix { postfix, .. } = self.peer {
+            // Forget what earlier runs logged.
+            postfix.delivery_counts()?;
+            return Ok(0);
+        }
+        match self.peer.sink() {
+            Some(sink) => sink.requests(),
+            None => Ok(0),
         }
     }
 
     /// Fails unless `count` messages arrived since `before`.
     fn check_delivered(&mut self, before: u64, count: usize) -> anyhow::Result<()> {
         let deadline = Instant::now() + COUNT_TIMEOUT;
+        if let Peer::Haraka { haraka, .. } = self.peer {
+            haraka.ensure_running()?;
+        }
         match self.peer {
             Peer::Limit(_) => Ok(()),
             Peer::Postfix { postfix, .. } => {
@@ -407,7 +510,7 @@ impl<'a> Under<'a> {
                 );
                 Ok(())
             }
-            Peer::Mxnode { sink, .. } => {
+            Peer::Haraka { sink, .. } | Peer::Mxnode { sink, .. } => {
                 let mut arrived = 0;
                 while Instant::now() < deadline {
                     arrived = sink.requests()? - before;
@@ -477,7 +580,7 @@ fn run_group(
         let estimate = warmup as f64 / seconds;
         counts.push(((estimate * plan.seconds) as usize).clamp(MIN_RUN.max(2 * sessions), MAX_RUN));
         // CPU is accounted over the timed runs only.
-        under.node_cpu = 0.0;
+        under.server_cpu = 0.0;
         under.sink_cpu = 0.0;
         under.cpu_messages = 0;
     }
@@ -530,6 +633,7 @@ fn run_group(
             _ => (None, None),
         };
         let sink = under.sink_delta()?;
+        let threads = under.threads.as_mut().map(ThreadSampler::stop);
         scenarios.push(Scenario {
             target: under.target,
             size: message.size,
@@ -538,11 +642,13 @@ fn run_group(
             runs,
             rate,
             ratio_to_postfix: None,
+            ratio_to_haraka: None,
             ratio_to_limit: None,
             latency,
             receiver_delay_ms: under.target.receiver_delay_ms(),
             memory,
             store_on,
+            threads,
             cpu_us_per_message: under.cpu_per_message().map(|(node, _)| node),
             sink_cpu_us_per_message: under.cpu_per_message().map(|(_, sink)| sink),
             webhook_connections: sink.map(|s| s.connections),
@@ -559,7 +665,8 @@ fn run_group(
     Ok(scenarios)
 }
 
-/// Fills in each scenario's ratio to Postfix and to the limit of the same size and sessions.
+/// Fills in each scenario's ratio to Postfix, Haraka and the limit of the same size and
+/// sessions.
 fn add_ratios(scenarios: &mut [Scenario]) {
     let rate_of = |scenarios: &[Scenario], target: Target, size: usize, sessions: usize| {
         scenarios
@@ -572,6 +679,8 @@ fn add_ratios(scenarios: &mut [Scenario]) {
         let (size, sessions) = (scenario.size, scenario.sessions);
         scenario.ratio_to_postfix =
             rate_of(&snapshot, Target::Postfix, size, sessions).map(|p| scenario.rate / p);
+        scenario.ratio_to_haraka =
+            rate_of(&snapshot, Target::Haraka, size, sessions).map(|h| scenario.rate / h);
         scenario.ratio_to_limit =
             rate_of(&snapshot, Target::Limit, size, sessions).map(|l| scenario.rate / l);
     }
