@@ -800,7 +800,7 @@ impl Config {
             };
             let path_style = raw_s3.path_style.unwrap_or(true);
             if !endpoint.is_empty() {
-                match check_url(&endpoint).and_then(|()| crate::s3::parse_endpoint(&endpoint)) {
+                match check_url(&endpoint).and_then(|()| crate::net::parse_endpoint(&endpoint)) {
                     Err(e) => v.error(key("endpoint"), e),
                     Ok((_, authority)) if !path_style && is_ip_authority(&authority) => v.error(
                         key("path_style"),
@@ -811,7 +811,7 @@ impl Config {
                 }
             }
             if !bucket.is_empty() {
-                if let Err(e) = crate::s3::check_bucket_name(&bucket, path_style) {
+                if let Err(e) = check_bucket_name(&bucket, path_style) {
                     v.error(key("bucket"), e);
                 }
             }
@@ -830,14 +830,13 @@ impl Config {
                 );
             }
             let ca = v.existing_file(&key("ca"), &raw_s3.ca);
-            let prefix =
-                match crate::s3::keys::normalise_prefix(raw_s3.prefix.as_deref().unwrap_or("")) {
-                    Ok(prefix) => prefix,
-                    Err(e) => {
-                        v.error(key("prefix"), e);
-                        String::new()
-                    }
-                };
+            let prefix = match normalise_s3_prefix(raw_s3.prefix.as_deref().unwrap_or("")) {
+                Ok(prefix) => prefix,
+                Err(e) => {
+                    v.error(key("prefix"), e);
+                    String::new()
+                }
+            };
             s3.insert(
                 name.clone(),
                 S3Config {
@@ -1073,22 +1072,9 @@ pub fn decode_webhook_secret(bytes: &[u8]) -> Result<Vec<u8>, String> {
     Ok(key)
 }
 
-/// Accepts `https://host[:port]/…`, and `http://` only to a loopback host (development and
-/// tests on one machine; nothing crosses a network in the clear).
-pub fn check_url(url: &str) -> Result<(), String> {
-    let uri: ureq::http::Uri = url.parse().map_err(|_| "is not a valid URL".to_string())?;
-    let host = uri
-        .host()
-        .ok_or_else(|| "needs a host, e.g. https://hooks.example/email".to_string())?;
-    match uri.scheme_str() {
-        Some("https") => Ok(()),
-        Some("http") if is_loopback_host(host) => Ok(()),
-        Some("http") => {
-            Err("must use https:// (http:// is allowed only to a loopback address)".into())
-        }
-        _ => Err("must start with https://".into()),
-    }
-}
+/// Accepts `https://host[:port]/…`, and `http://` only to a loopback host: the rule of every
+/// outbound client, owned by [`crate::net`].
+pub use crate::net::check_url;
 
 /// Whether `host[:port]` names an IP address rather than a DNS name.
 fn is_ip_authority(authority: &str) -> bool {
@@ -1101,10 +1087,59 @@ fn is_ip_authority(authority: &str) -> bool {
     host.parse::<IpAddr>().is_ok()
 }
 
-fn is_loopback_host(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+/// Longest configured S3 key prefix in bytes.
+pub const MAX_S3_PREFIX_BYTES: usize = 256;
+
+/// Checks a bucket name. Virtual-hosted addressing puts it into a host name, so it must follow
+/// S3's DNS-compatible rules (3–63 of `a-z 0-9 . -`, starting and ending with a letter or
+/// digit); path-style also allows the uppercase letters and `_` of older stores' relaxed names.
+pub fn check_bucket_name(bucket: &str, path_style: bool) -> Result<(), String> {
+    let allowed = |c: char| {
+        c.is_ascii_lowercase()
+            || c.is_ascii_digit()
+            || c == '.'
+            || c == '-'
+            || (path_style && (c.is_ascii_uppercase() || c == '_'))
+    };
+    let ends_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if !(3..=63).contains(&bucket.len())
+        || !bucket.chars().all(allowed)
+        || !ends_ok(bucket.chars().next())
+        || !ends_ok(bucket.chars().last())
+        || bucket.contains("..")
+    {
+        return Err(if path_style {
+            "must be 3 to 63 letters, digits, '.', '-' or '_', starting and ending with a letter \
+             or digit"
+                .into()
+        } else {
+            "must be 3 to 63 lowercase letters, digits, '.' or '-', starting and ending with a \
+             letter or digit (virtual-hosted addressing puts it into a host name)"
+                .into()
+        });
+    }
+    Ok(())
+}
+
+/// Checks and normalises a configured key prefix: surrounding `/` are dropped; segments must
+/// be non-empty, not `.` or `..`, and free of control characters and `\`.
+pub fn normalise_s3_prefix(prefix: &str) -> Result<String, String> {
+    let trimmed = prefix.trim_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    if trimmed.len() > MAX_S3_PREFIX_BYTES {
+        return Err(format!("must be at most {MAX_S3_PREFIX_BYTES} bytes"));
+    }
+    for segment in trimmed.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err("must not contain empty, `.` or `..` segments".into());
+        }
+        if segment.chars().any(|c| c.is_control() || c == '\\') {
+            return Err("must not contain control characters or `\\`".into());
+        }
+    }
+    Ok(trimmed.to_string())
 }
 
 #[cfg(test)]
@@ -1421,5 +1456,42 @@ webhook_secret = "{SECRET}"
                 "update.channel_ca",
             ]
         );
+    }
+
+    #[test]
+    fn bucket_names_follow_the_addressing_rules() {
+        for ok in ["mail", "mail-attachments", "a.b.c", "123"] {
+            assert_eq!(check_bucket_name(ok, false), Ok(()), "{ok}");
+        }
+        for bad in [
+            "ab", "-mail", "mail-", "Mail", "ma_il", "a..b", "a/b", "a b", "",
+        ] {
+            assert!(check_bucket_name(bad, false).is_err(), "{bad}");
+        }
+        assert_eq!(check_bucket_name("Legacy_Bucket", true), Ok(()));
+        assert!(check_bucket_name("a/b", true).is_err());
+        assert!(check_bucket_name(&"a".repeat(64), true).is_err());
+    }
+
+    fn check_prefix(prefix: &str, expect: Result<&str, ()>) {
+        let got = normalise_s3_prefix(prefix);
+        match expect {
+            Ok(e) => assert_eq!(got.as_deref(), Ok(e), "{prefix:?}"),
+            Err(()) => assert!(got.is_err(), "{prefix:?} should be refused: {got:?}"),
+        }
+    }
+
+    #[test]
+    fn prefixes_are_normalised_or_refused() {
+        check_prefix("", Ok(""));
+        check_prefix("/", Ok(""));
+        check_prefix("mail", Ok("mail"));
+        check_prefix("/mail/in/", Ok("mail/in"));
+        check_prefix("mail//in", Err(()));
+        check_prefix("mail/../x", Err(()));
+        check_prefix("./x", Err(()));
+        check_prefix("a\nb", Err(()));
+        check_prefix("a\\b", Err(()));
+        check_prefix(&"p".repeat(MAX_S3_PREFIX_BYTES + 1), Err(()));
     }
 }

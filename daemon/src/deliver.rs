@@ -25,7 +25,7 @@ pub struct Router {
 }
 
 /// Uploads of one route's delivery that run at the same time; the rest wait for a free slot.
-/// Each holds a thread of the blocking pool and a connection to the store.
+/// Each holds a connection to the store.
 pub const MAX_CONCURRENT_UPLOADS: usize = 4;
 /// However long the S3 uploads took, the webhook gets at least this long after them for its
 /// attempts, so a slow store cannot leave the webhook a zero-length budget.

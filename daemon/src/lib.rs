@@ -13,6 +13,7 @@ pub mod http;
 pub mod logging;
 pub mod message;
 pub mod metrics;
+pub mod net;
 pub mod node;
 pub mod notify;
 pub mod payload;

@@ -1,23 +1,23 @@
 //! Webhook delivery (DESIGN §4): a signed HTTPS POST per route, retried inside a time budget.
 //!
-//! Signing follows the Standard Webhooks specification. The HTTP client is ureq (blocking,
-//! rustls on ring, so TLS 1.2 or 1.3 only) run on smol's blocking pool; one agent per route keeps
-//! its connections alive between messages. The outcome is classified here and only here:
-//! 2xx accepted, 4xx other than 408/429 rejected (permanent), everything else a temporary failure.
+//! Signing follows the Standard Webhooks specification. Requests go through the route's own
+//! [`net::Client`] (rustls on ring, TLS 1.3/1.2; HTTP/2 when the receiver offers it, else
+//! HTTP/1.1 keep-alive), as futures on the session's executor: a delivery waiting on its
+//! receiver holds no thread. The outcome is classified here and only here: 2xx accepted, 4xx
+//! other than 408/429 rejected (permanent), everything else a temporary failure.
 //!
 //! Never logs payloads or response bodies; log lines carry ids, statuses and timings only.
+//! Never opens a connection itself (that is [`crate::net`]'s job).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use ring::hmac;
-use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 
 use crate::config::Route;
+use crate::net;
 
-/// System trust store of Debian (the appliance image and the development machines).
-pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// First pause between attempts; doubled after each failure.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest pause between attempts.
@@ -30,17 +30,18 @@ const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(200);
 const MAX_REASON_BYTES: usize = 512;
 /// Length of the sanitised reason in the SMTP reply.
 const MAX_REASON_CHARS: usize = 100;
+/// An accepted or retried answer's body is read (and dropped) up to this size, so its
+/// HTTP/1.1 connection can serve the next message; a longer one closes the connection.
+const MAX_DRAINED_BODY_BYTES: usize = 64 * 1024;
 /// Keep-alive connections a route keeps open between messages. Every session delivering at the
-/// same moment holds one; a connection returned to a full pool is closed, and the next message
-/// pays a TCP and TLS handshake for it. Above the session counts a node sees in practice.
+/// same moment holds one (over HTTP/1.1; over HTTP/2 they share one); a connection returned to
+/// a full pool is closed, and the next message pays a TCP and TLS handshake for it. Above the
+/// session counts a node sees in practice.
 const MAX_IDLE_CONNECTIONS: usize = 256;
-/// Per-connection read buffer: a receiver's answer is a status line, headers and a short body.
-const INPUT_BUFFER_BYTES: usize = 16 * 1024;
-/// Per-connection write buffer: larger bodies go out in several writes of this size, each
-/// more than a TLS record (16 KiB), so nothing is gained by holding more per idle connection.
-const OUTPUT_BUFFER_BYTES: usize = 64 * 1024;
-/// Largest response header block accepted; it must fit the read buffer.
-const MAX_RESPONSE_HEADER_BYTES: usize = INPUT_BUFFER_BYTES;
+/// Bodies up to this size are signed on the session's task; the HMAC over a larger one (a
+/// payload with inlined attachments, up to tens of MiB) runs on the blocking pool, where it
+/// cannot hold up the other sessions sharing the executor.
+const INLINE_SIGN_MAX_BYTES: usize = 64 * 1024;
 
 /// Why a webhook client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +141,9 @@ impl DeliveryIdKey {
 
 /// Posts payloads for one route.
 pub struct WebhookClient {
-    agent: ureq::Agent,
+    /// The route's HTTP client: its trust store (system roots plus the route CA) and its
+    /// keep-alive connections.
+    client: net::Client,
     url: String,
     key: hmac::Key,
     key_bytes: Vec<u8>,
@@ -157,35 +160,19 @@ impl std::fmt::Debug for WebhookClient {
 }
 
 impl WebhookClient {
-    /// Builds the client of a route: system roots plus the route's CA bundle.
+    /// Builds the client of a route: system roots plus the route's CA bundle, offering HTTP/2
+    /// and HTTP/1.1.
     pub fn new(route: &Route) -> Result<WebhookClient, WebhookError> {
         let ca = route.webhook_ca.as_deref();
-        let tls = tls_trusting(ca).map_err(|e| {
+        let tls = net::client_config(ca, net::Protocols::Http2AndHttp1).map_err(|e| {
             let path = ca.map(|p| p.display().to_string()).unwrap_or_default();
             match e {
-                CaError::Read(source) => WebhookError::ReadCa { path, source },
-                CaError::Empty => WebhookError::EmptyCa { path },
+                net::CaError::Read(source) => WebhookError::ReadCa { path, source },
+                net::CaError::Empty => WebhookError::EmptyCa { path },
             }
         })?;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .tls_config(tls)
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .max_idle_connections(MAX_IDLE_CONNECTIONS)
-            .max_idle_connections_per_host(MAX_IDLE_CONNECTIONS)
-            .input_buffer_size(INPUT_BUFFER_BYTES)
-            .output_buffer_size(OUTPUT_BUFFER_BYTES)
-            .max_response_header_size(MAX_RESPONSE_HEADER_BYTES)
-            // The usual attempt time is set here, on the agent, not per request: ureq builds
-            // its rustls configuration (parsing every root certificate) once per agent, but
-            // afresh for each new connection of a request with its own configuration, which
-            // also loses TLS session resumption.
-            .timeout_global(Some(MAX_ATTEMPT_TIME))
-            .user_agent(concat!("mxnode/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
         Ok(WebhookClient {
-            agent,
+            client: net::Client::new(tls, MAX_IDLE_CONNECTIONS),
             url: route.webhook.clone(),
             key: hmac::Key::new(hmac::HMAC_SHA256, route.webhook_key.expose()),
             key_bytes: route.webhook_key.expose().to_vec(),
@@ -282,98 +269,38 @@ impl WebhookClient {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let agent = self.agent.clone();
-        let url = self.url.clone();
-        let key = self.key_bytes.clone();
-        let id = id.to_string();
-        // Signing hashes the whole body: it runs on the blocking thread with the request, not
-        // on the executor that drives every session's I/O.
-        smol::unblock(move || {
-            let signature = sign(&key, &id, timestamp, &body);
-            let request = agent
-                .post(&url)
-                .header("content-type", "application/json")
-                .header("webhook-id", &id)
-                .header("webhook-timestamp", timestamp.to_string())
-                .header("webhook-signature", signature);
-            // Only an attempt cut short by the end of the budget needs a request-level timeout
-            // (see the agent's `timeout_global`).
-            let request = if timeout < MAX_ATTEMPT_TIME {
-                request.config().timeout_global(Some(timeout)).build()
-            } else {
-                request
-            };
-            let mut response = request.send(&body[..]).map_err(describe_error)?;
-            let status = response.status().as_u16();
-            let reason = if classify(status) == StatusClass::Rejected {
-                let bytes = response
-                    .body_mut()
-                    .with_config()
-                    .limit(MAX_REASON_BYTES as u64)
-                    .read_to_vec()
-                    .unwrap_or_default();
-                sanitise_reason(&bytes)
-            } else {
-                // Drain a small body so the connection can be reused; ignore failures.
-                let _ = response
-                    .body_mut()
-                    .with_config()
-                    .limit(64 * 1024)
-                    .read_to_vec();
-                String::new()
-            };
-            Ok((status, reason))
-        })
-        .await
-    }
-}
-
-/// Why a configured CA bundle cannot be trusted.
-#[derive(Debug)]
-pub enum CaError {
-    Read(std::io::Error),
-    /// The file holds no PEM certificate.
-    Empty,
-}
-
-/// TLS settings trusting the system bundle plus, when given, the certificates of the PEM file
-/// `ca` (at least one). The system bundle may be missing on a minimal machine; a configured CA
-/// can still work. Shared by the webhook, S3 and update channel clients.
-pub fn tls_trusting(ca: Option<&std::path::Path>) -> Result<TlsConfig, CaError> {
-    let mut roots: Vec<Certificate<'static>> = Vec::new();
-    if let Ok(pem) = std::fs::read(SYSTEM_CA_BUNDLE) {
-        roots.extend(pem_certificates(&pem));
-    }
-    if let Some(path) = ca {
-        let extra = pem_certificates(&std::fs::read(path).map_err(CaError::Read)?);
-        if extra.is_empty() {
-            return Err(CaError::Empty);
-        }
-        roots.extend(extra);
-    }
-    Ok(TlsConfig::builder()
-        .root_certs(RootCerts::Specific(Arc::new(roots)))
-        .build())
-}
-
-/// Certificates from a PEM bundle, skipping anything else.
-fn pem_certificates(pem: &[u8]) -> Vec<Certificate<'static>> {
-    ureq::tls::parse_pem(pem)
-        .filter_map(|item| match item {
-            Ok(PemItem::Certificate(c)) => Some(c),
-            _ => None,
-        })
-        .collect()
-}
-
-/// A transport error in words that name the problem class (never the payload).
-fn describe_error(e: ureq::Error) -> String {
-    match e {
-        ureq::Error::Timeout(t) => format!("timeout ({t})"),
-        ureq::Error::ConnectionFailed => "connection failed".into(),
-        ureq::Error::HostNotFound => "host not found".into(),
-        ureq::Error::Io(io) => format!("I/O error: {}", io.kind()),
-        other => format!("{other}"),
+        let signature = if body.len() <= INLINE_SIGN_MAX_BYTES {
+            sign(&self.key_bytes, id, timestamp, &body)
+        } else {
+            let (key, id, body) = (self.key_bytes.clone(), id.to_string(), body.clone());
+            smol::unblock(move || sign(&key, &id, timestamp, &body)).await
+        };
+        let deadline = Instant::now() + timeout;
+        let request = http::Request::post(self.url.as_str())
+            .header("content-type", "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(net::shared_body(body))
+            .map_err(|e| format!("cannot build the request: {e}"))?;
+        let response = self
+            .client
+            .send(request, deadline)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let reason = if classify(status) == StatusClass::Rejected {
+            let bytes = response
+                .read_prefix(MAX_REASON_BYTES)
+                .await
+                .unwrap_or_default();
+            sanitise_reason(&bytes)
+        } else {
+            // Read a small body to its end so the connection can be reused; ignore failures.
+            let _ = response.read_body(MAX_DRAINED_BODY_BYTES).await;
+            String::new()
+        };
+        Ok((status, reason))
     }
 }
 

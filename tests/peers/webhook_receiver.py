@@ -17,6 +17,8 @@ Faults at random, per request: /flaky/<percent> (500 that often, else 200),
 (200 after 0..max_ms). /sink answers 200 and keeps only the body's length and
 SHA-256 (for bulk tests whose bodies would not fit in memory many times).
 Control: GET /_received (JSON list of records), DELETE /_received (clear).
+Each record names the TLS connection it came on (`connection`, counting from 1
+in accept order) and `http_version` "1.1", so a test can count connections.
 """
 
 import argparse
@@ -173,6 +175,11 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "mxnode-test-receiver"
 
+    def setup(self):
+        super().setup()
+        # One handler instance serves one connection, however many requests it carries.
+        self.connection_number = self.server.next_connection_number()
+
     def log_message(self, format, *args):
         if self.server.verbose:
             sys.stderr.write("receiver: " + (format % args) + "\n")
@@ -227,6 +234,8 @@ class Handler(BaseHTTPRequestHandler):
             "timestamp_fresh": timestamp_is_fresh(headers, now),
             "status": None,
             "acknowledged": False,
+            "connection": self.connection_number,
+            "http_version": "1.1",
         }
         # Recorded before answering so a test can see requests that hang or
         # are reset; the status is filled in once it is known.
@@ -316,6 +325,9 @@ class TlsServer(ThreadingHTTPServer):
     HTTP) cannot stall everyone else."""
 
     daemon_threads = True
+    # The node may open a hundred connections at once; socketserver's default
+    # backlog of 5 would drop SYNs and stall them for a retransmission.
+    request_queue_size = 128
 
     def __init__(self, address, tls_context, key, verbose):
         super().__init__(address, Handler)
@@ -323,6 +335,13 @@ class TlsServer(ThreadingHTTPServer):
         self.key = key
         self.verbose = verbose
         self.store = Store()
+        self.connections_lock = threading.Lock()
+        self.connections = 0
+
+    def next_connection_number(self):
+        with self.connections_lock:
+            self.connections += 1
+            return self.connections
 
     def finish_request(self, request, client_address):
         request.settimeout(CONNECTION_IDLE_TIMEOUT_SECONDS)

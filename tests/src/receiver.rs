@@ -1,5 +1,7 @@
-//! The HTTPS webhook receiver peer (`tests/peers/webhook_receiver.py`):
-//! starting it, addressing its routes, and reading what it received.
+//! The HTTPS webhook receiver peers: `tests/peers/webhook_receiver.py`
+//! (HTTP/1.1) and `tests/peers/h2_receiver.mjs` (HTTP/2 only, Node's http2
+//! server): starting them, addressing their routes, and reading what they
+//! received.
 //!
 //! It must never keep received bodies anywhere but in the receiver's memory
 //! and the test's own values, and never outlive the test (killed on drop).
@@ -38,6 +40,9 @@ const SECRET_BYTES: usize = 24;
 /// from any working directory.
 const RECEIVER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/webhook_receiver.py");
 
+/// The HTTP/2-only receiver (Node's built-in `http2.createSecureServer`).
+const H2_RECEIVER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/h2_receiver.mjs");
+
 /// A running HTTPS webhook receiver on 127.0.0.1, serving the certificate of
 /// a [`TestCa`] and checking signatures with one secret. Routes (POST):
 /// `/ok` (200), `/status/<code>`, `/delay/<ms>/status/<code>`,
@@ -47,11 +52,19 @@ const RECEIVER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/webhoo
 /// 200), `/flaky-reset/<percent>` (TCP reset that often, else 200),
 /// `/slow/<max_ms>` (200 after 0..max_ms); `/sink` (200, keeps only the
 /// body's length and hash); anything else answers 404. Every POST is recorded.
+///
+/// [`Receiver::start_h2`] starts the HTTP/2-only receiver instead (routes
+/// `/ok`, `/status/<code>`, `/delay/<ms>/status/<code>`), whose records have
+/// the same form.
 pub struct Receiver {
     /// The python process; killed on drop.
     child: Child,
     /// The port it bound (chosen by the OS).
     port: u16,
+    /// Base URL of the control routes (`/_received`): the TLS port itself for
+    /// the HTTP/1.1 receiver, a plain-HTTP loopback port for the HTTP/2 one
+    /// (the harness's client speaks HTTP/1.1 only).
+    control: String,
     /// The `whsec_…` secret it verifies signatures with; routes need the same.
     secret: String,
     /// The CA that signed its certificate: a route's `webhook_ca`.
@@ -90,6 +103,12 @@ pub struct Received {
     pub status: Option<u16>,
     /// Whether the answer was 2xx, i.e. the sender may consider it delivered.
     pub acknowledged: bool,
+    /// The TLS connection the POST came on, numbered from 1 in accept order.
+    #[serde(default)]
+    pub connection: u64,
+    /// `1.1` or `2`.
+    #[serde(default)]
+    pub http_version: String,
 }
 
 impl Received {
@@ -104,53 +123,34 @@ impl Receiver {
     /// signatures with `secret` (`whsec_…`, see [`new_webhook_secret`]).
     /// Panics with a clear message when `python3` or the script fails.
     pub fn start(ca: &TestCa, secret: &str) -> Receiver {
-        let mut child = Command::new("python3")
-            .arg(RECEIVER_SCRIPT)
-            .arg("--cert")
-            .arg(&ca.cert_pem)
-            .arg("--key")
-            .arg(&ca.key_pem)
-            .arg("--secret")
-            .arg(secret)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|error| {
-                panic!("cannot start python3 {RECEIVER_SCRIPT}: {error} (is python3 installed?)")
-            });
-
-        let stdout = child.stdout.take().expect("stdout was piped");
-        let (line_tx, line_rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = line_tx.send(line);
-        });
-        let line = match line_rx.recv_timeout(STARTUP_TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => {
-                kill_and_reap(&mut child);
-                panic!("webhook receiver did not report its port within {STARTUP_TIMEOUT:?}");
-            }
-        };
-        let port = match line
-            .trim()
-            .strip_prefix("listening ")
-            .map(str::parse::<u16>)
-        {
-            Some(Ok(port)) => port,
-            _ => {
-                kill_and_reap(&mut child);
-                panic!(
-                    "webhook receiver did not start (first line {line:?}); see its stderr above"
-                );
-            }
-        };
-
+        let mut command = Command::new("python3");
+        command.arg(RECEIVER_SCRIPT);
+        let (child, ports) = spawn(command, ca, secret, "python3", RECEIVER_SCRIPT);
+        let port = ports[0];
         Receiver {
             child,
             port,
+            control: format!("https://localhost:{port}"),
+            secret: secret.to_string(),
+            ca_pem: ca.ca_pem.clone(),
+            agent: https_agent_trusting(&ca.ca_pem),
+        }
+    }
+
+    /// Starts the HTTP/2-only receiver (ALPN `h2`, no HTTP/1.1 fallback)
+    /// with `ca`'s server certificate, verifying signatures with `secret`.
+    /// Panics with a clear message when `node` or the script fails.
+    pub fn start_h2(ca: &TestCa, secret: &str) -> Receiver {
+        let mut command = Command::new("node");
+        command.arg(H2_RECEIVER_SCRIPT);
+        let (child, ports) = spawn(command, ca, secret, "node", H2_RECEIVER_SCRIPT);
+        let [port, control] = ports[..] else {
+            panic!("the HTTP/2 receiver reports two ports, got {ports:?}");
+        };
+        Receiver {
+            child,
+            port,
+            control: format!("http://127.0.0.1:{control}"),
             secret: secret.to_string(),
             ca_pem: ca.ca_pem.clone(),
             agent: https_agent_trusting(&ca.ca_pem),
@@ -187,7 +187,7 @@ impl Receiver {
     pub fn received(&self) -> Vec<Received> {
         let mut response = self
             .agent
-            .get(self.url("/_received"))
+            .get(format!("{}/_received", self.control))
             .call()
             .expect("GET /_received from the webhook receiver");
         assert_eq!(response.status().as_u16(), 200, "GET /_received");
@@ -218,7 +218,7 @@ impl Receiver {
     pub fn clear(&self) {
         let response = self
             .agent
-            .delete(self.url("/_received"))
+            .delete(format!("{}/_received", self.control))
             .call()
             .expect("DELETE /_received on the webhook receiver");
         assert_eq!(response.status().as_u16(), 200, "DELETE /_received");
@@ -228,6 +228,59 @@ impl Receiver {
 impl Drop for Receiver {
     fn drop(&mut self) {
         kill_and_reap(&mut self.child);
+    }
+}
+
+/// Starts a receiver script (`command` with the script as its first
+/// argument) with the certificate of `ca` and `secret`, and waits for its
+/// `listening <port> [<port>…]` line.
+fn spawn(
+    mut command: Command,
+    ca: &TestCa,
+    secret: &str,
+    program: &str,
+    script: &str,
+) -> (Child, Vec<u16>) {
+    let mut child = command
+        .arg("--cert")
+        .arg(&ca.cert_pem)
+        .arg("--key")
+        .arg(&ca.key_pem)
+        .arg("--secret")
+        .arg(secret)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|error| {
+            panic!("cannot start {program} {script}: {error} (is {program} installed?)")
+        });
+
+    let stdout = child.stdout.take().expect("stdout was piped");
+    let (line_tx, line_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = line_tx.send(line);
+    });
+    let line = match line_rx.recv_timeout(STARTUP_TIMEOUT) {
+        Ok(line) => line,
+        Err(_) => {
+            kill_and_reap(&mut child);
+            panic!("webhook receiver did not report its port within {STARTUP_TIMEOUT:?}");
+        }
+    };
+    let ports: Option<Vec<u16>> = line
+        .trim()
+        .strip_prefix("listening ")
+        .map(|ports| ports.split(' ').map(str::parse::<u16>).collect())
+        .and_then(Result::ok);
+    match ports {
+        Some(ports) if !ports.is_empty() => (child, ports),
+        _ => {
+            kill_and_reap(&mut child);
+            panic!("webhook receiver did not start (first line {line:?}); see its stderr above");
+        }
     }
 }
 

@@ -19,8 +19,6 @@ pub const MAX_KEPT_EXTENSION_BYTES: usize = 16;
 pub const FALLBACK_FILENAME: &str = "attachment";
 /// The raw message's object name inside the delivery's directory.
 pub const RAW_MESSAGE_NAME: &str = "raw.eml";
-/// Longest configured key prefix in bytes.
-pub const MAX_PREFIX_BYTES: usize = 256;
 
 /// The directory of one delivery: `<prefix>/<yyyy>/<mm>/<dd>/<id>`, the date being the UTC day
 /// `received`; no leading `/` when the prefix is empty.
@@ -76,27 +74,6 @@ pub fn sanitise_filename(name: Option<&str>) -> String {
         return FALLBACK_FILENAME.to_string();
     }
     shorten(clean)
-}
-
-/// Checks and normalises a configured key prefix: surrounding `/` are dropped; segments must
-/// be non-empty, not `.` or `..`, and free of control characters and `\`.
-pub fn normalise_prefix(prefix: &str) -> Result<String, String> {
-    let trimmed = prefix.trim_matches('/');
-    if trimmed.is_empty() {
-        return Ok(String::new());
-    }
-    if trimmed.len() > MAX_PREFIX_BYTES {
-        return Err(format!("must be at most {MAX_PREFIX_BYTES} bytes"));
-    }
-    for segment in trimmed.split('/') {
-        if segment.is_empty() || segment == "." || segment == ".." {
-            return Err("must not contain empty, `.` or `..` segments".into());
-        }
-        if segment.chars().any(|c| c.is_control() || c == '\\') {
-            return Err("must not contain control characters or `\\`".into());
-        }
-    }
-    Ok(trimmed.to_string())
 }
 
 /// Letters that render as nothing (the Hangul fillers), which `char::is_alphanumeric` accepts.
@@ -211,28 +188,6 @@ mod tests {
             "2013/05/24/msg_1/3-a.pdf"
         );
         assert_eq!(raw_key("p/2013/05/24/msg_1"), "p/2013/05/24/msg_1/raw.eml");
-    }
-
-    fn check_prefix(prefix: &str, expect: Result<&str, ()>) {
-        let got = normalise_prefix(prefix);
-        match expect {
-            Ok(e) => assert_eq!(got.as_deref(), Ok(e), "{prefix:?}"),
-            Err(()) => assert!(got.is_err(), "{prefix:?} should be refused: {got:?}"),
-        }
-    }
-
-    #[test]
-    fn prefixes_are_normalised_or_refused() {
-        check_prefix("", Ok(""));
-        check_prefix("/", Ok(""));
-        check_prefix("mail", Ok("mail"));
-        check_prefix("/mail/in/", Ok("mail/in"));
-        check_prefix("mail//in", Err(()));
-        check_prefix("mail/../x", Err(()));
-        check_prefix("./x", Err(()));
-        check_prefix("a\nb", Err(()));
-        check_prefix("a\\b", Err(()));
-        check_prefix(&"p".repeat(MAX_PREFIX_BYTES + 1), Err(()));
     }
 }
 

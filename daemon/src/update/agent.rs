@@ -5,14 +5,18 @@
 //!
 //! The node runs unprivileged: it never writes a slot, the ESP or the state directory. A
 //! release that fails any rule is refused before anything is written beside `staged/`, and a
-//! partly downloaded artifact is never renamed into place. HTTP is ureq (rustls on ring) on
-//! the caller's blocking thread, as in `webhook.rs`.
+//! partly downloaded artifact is never renamed into place.
+//!
+//! A check runs on one blocking thread (it writes and hashes hundreds of MiB, and syncs the
+//! disk); its HTTP requests go through the channel's [`net::Client`] (rustls on ring, TLS
+//! 1.3/1.2, system roots plus `channel_ca`, keep-alive), driven on that same thread with
+//! `smol::block_on` and read chunk by chunk into the staged file. Never opens a connection
+//! itself (that is [`crate::net`]'s job) and never follows a redirect.
 
 use std::fs::{self, File};
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use serde::Serialize;
@@ -23,7 +27,7 @@ use super::policy::{self, Boot, Facts, Refusal};
 use super::release::{self, BundleError};
 use super::{MANIFEST_FILE, PRODUCT, REQUEST_FILE, SIGNATURE_FILE, STAGED_DIR, copy_hashing};
 use crate::config::UpdateConfig;
-use crate::webhook::CaError;
+use crate::net;
 
 /// One request to the channel (manifest, signature) may take this long.
 const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -33,6 +37,8 @@ const ARTIFACT_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The first check after start waits the check interval, but at most this long: a node
 /// that just booted serves mail first, and one that reboots often still checks.
 pub const MAX_FIRST_CHECK_DELAY: Duration = Duration::from_secs(300);
+/// Idle keep-alive connections kept to the channel (a check makes five requests in a row).
+const MAX_IDLE_CONNECTIONS: usize = 2;
 /// How often the installer's state is looked at for refusals to audit.
 const INSTALLER_POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// Largest offline bundle accepted: the artifacts' limit plus tar overhead.
@@ -134,7 +140,7 @@ pub struct UpdateView {
 pub struct Updater {
     config: UpdateConfig,
     /// The channel's HTTPS client (system roots plus `channel_ca`), when a channel is set.
-    agent: Option<ureq::Agent>,
+    client: Option<net::Client>,
     state: Mutex<NodeState>,
     /// Held while a check, upload or apply runs: one at a time.
     busy: Mutex<()>,
@@ -163,14 +169,14 @@ impl Updater {
                 config.spool_dir.display()
             )
         })?;
-        let agent = match &config.channel {
-            Some(_) => Some(channel_agent(config.channel_ca.as_deref())?),
+        let client = match &config.channel {
+            Some(_) => Some(channel_client(config.channel_ca.as_deref())?),
             None => None,
         };
         // Refusals the installer recorded before this start were audited by the node then.
         let audited = StateDir(config.state_dir.clone()).status().map(|s| s.at);
         Ok(Updater {
-            agent,
+            client,
             state: Mutex::new(NodeState {
                 last_check: None,
                 available: None,
@@ -288,7 +294,7 @@ impl Updater {
     /// Polls the channel once: judges its release, downloads and stages it, and requests the
     /// install when `auto_apply` is set.
     pub fn check(&self, now: SystemTime) -> Result<Outcome, UpdateError> {
-        let (Some(channel), Some(agent)) = (&self.config.channel, &self.agent) else {
+        let (Some(channel), Some(client)) = (&self.config.channel, &self.client) else {
             return Err(UpdateError::NoChannel);
         };
         self.exclusive(now, || {
@@ -297,12 +303,12 @@ impl Updater {
                 s.last_check = Some(now);
             });
             let manifest_bytes = fetch_small(
-                agent,
+                client,
                 &format!("{channel}{MANIFEST_FILE}"),
                 MAX_MANIFEST_BYTES,
             )?;
             let signature = fetch_small(
-                agent,
+                client,
                 &format!("{channel}{SIGNATURE_FILE}"),
                 SIGNATURE_BYTES,
             )?;
@@ -349,7 +355,7 @@ impl Updater {
                 let artifact = manifest.artifacts.get(kind);
                 let url = format!("{channel}{}", artifact.path);
                 let part = staged.join(format!("{}.part", kind.file_name()));
-                let copied = download(agent, &url, &part, artifact.size, &mut |n| {
+                let copied = download(client, &url, &part, artifact.size, &mut |n| {
                     self.set(now, |s| {
                         s.state = "downloading";
                         s.progress = Progress {
@@ -605,39 +611,26 @@ impl Updater {
     }
 }
 
-/// The channel's HTTPS client: system roots plus `channel_ca`, no redirects.
-fn channel_agent(channel_ca: Option<&Path>) -> Result<ureq::Agent, String> {
-    let tls = crate::webhook::tls_trusting(channel_ca).map_err(|e| {
+/// The channel's HTTPS client: system roots plus `channel_ca`, HTTP/1.1.
+fn channel_client(channel_ca: Option<&Path>) -> Result<net::Client, String> {
+    let tls = net::client_config(channel_ca, net::Protocols::Http1).map_err(|e| {
         let path = channel_ca
             .map(|p| p.display().to_string())
             .unwrap_or_default();
         match e {
-            CaError::Read(e) => format!("update.channel_ca: cannot read {path}: {e}"),
-            CaError::Empty => format!("update.channel_ca: {path} holds no PEM certificate"),
+            net::CaError::Read(e) => format!("update.channel_ca: cannot read {path}: {e}"),
+            net::CaError::Empty => format!("update.channel_ca: {path} holds no PEM certificate"),
         }
     })?;
-    Ok(ureq::Agent::config_builder()
-        .tls_config(tls)
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .user_agent(concat!("mxnode/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into())
+    Ok(net::Client::new(tls, MAX_IDLE_CONNECTIONS))
 }
 
-fn get(
-    agent: &ureq::Agent,
-    url: &str,
-    timeout: Duration,
-) -> Result<ureq::http::Response<ureq::Body>, UpdateError> {
-    let response = agent
-        .get(url)
-        .config()
-        .timeout_global(Some(timeout))
-        .build()
-        .call()
+/// GETs `url`, expecting 200; the answer's body is to be read before `timeout` ends too. Runs
+/// the request on this (blocking) thread.
+fn get(client: &net::Client, url: &str, timeout: Duration) -> Result<net::Response, UpdateError> {
+    let response = smol::block_on(client.get(url, Instant::now() + timeout))
         .map_err(|e| UpdateError::failed("channel_unreachable", format!("GET {url}: {e}")))?;
-    let status = response.status().as_u16();
+    let status = response.status();
     if status != 200 {
         return Err(UpdateError::failed(
             "channel_error",
@@ -648,45 +641,60 @@ fn get(
 }
 
 /// GETs a small file, refusing one over `limit` bytes.
-fn fetch_small(agent: &ureq::Agent, url: &str, limit: usize) -> Result<Vec<u8>, UpdateError> {
-    let response = get(agent, url, SMALL_REQUEST_TIMEOUT)?;
-    let mut bytes = Vec::new();
-    response
-        .into_body()
-        .into_reader()
-        .take(limit as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| UpdateError::failed("channel_unreachable", format!("GET {url}: {e}")))?;
-    if bytes.len() > limit {
-        return Err(UpdateError::failed(
+fn fetch_small(client: &net::Client, url: &str, limit: usize) -> Result<Vec<u8>, UpdateError> {
+    let response = get(client, url, SMALL_REQUEST_TIMEOUT)?;
+    smol::block_on(response.read_body(limit)).map_err(|e| match e {
+        net::NetError::TooLarge(_) => UpdateError::failed(
             "channel_error",
             format!("GET {url}: more than {limit} bytes"),
-        ));
-    }
-    Ok(bytes)
+        ),
+        e => UpdateError::failed("channel_unreachable", format!("GET {url}: {e}")),
+    })
 }
 
 /// Downloads `url` into `part`, at most `limit` bytes (one more is read to notice a longer
 /// file), hashing on the way.
 fn download(
-    agent: &ureq::Agent,
+    client: &net::Client,
     url: &str,
     part: &Path,
     limit: u64,
     progress: &mut dyn FnMut(u64),
 ) -> Result<super::Copied, UpdateError> {
-    let response = get(agent, url, ARTIFACT_TIMEOUT)?;
+    let response = get(client, url, ARTIFACT_TIMEOUT)?;
     let mut file = File::create(part).map_err(|e| {
         UpdateError::failed("spool", format!("cannot create {}: {e}", part.display()))
     })?;
-    let mut reader = response
-        .into_body()
-        .into_with_config()
-        .limit(limit.saturating_add(1))
-        .reader();
+    let mut reader = BodyReader {
+        response,
+        pending: bytes::Bytes::new(),
+    };
     copy_hashing(&mut reader, &mut file, limit, progress)
         .and_then(|c| file.sync_all().map(|()| c))
         .map_err(|e| UpdateError::failed("channel_unreachable", format!("GET {url}: {e}")))
+}
+
+/// An answer's body as a blocking reader, for [`copy_hashing`] on the check's own thread: each
+/// read waits (`smol::block_on`) for the next piece the connection delivers.
+struct BodyReader {
+    response: net::Response,
+    /// What is left of the last piece.
+    pending: bytes::Bytes,
+}
+
+impl std::io::Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pending.is_empty() {
+            match smol::block_on(self.response.chunk()) {
+                Ok(Some(chunk)) => self.pending = chunk,
+                Ok(None) => return Ok(0),
+                Err(e) => return Err(std::io::Error::other(e)),
+            }
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending.split_to(n));
+        Ok(n)
+    }
 }
 
 /// Records an event in the audit log (the node passes its store's audit here).
