@@ -87,14 +87,16 @@ fn drain(stream: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
     });
 }
 
-/// The 32 hex digits after `setup token ` in `log`.
+/// The 32 hex digits after `setup token ` in `log` (the banner says "setup token" before the
+/// log line that carries it, so every occurrence is looked at).
 fn setup_token(log: &str) -> Option<String> {
-    let at = log.find("setup token ")? + "setup token ".len();
-    let token: String = log[at..]
-        .chars()
-        .take_while(char::is_ascii_hexdigit)
-        .collect();
-    (token.len() == 32).then_some(token)
+    log.match_indices("setup token ").find_map(|(at, found)| {
+        let token: String = log[at + found.len()..]
+            .chars()
+            .take_while(char::is_ascii_hexdigit)
+            .collect();
+        (token.len() == 32).then_some(token)
+    })
 }
 
 /// The first `listening on smtp://ADDR` address in `log`.
@@ -120,7 +122,11 @@ fn dev_node_serves_the_setup_page_over_http_and_its_printed_token_completes_setu
     let api = ApiClient::plain(&base);
     let page = api.get("/", None);
     assert_eq!(page.status, 200, "{}", page.body);
-    assert!(page.content_type.starts_with("text/html"), "{}", page.content_type);
+    assert!(
+        page.content_type.starts_with("text/html"),
+        "{}",
+        page.content_type
+    );
     assert_eq!(
         api.get("/api/v1/setup", None).json(),
         json!({"setup_required": true})
@@ -139,7 +145,12 @@ fn dev_node_serves_the_setup_page_over_http_and_its_printed_token_completes_setu
         &json!({"username": "admin", "password": password}),
     );
     assert_eq!(login.status, 201, "{}", login.body);
-    let cookie = login.set_cookie.split(';').next().unwrap_or_default().to_string();
+    let cookie = login
+        .set_cookie
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     assert!(!cookie.is_empty(), "a session cookie");
     let me = api.request_with_headers("GET", "/api/v1/session", &[("Cookie", cookie)], None);
     assert_eq!(me.status, 200, "{}", me.body);
