@@ -423,15 +423,15 @@ fn issued(parent: &X509Certificate<'_>, child: &X509Certificate<'_>) -> bool {
             ParsedExtension::SubjectKeyIdentifier(ski) => Some(ski),
             _ => None,
         });
-    if let (Some(authority), Some(subject)) = (authority_key, subject_key) {
-        if authority.0 != subject.0 {
-            return false;
-        }
+    if let (Some(authority), Some(subject)) = (authority_key, subject_key)
+        && authority.0 != subject.0
+    {
+        return false;
     }
-    if let Ok(Some(usage)) = parent.key_usage() {
-        if !usage.value.key_cert_sign() {
-            return false;
-        }
+    if let Ok(Some(usage)) = parent.key_usage()
+        && !usage.value.key_cert_sign()
+    {
+        return false;
     }
     match child.verify_signature(Some(parent.public_key())) {
         Ok(()) => true,

@@ -810,10 +810,10 @@ impl Config {
                     Ok(_) => {}
                 }
             }
-            if !bucket.is_empty() {
-                if let Err(e) = check_bucket_name(&bucket, path_style) {
-                    v.error(key("bucket"), e);
-                }
+            if !bucket.is_empty()
+                && let Err(e) = check_bucket_name(&bucket, path_style)
+            {
+                v.error(key("bucket"), e);
             }
             let region = raw_s3.region.clone().unwrap_or_else(|| "us-east-1".into());
             if region.is_empty()

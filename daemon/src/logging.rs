@@ -10,15 +10,12 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 
 /// Installs the logger once at start.
 pub fn init(level: LevelFilter) {
-    if systemd_journal_logger::connected_to_journal() {
-        if let Ok(journal) = systemd_journal_logger::JournalLog::new() {
-            if log::set_boxed_logger(Box::new(journal.with_syslog_identifier("mxnode".into())))
-                .is_ok()
-            {
-                log::set_max_level(level);
-                return;
-            }
-        }
+    if systemd_journal_logger::connected_to_journal()
+        && let Ok(journal) = systemd_journal_logger::JournalLog::new()
+        && log::set_boxed_logger(Box::new(journal.with_syslog_identifier("mxnode".into()))).is_ok()
+    {
+        log::set_max_level(level);
+        return;
     }
     if log::set_boxed_logger(Box::new(StderrLog)).is_ok() {
         log::set_max_level(level);

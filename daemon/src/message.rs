@@ -841,7 +841,7 @@ fn decode_base64_chunked(
     chunk: usize,
     mut on_decoded: impl FnMut(&[u8]),
 ) -> Result<Vec<u8>, data_encoding::DecodeError> {
-    debug_assert!(chunk > 0 && chunk % 4 == 0);
+    debug_assert!(chunk > 0 && chunk.is_multiple_of(4));
     let engine = &data_encoding::BASE64_MIME_PERMISSIVE;
     // Whitespace makes the decoded size a little smaller than this, never larger.
     let mut out = Vec::with_capacity(body.len() / 4 * 3 + 3);

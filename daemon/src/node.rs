@@ -343,7 +343,7 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
 /// The REST API, bound and ready to serve.
 struct HttpService {
     listener: smol::Async<std::net::TcpListener>,
-    app: tide::Server<crate::http::api::State>,
+    app: crate::http::api::App,
     tls: Option<Arc<crate::smtp::tls::ReloadableAcceptor>>,
 }
 
@@ -548,7 +548,7 @@ async fn serve(raw: RawConfig, config: Config, store: Arc<dyn Store>) -> Result<
     let serving_api = http.map(|http| {
         smol::spawn(crate::http::server::run(
             http.listener,
-            http.app,
+            Arc::new(http.app),
             http.tls,
             stopped.clone(),
         ))

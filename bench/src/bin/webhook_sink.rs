@@ -6,7 +6,8 @@
 //! become the bottleneck: no signature check, no JSON parsing, nothing kept but three counters
 //! (`GET /stats`: requests, body bytes, and TLS connections accepted, which shows whether the
 //! node reuses its keep-alive connections or pays a handshake per message). It never writes a body anywhere: bodies are read into memory and dropped.
-//! HTTP is tide's (async-h1), TLS is rustls' through futures-rustls: nothing hand-written.
+//! HTTP is hyper's (HTTP/1.1 server connections, driven on smol through smol-hyper), TLS is
+//! rustls' (ring) through futures-rustls: nothing hand-written.
 //!
 //! ```text
 //! webhook-sink --cert server.pem --key server.key [--listen 127.0.0.1:0] [--delay-ms 20]
@@ -16,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::convert::Infallible;
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -25,9 +27,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use smol::Async;
+use smol_hyper::rt::FuturesIo;
 
 #[derive(Parser)]
 #[command(about = "HTTPS webhook sink for benchmarks: answers 200 after a delay, checks nothing")]
@@ -50,7 +58,6 @@ struct Args {
 }
 
 /// What every request handler shares.
-#[derive(Clone)]
 struct State {
     /// The receiver's simulated processing time per delivery.
     delay: Duration,
@@ -90,11 +97,7 @@ fn main() -> anyhow::Result<()> {
         bytes: Arc::new(AtomicU64::new(0)),
         connections: Arc::new(AtomicU64::new(0)),
     };
-    let connections = state.connections.clone();
-    let mut app = tide::with_state(state);
-    app.at("/stats").get(stats);
-    app.at("/*").post(receive);
-    app.at("/").post(receive);
+    let state = Arc::new(state);
 
     let listener = Async::<TcpListener>::bind(args.listen).context("bind")?;
     let addr = listener.get_ref().local_addr()?;
@@ -115,46 +118,64 @@ fn main() -> anyhow::Result<()> {
             // Replies are one small write; never let Nagle hold them back.
             let _ = stream.get_ref().set_nodelay(true);
             let acceptor = acceptor.clone();
-            let app = app.clone();
-            let connections = connections.clone();
+            let state = state.clone();
             spawner
                 .spawn(async move {
                     let Ok(tls) = acceptor.accept(stream).await else {
                         return;
                     };
-                    connections.fetch_add(1, Ordering::Relaxed);
-                    // async-h1 reads and writes through clones of one stream handle.
-                    let io = async_dup::Arc::new(async_dup::Mutex::new(tls));
-                    let _ = async_h1::accept(io, |request| {
-                        let app = app.clone();
-                        async move { app.respond(request).await }
-                    })
-                    .await;
+                    state.connections.fetch_add(1, Ordering::Relaxed);
+                    let service = service_fn(move |request| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(respond(&state, request).await) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(FuturesIo::new(tls), service)
+                        .await;
                 })
                 .detach();
         }
     }))
 }
 
-async fn receive(mut request: tide::Request<State>) -> tide::Result {
-    let body = request.body_bytes().await?;
-    let state = request.state();
+/// `GET /stats`, or any `POST` (a delivery); 404 otherwise.
+async fn respond(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/stats") => stats(state),
+        (&Method::POST, _) => empty(receive(state, request.into_body()).await),
+        _ => empty(StatusCode::NOT_FOUND),
+    }
+}
+
+async fn receive(state: &State, body: Incoming) -> StatusCode {
+    let Ok(body) = body.collect().await else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let len = body.to_bytes().len();
     if !state.delay.is_zero() {
         smol::Timer::after(state.delay).await;
     }
     state.requests.fetch_add(1, Ordering::Relaxed);
-    state.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-    Ok(tide::Response::new(200))
+    state.bytes.fetch_add(len as u64, Ordering::Relaxed);
+    StatusCode::OK
 }
 
-async fn stats(request: tide::Request<State>) -> tide::Result {
-    let state = request.state();
+fn stats(state: &State) -> Response<Full<Bytes>> {
     let body = serde_json::json!({
         "requests": state.requests.load(Ordering::Relaxed),
         "bytes": state.bytes.load(Ordering::Relaxed),
         "connections": state.connections.load(Ordering::Relaxed),
     });
-    Ok(tide::Response::builder(200)
-        .body(tide::Body::from_json(&body)?)
-        .build())
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn empty(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::default());
+    *response.status_mut() = status;
+    response
 }

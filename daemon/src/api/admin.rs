@@ -78,7 +78,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
@@ -597,10 +597,10 @@ impl Api {
                 ));
             }
             self.store.put_setting(ADMIN_SETTING, &bytes)?;
-            if let Some(file) = setup.take().and_then(|s| s.file) {
-                if let Err(e) = std::fs::remove_file(&file) {
-                    log::warn!("setup: cannot delete {}: {e}", file.display());
-                }
+            if let Some(file) = setup.take().and_then(|s| s.file)
+                && let Err(e) = std::fs::remove_file(&file)
+            {
+                log::warn!("setup: cannot delete {}: {e}", file.display());
             }
         }
         self.audit_best_effort(

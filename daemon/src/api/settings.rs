@@ -88,7 +88,7 @@ pub fn mask_secrets(value: Value) -> Value {
 /// A duration the way the config file writes it: `30s`, `5m`, `24h`, `90d`, `250ms`.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let s = d.as_secs();

@@ -1,23 +1,29 @@
-//! The REST API over HTTP (DESIGN §7, `openapi.yaml` beside this file): tide routes that read
-//! the request, make one controller call ([`crate::api::Api`]) on the blocking pool, and render
-//! its result. Every error answer is `{"error": {"code", "message"}}`, including tide's own 404
-//! and 405.
+//! The REST API over HTTP (DESIGN §7, `openapi.yaml` beside this file): routes that read the
+//! request, make one controller call ([`crate::api::Api`]) on the blocking pool, and render its
+//! result. Every error answer is `{"error": {"code", "message"}}`, including 404 for an unknown
+//! path and 405 for a known path with another method.
 //!
 //! This layer holds no logic of its own beyond HTTP: header and query extraction, the body
-//! size limit, `Content-Type` checks and status codes. It never logs a request's content (query
-//! strings can hold an address; bodies can hold secrets).
+//! size limit, `Content-Type` checks and status codes. Every request's body is read into
+//! memory (at most [`MAX_BODY_BYTES`]) before it is answered, except the offline bundle's,
+//! which is streamed to the spool directory. It never logs a request's content (query strings
+//! can hold an address; bodies can hold secrets).
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Body as _, Bytes, Incoming};
+use hyper::header::{
+    CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue, SET_COOKIE, WWW_AUTHENTICATE,
+    X_CONTENT_TYPE_OPTIONS,
+};
+use hyper::{Method, StatusCode};
 use serde::Serialize;
-use smol::io::AsyncReadExt as _;
-use tide::http::mime;
-use tide::utils::After;
-use tide::{Request, Response, StatusCode};
+use smol::io::AsyncWriteExt as _;
 
+use super::Response;
+use super::router::{BodyError, Request, Routed, Router, read_body};
 use crate::api::admin::SESSION_COOKIE;
 use crate::api::emails::{AuditFilters, EmailFilters};
 use crate::api::{Api, ApiError, Caller, Scope};
@@ -30,136 +36,184 @@ pub const CSRF_HEADER: &str = "X-CSRF-Token";
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// The offline bundle upload: its body (hundreds of MiB) is streamed to the spool directory
-/// instead of being read into memory by [`read_body_first`].
+/// instead of being read into memory.
 pub const UPDATE_UPLOAD_PATH: &str = "/api/v1/update/upload";
 
 /// The state every handler sees.
 pub type State = Arc<Api>;
 
-/// The API application: every route of DESIGN §7 that this version serves.
-pub fn app(api: Arc<Api>) -> tide::Server<State> {
-    let mut app = tide::with_state(api);
-    app.with(After(finish));
-    app.with(read_body_first);
-    app.at("/healthz").get(healthz);
-    app.at("/metrics").get(metrics);
-    app.at("/api/v1/emails").get(list_emails);
-    app.at("/api/v1/emails/:id")
+/// The API application: every route of DESIGN §7 that this version serves, and the console.
+pub struct App {
+    api: State,
+    router: Router<State>,
+}
+
+/// The API application over `api`.
+pub fn app(api: Arc<Api>) -> App {
+    let mut router = Router::default();
+    router.at("/healthz").get(healthz);
+    router.at("/metrics").get(metrics);
+    router.at("/api/v1/emails").get(list_emails);
+    router
+        .at("/api/v1/emails/:id")
         .get(get_email)
         .delete(delete_email);
-    app.at("/api/v1/erasure").post(erasure);
-    app.at("/api/v1/export").get(export);
-    app.at("/api/v1/audit").get(audit);
-    app.at("/api/v1/settings")
+    router.at("/api/v1/erasure").post(erasure);
+    router.at("/api/v1/export").get(export);
+    router.at("/api/v1/audit").get(audit);
+    router
+        .at("/api/v1/settings")
         .get(get_settings)
         .put(put_settings);
-    app.at("/api/v1/keys").get(list_keys).post(create_key);
-    app.at("/api/v1/keys/:id").delete(revoke_key);
-    app.at("/api/v1/status").get(node_status);
-    app.at("/api/v1/tls").get(get_tls).put(put_tls);
-    app.at("/api/v1/settings/s3/:name/probe").post(probe_s3);
-    app.at("/api/v1/recovery-key")
+    router.at("/api/v1/keys").get(list_keys).post(create_key);
+    router.at("/api/v1/keys/:id").delete(revoke_key);
+    router.at("/api/v1/status").get(node_status);
+    router.at("/api/v1/tls").get(get_tls).put(put_tls);
+    router.at("/api/v1/settings/s3/:name/probe").post(probe_s3);
+    router
+        .at("/api/v1/recovery-key")
         .get(get_recovery_key)
         .delete(delete_recovery_key);
-    app.at("/api/v1/settings/routes/:index/test")
+    router
+        .at("/api/v1/settings/routes/:index/test")
         .post(test_route);
-    app.at("/api/v1/setup")
+    router
+        .at("/api/v1/setup")
         .get(setup_status)
         .post(complete_setup);
-    app.at("/api/v1/session")
+    router
+        .at("/api/v1/session")
         .get(session_info)
         .post(login)
         .delete(logout);
-    app.at("/api/v1/update").get(update_status);
-    app.at("/api/v1/update/check").post(update_check);
-    app.at("/api/v1/update/apply").post(update_apply);
-    app.at(UPDATE_UPLOAD_PATH).post(update_upload);
-    crate::http::ui::mount(&mut app);
-    app
+    router.at("/api/v1/update").get(update_status);
+    router.at("/api/v1/update/check").post(update_check);
+    router.at("/api/v1/update/apply").post(update_apply);
+    router.at(UPDATE_UPLOAD_PATH).post_streamed(update_upload);
+    crate::http::ui::mount(&mut router);
+    App { api, router }
 }
 
-/// The last value of header `name`.
-fn header(req: &Request<State>, name: &str) -> Option<String> {
-    req.header(name)
-        .map(|values| values.last().as_str().to_string())
-}
-
-/// The value of cookie `name` in the `Cookie` header(s).
-fn cookie(req: &Request<State>, name: &str) -> Option<String> {
-    req.header("Cookie")?
-        .iter()
-        .flat_map(|value| value.as_str().split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .filter(|(key, _)| *key == name)
-        .map(|(_, value)| value.trim().to_string())
-        .last()
-}
-
-/// The caller's credentials and address.
-fn caller(req: &Request<State>) -> Caller {
-    Caller {
-        authorization: header(req, "Authorization"),
-        remote: req
-            .peer_addr()
-            .and_then(|addr| addr.parse::<SocketAddr>().ok())
-            .map(|addr| addr.ip()),
-        session: cookie(req, SESSION_COOKIE),
-        csrf: header(req, CSRF_HEADER),
-        origin: header(req, "Origin"),
-        host: header(req, "Host"),
-        state_changing: !matches!(
-            req.method(),
-            tide::http::Method::Get | tide::http::Method::Head | tide::http::Method::Options
-        ),
+impl super::server::App for App {
+    async fn respond(&self, request: hyper::Request<Incoming>, peer: SocketAddr) -> Response {
+        let (head, body) = request.into_parts();
+        let mut request = Request::new(head, peer);
+        let routed = self.router.route(&request.method, &request.path);
+        if matches!(routed, Routed::Found(endpoint, _) if endpoint.streamed) {
+            request.stream = Some(body);
+        } else {
+            // Read before any answer, a 404 or 405 included. A body over the limit gets 413
+            // and the connection is closed (its rest is not taken for the next request).
+            request.body = match read_body(body, MAX_BODY_BYTES).await {
+                Ok(bytes) => bytes,
+                Err(BodyError::TooLarge) => {
+                    return finish(closing(error_response(&payload_too_large())));
+                }
+                Err(BodyError::Unreadable) => {
+                    return finish(closing(error_response(&unreadable_body())));
+                }
+            };
+        }
+        let response = match routed {
+            Routed::Found(endpoint, params) => {
+                request.params = params;
+                endpoint.call(self.api.clone(), request).await
+            }
+            Routed::MethodNotAllowed => error_response(&ApiError::new(
+                405,
+                "method_not_allowed",
+                "this route does not accept that method",
+            )),
+            Routed::NotFound => error_response(&ApiError::new(404, "not_found", "no such route")),
+        };
+        finish(response)
     }
 }
 
-/// The last value of query parameter `name`.
-fn query(req: &Request<State>, name: &str) -> Option<String> {
-    req.url()
-        .query_pairs()
-        .filter(|(key, _)| key == name)
-        .last()
-        .map(|(_, value)| value.into_owned())
+/// The value of cookie `name` in the `Cookie` header(s) (the last one named so).
+fn cookie(req: &Request, name: &str) -> Option<String> {
+    let headers: Vec<String> = req.header_values("Cookie").collect();
+    headers
+        .iter()
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim().to_string())
+        .next_back()
+}
+
+/// The caller's credentials and address.
+fn caller(req: &Request) -> Caller {
+    Caller {
+        authorization: req.header("Authorization"),
+        remote: Some(req.peer.ip()),
+        session: cookie(req, SESSION_COOKIE),
+        csrf: req.header(CSRF_HEADER),
+        origin: req.header("Origin"),
+        host: req.header("Host"),
+        state_changing: !matches!(req.method, Method::GET | Method::HEAD | Method::OPTIONS),
+    }
 }
 
 /// Runs a controller call on the blocking pool (the store blocks).
-async fn call<T: Send + 'static>(
-    req: &Request<State>,
-    f: impl FnOnce(&Api) -> T + Send + 'static,
-) -> T {
-    let api = req.state().clone();
+async fn call<T: Send + 'static>(api: &State, f: impl FnOnce(&Api) -> T + Send + 'static) -> T {
+    let api = api.clone();
     smol::unblock(move || f(&api)).await
 }
 
+/// `status` with `body` of type `content_type`.
+fn response(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response {
+    let mut res = Response::new(Full::new(body.into()));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res
+}
+
 fn error_response(error: &ApiError) -> Response {
-    let mut res = Response::new(error.status);
-    res.set_body(error.body().to_string());
-    res.set_content_type(mime::JSON);
+    let status = StatusCode::from_u16(error.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut res = response(status, "application/json", error.body().to_string());
     if error.status == 401 {
-        res.insert_header("WWW-Authenticate", "Bearer realm=\"mxnode\"");
+        res.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"mxnode\""),
+        );
     }
     res
 }
 
+/// `res` with `Connection: close`: answered before its body was read, the request's rest must
+/// not be taken for the next one.
+fn closing(mut res: Response) -> Response {
+    res.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    res
+}
+
 /// `status` with `value` as JSON, or the error.
-fn json<T: Serialize>(status: StatusCode, result: Result<T, ApiError>) -> tide::Result {
-    match result {
-        Ok(value) => {
-            let mut res = Response::new(status);
-            res.set_body(serde_json::to_string(&value)?);
-            res.set_content_type(mime::JSON);
-            Ok(res)
+fn json<T: Serialize>(status: StatusCode, result: Result<T, ApiError>) -> Response {
+    let value = match result {
+        Ok(value) => value,
+        Err(e) => return error_response(&e),
+    };
+    match serde_json::to_string(&value) {
+        Ok(body) => response(status, "application/json", body),
+        Err(e) => {
+            log::error!("api: request failed: {e}");
+            error_response(&ApiError::internal())
         }
-        Err(e) => Ok(error_response(&e)),
     }
 }
 
 /// 204, or the error.
-fn no_content(result: Result<(), ApiError>) -> tide::Result {
+fn no_content(result: Result<(), ApiError>) -> Response {
     match result {
-        Ok(()) => Ok(Response::new(StatusCode::NoContent)),
-        Err(e) => Ok(error_response(&e)),
+        Ok(()) => {
+            let mut res = Response::new(Full::default());
+            *res.status_mut() = StatusCode::NO_CONTENT;
+            res
+        }
+        Err(e) => error_response(&e),
     }
 }
 
@@ -171,286 +225,251 @@ fn payload_too_large() -> ApiError {
     )
 }
 
-/// Reads every request's body (up to [`MAX_BODY_BYTES`]) before any handler answers, and
-/// hands it on in memory.
-///
-/// async-h1 discards an unread body only after the answer is written, through a buffered
-/// reader that can swallow the start of the client's next request on a keep-alive connection;
-/// that request then never gets an answer. A body read before the answer avoids that. A body
-/// over the limit gets 413 and the connection is closed.
-fn read_body_first<'a>(
-    mut req: Request<State>,
-    next: tide::Next<'a, State>,
-) -> Pin<Box<dyn Future<Output = tide::Result> + Send + 'a>> {
-    Box::pin(async move {
-        if req.url().path() == UPDATE_UPLOAD_PATH && req.method() == tide::http::Method::Post {
-            return Ok(next.run(req).await);
-        }
-        let declared_too_large = req.len().is_some_and(|n| n > MAX_BODY_BYTES);
-        let mut bytes = Vec::new();
-        let read = if declared_too_large {
-            Ok(0)
-        } else {
-            req.take_body()
-                .take(MAX_BODY_BYTES as u64 + 1)
-                .read_to_end(&mut bytes)
-                .await
-        };
-        if declared_too_large || bytes.len() > MAX_BODY_BYTES || read.is_err() {
-            let error = match read {
-                Err(_) => ApiError::new(400, "invalid_body", "the request body could not be read"),
-                Ok(_) => payload_too_large(),
-            };
-            let mut res = error_response(&error);
-            res.insert_header("Connection", "close");
-            return Ok(res);
-        }
-        // Setting a body resets `Content-Type`; the handlers judge the client's own.
-        let content_type = req
-            .header("Content-Type")
-            .map(|values| values.last().as_str().to_string());
-        req.set_body(bytes);
-        match content_type {
-            Some(value) => {
-                req.insert_header("Content-Type", value);
-            }
-            None => {
-                req.remove_header("Content-Type");
-            }
-        }
-        Ok(next.run(req).await)
-    })
+fn unreadable_body() -> ApiError {
+    ApiError::new(400, "invalid_body", "the request body could not be read")
 }
 
-/// The request body as JSON bytes (already in memory, see [`read_body_first`]): 415 unless
-/// `Content-Type` is JSON.
-async fn json_body(req: &mut Request<State>) -> Result<Vec<u8>, ApiError> {
-    let is_json = req
-        .content_type()
-        .is_some_and(|m| m.essence() == "application/json" || m.subtype().ends_with("+json"));
-    if !is_json {
+/// Whether `Content-Type` (its last value) names JSON: `application/json` or `*/*+json`, in
+/// any case, with any parameters.
+fn is_json(content_type: Option<&str>) -> bool {
+    let Some(value) = content_type else {
+        return false;
+    };
+    let http_whitespace = |c: char| matches!(c, ' ' | '\t' | '\r' | '\n');
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
+    };
+    let essence = value.split(';').next().unwrap_or_default();
+    let Some((kind, subtype)) = essence.trim_matches(http_whitespace).split_once('/') else {
+        return false;
+    };
+    let subtype = subtype.trim_end_matches(http_whitespace);
+    if !token(kind) || !token(subtype) {
+        return false;
+    }
+    let (kind, subtype) = (kind.to_ascii_lowercase(), subtype.to_ascii_lowercase());
+    (kind == "application" && subtype == "json") || subtype.ends_with("+json")
+}
+
+/// The request body as JSON bytes (already in memory): 415 unless `Content-Type` is JSON.
+fn json_body(req: &Request) -> Result<Vec<u8>, ApiError> {
+    if !is_json(req.header("Content-Type").as_deref()) {
         return Err(ApiError::new(
             415,
             "unsupported_media_type",
             "send the body as Content-Type: application/json",
         ));
     }
-    req.body_bytes()
-        .await
-        .map_err(|_| ApiError::new(400, "invalid_body", "the request body could not be read"))
+    Ok(req.body.to_vec())
 }
 
-async fn healthz(req: Request<State>) -> tide::Result {
-    json(StatusCode::Ok, Ok(req.state().health()))
+async fn healthz(api: State, _: Request) -> Response {
+    json(StatusCode::OK, Ok(api.health()))
 }
 
-async fn metrics(req: Request<State>) -> tide::Result {
+async fn metrics(api: State, req: Request) -> Response {
     let caller = caller(&req);
-    let format = match req.header("Accept") {
-        Some(accept) if accept.as_str().contains("application/openmetrics-text") => {
-            Format::OpenMetrics
-        }
+    // The first `Accept` header decides.
+    let format = match req.header_values("Accept").next() {
+        Some(accept) if accept.contains("application/openmetrics-text") => Format::OpenMetrics,
         _ => Format::Prometheus,
     };
-    match call(&req, move |api| api.metrics(&caller, format)).await {
-        Ok(text) => {
-            let mut res = Response::new(StatusCode::Ok);
-            res.set_body(text);
-            res.insert_header("Content-Type", format.content_type());
-            Ok(res)
-        }
-        Err(e) => Ok(error_response(&e)),
+    match call(&api, move |api| api.metrics(&caller, format)).await {
+        Ok(text) => response(StatusCode::OK, format.content_type(), text),
+        Err(e) => error_response(&e),
     }
 }
 
-async fn list_emails(req: Request<State>) -> tide::Result {
+async fn list_emails(api: State, req: Request) -> Response {
     let caller = caller(&req);
     let filters = EmailFilters {
-        status: query(&req, "status"),
-        recipient: query(&req, "recipient"),
-        since: query(&req, "since"),
-        until: query(&req, "until"),
-        cursor: query(&req, "cursor"),
-        limit: query(&req, "limit"),
+        status: req.query("status"),
+        recipient: req.query("recipient"),
+        since: req.query("since"),
+        until: req.query("until"),
+        cursor: req.query("cursor"),
+        limit: req.query("limit"),
     };
     json(
-        StatusCode::Ok,
-        call(&req, move |api| api.list_emails(&caller, &filters)).await,
+        StatusCode::OK,
+        call(&api, move |api| api.list_emails(&caller, &filters)).await,
     )
 }
 
-async fn get_email(req: Request<State>) -> tide::Result {
+async fn get_email(api: State, req: Request) -> Response {
     let caller = caller(&req);
-    let id = req.param("id")?.to_string();
+    let id = req.param("id").to_string();
     json(
-        StatusCode::Ok,
-        call(&req, move |api| api.get_email(&caller, &id)).await,
+        StatusCode::OK,
+        call(&api, move |api| api.get_email(&caller, &id)).await,
     )
 }
 
-async fn delete_email(req: Request<State>) -> tide::Result {
+async fn delete_email(api: State, req: Request) -> Response {
     let caller = caller(&req);
-    let id = req.param("id")?.to_string();
-    no_content(call(&req, move |api| api.delete_email(&caller, &id)).await)
+    let id = req.param("id").to_string();
+    no_content(call(&api, move |api| api.delete_email(&caller, &id)).await)
 }
 
-async fn erasure(mut req: Request<State>) -> tide::Result {
+async fn erasure(api: State, req: Request) -> Response {
     let caller = caller(&req);
-    let body = match authenticated_body(&mut req, &caller, Scope::EmailsDelete).await {
+    let body = match authenticated_body(&api, &req, &caller, Scope::EmailsDelete).await {
         Ok(body) => body,
-        Err(e) => return Ok(error_response(&e)),
+        Err(e) => return error_response(&e),
     };
     json(
-        StatusCode::Ok,
-        call(&req, move |api| api.erase(&caller, &body)).await,
+        StatusCode::OK,
+        call(&api, move |api| api.erase(&caller, &body)).await,
     )
 }
 
-async fn export(req: Request<State>) -> tide::Result {
+async fn export(api: State, req: Request) -> Response {
     let caller = caller(&req);
-    let address = query(&req, "address");
+    let address = req.query("address");
     json(
-        StatusCode::Ok,
-        call(&req, move |api| api.export(&caller, address.as_deref())).await,
+        StatusCode::OK,
+        call(&api, move |api| api.export(&caller, address.as_deref())).await,
     )
 }
 
-async fn audit(req: Request<State>) -> tide::Result {
+async fn audit(api: State, req: Request) -> Response {
     let caller = caller(&req);
     let filters = AuditFilters {
-        action: query(&req, "action"),
-        since: query(&req, "since"),
-        until: query(&req, "until"),
-        cursor: query(&req, "cursor"),
-        limit: query(&req, "limit"),
+        action: req.query("action"),
+        since: req.query("since"),
+        until: req.query("until"),
+        cursor: req.query("cursor"),
+        limit: req.query("limit"),
     };
     json(
-        StatusCode::Ok,
-        call(&req, move |api| api.list_audit(&caller, &filters)).await,
+        StatusCode::OK,
+        call(&api, move |api| api.list_audit(&caller, &filters)).await,
     )
 }
 
-async fn get_settings(req: Request<State>) -> tide::Result {
+async fn get_settings(api: State, req: Request) -> Response {
     let caller = caller(&req);
     json(
-        StatusCode::Ok,
-        call(&req, move |api| api.get_settings(&caller)).await,
+        StatusCode::OK,
+        call(&api, move |api| api.get_settings(&caller)).await,
     )
 }
 
-async fn put_settings(mut req: Request<State>) -> tide::Result {
+async fn put_settings(api: State, req: Request) -> Response {
     let caller = caller(&req);
-    let body = match authenticated_body(&mut req, &caller, Scope::SettingsWrite).await {
+    let body = match authenticated_body(&api, &req, &caller, Scope::SettingsWrite).await {
         Ok(body) => body,
-        Err(e) => return Ok(error_response(&e)),
+        Err(e) => return error_response(&e),
     };
     json(
-        StatusCode::Ok,
-        call(&req, move |api| api.put_settings(&caller, &body)).await,
+        StatusCode::OK,
+        call(&api, move |api| api.put_settings(&caller, &body)).await,
     )
 }
 
-async fn create_key(mut req: Request<State>) -> tide::Result {
+async fn create_key(api: State, req: Request) -> Response {
     let caller = caller(&req);
-    let body = match authenticated_body(&mut req, &caller, Scope::Admin).await {
+    let body = match authenticated_body(&api, &req, &caller, Scope::Admin).await {
         Ok(body) => body,
-        Err(e) => return Ok(error_response(&e)),
+        Err(e) => return error_response(&e),
     };
     json(
-        StatusCode::Created,
-        call(&req, move |api| api.create_key(&caller, &body)).await,
+        StatusCode::CREATED,
+        call(&api, move |api| api.create_key(&caller, &body)).await,
     )
 }
 
-async fn list_keys(req: Request<State>) -> tide::Result {
+async fn list_keys(api: State, req: Request) -> Response {
     let caller = caller(&req);
     json(
-        StatusCode::Ok,
-        call(&req, move |api| api.list_keys(&caller)).await,
+        StatusCode::OK,
+        call(&api, move |api| api.list_keys(&caller)).await,
     )
 }
 
-async fn revoke_key(req: Request<State>) -> tide::Result {
+async fn revoke_key(api: State, req: Request) -> Response {
     let caller = caller(&req);
-    let id = req.param("id")?.to_string();
-    no_content(call(&req, move |api| api.revoke_key(&caller, &id)).await)
+    let id = req.param("id").to_string();
+    no_content(call(&api, move |api| api.revoke_key(&caller, &id)).await)
 }
 
-async fn node_status(req: Request<State>) -> tide::Result {
+async fn node_status(api: State, req: Request) -> Response {
     let caller = caller(&req);
     json(
-        StatusCode::Ok,
-        call(&req, move |api| api.node_status(&caller)).await,
+        StatusCode::OK,
+        call(&api, move |api| api.node_status(&caller)).await,
     )
 }
 
-async fn get_tls(req: Request<State>) -> tide::Result {
+async fn get_tls(api: State, req: Request) -> Response {
     let caller = caller(&req);
     json(
-        StatusCode::Ok,
-        call(&req, move |api| api.get_tls(&caller)).await,
+        StatusCode::OK,
+        call(&api, move |api| api.get_tls(&caller)).await,
     )
 }
 
-async fn put_tls(mut req: Request<State>) -> tide::Result {
+async fn put_tls(api: State, req: Request) -> Response {
     let caller = caller(&req);
-    let body = match authenticated_body(&mut req, &caller, Scope::SettingsWrite).await {
+    let body = match authenticated_body(&api, &req, &caller, Scope::SettingsWrite).await {
         Ok(body) => body,
-        Err(e) => return Ok(error_response(&e)),
+        Err(e) => return error_response(&e),
     };
     json(
-        StatusCode::Ok,
-        call(&req, move |api| api.put_tls(&caller, &body)).await,
+        StatusCode::OK,
+        call(&api, move |api| api.put_tls(&caller, &body)).await,
     )
 }
 
-async fn get_recovery_key(req: Request<State>) -> tide::Result {
+async fn get_recovery_key(api: State, req: Request) -> Response {
     let caller = caller(&req);
     json(
-        StatusCode::Ok,
-        call(&req, move |api| api.get_recovery_key(&caller)).await,
+        StatusCode::OK,
+        call(&api, move |api| api.get_recovery_key(&caller)).await,
     )
 }
 
-async fn delete_recovery_key(req: Request<State>) -> tide::Result {
+async fn delete_recovery_key(api: State, req: Request) -> Response {
     let caller = caller(&req);
-    no_content(call(&req, move |api| api.delete_recovery_key(&caller)).await)
+    no_content(call(&api, move |api| api.delete_recovery_key(&caller)).await)
 }
 
-async fn probe_s3(req: Request<State>) -> tide::Result {
+async fn probe_s3(api: State, req: Request) -> Response {
     let caller = caller(&req);
-    let name = req.param("name")?.to_string();
+    let name = req.param("name").to_string();
     json(
-        StatusCode::Ok,
-        call(&req, move |api| api.probe_s3(&caller, &name)).await,
+        StatusCode::OK,
+        call(&api, move |api| api.probe_s3(&caller, &name)).await,
     )
 }
 
-async fn test_route(req: Request<State>) -> tide::Result {
+async fn test_route(api: State, req: Request) -> Response {
     let caller = caller(&req);
-    let index = req.param("index")?.to_string();
+    let index = req.param("index").to_string();
     json(
-        StatusCode::Ok,
-        call(&req, move |api| api.test_route(&caller, &index)).await,
+        StatusCode::OK,
+        call(&api, move |api| api.test_route(&caller, &index)).await,
     )
 }
 
-async fn setup_status(req: Request<State>) -> tide::Result {
+async fn setup_status(api: State, _: Request) -> Response {
     json(
-        StatusCode::Ok,
-        call(&req, move |api| api.setup_status()).await,
+        StatusCode::OK,
+        call(&api, move |api| api.setup_status()).await,
     )
 }
 
-async fn complete_setup(mut req: Request<State>) -> tide::Result {
+async fn complete_setup(api: State, req: Request) -> Response {
     let caller = caller(&req);
-    let body = match json_body(&mut req).await {
+    let body = match json_body(&req) {
         Ok(body) => body,
-        Err(e) => return Ok(error_response(&e)),
+        Err(e) => return error_response(&e),
     };
     json(
-        StatusCode::Created,
-        call(&req, move |api| api.complete_setup(&caller, &body)).await,
+        StatusCode::CREATED,
+        call(&api, move |api| api.complete_setup(&caller, &body)).await,
     )
 }
 
@@ -461,63 +480,69 @@ fn session_cookie(value: &str, max_age: u64) -> String {
     )
 }
 
-async fn login(mut req: Request<State>) -> tide::Result {
+async fn login(api: State, req: Request) -> Response {
     let caller = caller(&req);
-    let body = match json_body(&mut req).await {
+    let body = match json_body(&req) {
         Ok(body) => body,
-        Err(e) => return Ok(error_response(&e)),
+        Err(e) => return error_response(&e),
     };
-    match call(&req, move |api| api.login(&caller, &body)).await {
+    match call(&api, move |api| api.login(&caller, &body)).await {
         Ok(session) => {
-            let mut res = json(StatusCode::Created, Ok(&session.view))?;
-            res.insert_header(
-                "Set-Cookie",
-                session_cookie(&session.session_id, session.max_age.as_secs()),
-            );
-            Ok(res)
+            let mut res = json(StatusCode::CREATED, Ok(&session.view));
+            let cookie = session_cookie(&session.session_id, session.max_age.as_secs());
+            match HeaderValue::try_from(cookie) {
+                Ok(cookie) => {
+                    res.headers_mut().insert(SET_COOKIE, cookie);
+                    res
+                }
+                Err(_) => error_response(&ApiError::internal()),
+            }
         }
-        Err(e) => Ok(error_response(&e)),
+        Err(e) => error_response(&e),
     }
 }
 
-async fn session_info(req: Request<State>) -> tide::Result {
+async fn session_info(api: State, req: Request) -> Response {
     let caller = caller(&req);
     json(
-        StatusCode::Ok,
-        call(&req, move |api| api.session_info(&caller)).await,
+        StatusCode::OK,
+        call(&api, move |api| api.session_info(&caller)).await,
     )
 }
 
-async fn logout(req: Request<State>) -> tide::Result {
+async fn logout(api: State, req: Request) -> Response {
     let caller = caller(&req);
-    let mut res = no_content(call(&req, move |api| api.logout(&caller)).await)?;
-    if res.status() == StatusCode::NoContent {
-        res.insert_header("Set-Cookie", session_cookie("", 0));
+    let mut res = no_content(call(&api, move |api| api.logout(&caller)).await);
+    if res.status() == StatusCode::NO_CONTENT {
+        let expired = HeaderValue::try_from(session_cookie("", 0));
+        if let Ok(expired) = expired {
+            res.headers_mut().insert(SET_COOKIE, expired);
+        }
     }
-    Ok(res)
+    res
 }
 
-async fn update_status(req: Request<State>) -> tide::Result {
+async fn update_status(api: State, req: Request) -> Response {
     let caller = caller(&req);
     json(
-        StatusCode::Ok,
-        call(&req, move |api| api.update_status(&caller)).await,
+        StatusCode::OK,
+        call(&api, move |api| api.update_status(&caller)).await,
     )
 }
 
-async fn update_check(req: Request<State>) -> tide::Result {
+async fn update_check(api: State, req: Request) -> Response {
     let caller = caller(&req);
     json(
-        StatusCode::Ok,
-        call(&req, move |api| api.update_check(&caller)).await,
+        StatusCode::OK,
+        call(&api, move |api| api.update_check(&caller)).await,
     )
 }
 
-async fn update_apply(req: Request<State>) -> tide::Result {
+async fn update_apply(api: State, req: Request) -> Response {
     let caller = caller(&req);
     json(
-        StatusCode::Ok,
-        call(&req, move |api| api.update_apply(&caller)).await,
+        StatusCode::OK,
+        call(&api, move |api| api.update_apply(&caller)).await,
     )
 }
 
@@ -525,25 +550,27 @@ async fn update_apply(req: Request<State>) -> tide::Result {
 /// [`crate::update::agent::MAX_BUNDLE_BYTES`]) into the spool directory, then lets the agent
 /// judge and stage it. An answer given before the body was read closes the connection (the
 /// unread body must not be taken for the next request).
-async fn update_upload(mut req: Request<State>) -> tide::Result {
+async fn update_upload(api: State, mut req: Request) -> Response {
     let caller = caller(&req);
     let check = caller.clone();
-    let close = |e: ApiError| {
-        let mut res = error_response(&e);
-        res.insert_header("Connection", "close");
-        Ok(res)
-    };
-    let path = match call(&req, move |api| api.update_upload_path(&check)).await {
+    let close = |e: ApiError| closing(error_response(&e));
+    let path = match call(&api, move |api| api.update_upload_path(&check)).await {
         Ok(path) => path,
         Err(e) => return close(e),
     };
+    let Some(mut body) = req.stream.take() else {
+        return close(unreadable_body());
+    };
     let limit = crate::update::agent::MAX_BUNDLE_BYTES;
-    if req.len().is_some_and(|n| n as u64 > limit) {
-        return close(ApiError::new(
+    let too_large = || {
+        ApiError::new(
             413,
             "payload_too_large",
             format!("the bundle exceeds {limit} bytes"),
-        ));
+        )
+    };
+    if body.size_hint().lower() > limit {
+        return close(too_large());
     }
     let file = match smol::unblock({
         let path = path.clone();
@@ -558,79 +585,59 @@ async fn update_upload(mut req: Request<State>) -> tide::Result {
         }
     };
     let mut sink = smol::Unblock::new(file);
-    let body = req.take_body().take(limit + 1);
-    let copied = smol::io::copy(body, &mut sink).await;
-    let flushed = smol::io::AsyncWriteExt::flush(&mut sink).await;
-    drop(sink);
-    match (copied, flushed) {
-        (Ok(n), Ok(())) if n <= limit => {}
-        (Ok(_), Ok(())) => {
-            let _ = std::fs::remove_file(&path);
-            return close(ApiError::new(
-                413,
-                "payload_too_large",
-                format!("the bundle exceeds {limit} bytes"),
-            ));
+    // The bytes written, or `None` when the body could not be read or the file written.
+    let copied = async {
+        let mut written = 0u64;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.ok()?.into_data() else {
+                continue;
+            };
+            written += data.len() as u64;
+            if written > limit {
+                break;
+            }
+            sink.write_all(&data).await.ok()?;
         }
-        _ => {
+        sink.flush().await.ok()?;
+        Some(written)
+    }
+    .await;
+    drop(sink);
+    match copied {
+        Some(n) if n <= limit => {}
+        Some(_) => {
             let _ = std::fs::remove_file(&path);
-            return close(ApiError::new(
-                400,
-                "invalid_body",
-                "the request body could not be read",
-            ));
+            return close(too_large());
+        }
+        None => {
+            let _ = std::fs::remove_file(&path);
+            return close(unreadable_body());
         }
     }
     json(
-        StatusCode::Ok,
-        call(&req, move |api| api.update_upload(&caller, &path)).await,
+        StatusCode::OK,
+        call(&api, move |api| api.update_upload(&caller, &path)).await,
     )
 }
 
 /// Reads a JSON body, but only for a caller whose key holds `scope`: 401 and 403 come before
-/// any judgement of the body, and an unauthenticated client cannot make the node read one.
-/// (The controller checks again when it gets the body; that costs one key lookup.)
+/// any judgement of the body. (The controller checks again when it gets the body; that costs
+/// one key lookup.)
 async fn authenticated_body(
-    req: &mut Request<State>,
+    api: &State,
+    req: &Request,
     caller: &Caller,
     scope: Scope,
 ) -> Result<Vec<u8>, ApiError> {
     let check = caller.clone();
-    call(req, move |api| api.authenticate(&check, scope)).await?;
-    json_body(req).await
+    call(api, move |api| api.authenticate(&check, scope)).await?;
+    json_body(req)
 }
 
-/// Answers tide itself produced (unknown route 404, wrong method 405, a handler's error 500)
-/// become JSON errors, and every answer gets headers that keep it out of caches and sniffers.
-async fn finish(mut res: Response) -> tide::Result {
-    let status = res.status();
-    let is_json = res
-        .content_type()
-        .is_some_and(|m| m.essence() == mime::JSON.essence());
-    if status.is_client_error() || status.is_server_error() {
-        if let Some(error) = res.take_error() {
-            log::error!("api: request failed: {error}");
-        }
-        if !is_json {
-            let error = match status {
-                StatusCode::NotFound => ApiError::new(404, "not_found", "no such route"),
-                StatusCode::MethodNotAllowed => ApiError::new(
-                    405,
-                    "method_not_allowed",
-                    "this route does not accept that method",
-                ),
-                s if s.is_server_error() => ApiError::internal(),
-                s => ApiError::new(u16::from(s), "bad_request", "the request is invalid"),
-            };
-            let headers = error_response(&error);
-            res.set_body(error.body().to_string());
-            res.set_content_type(mime::JSON);
-            if let Some(challenge) = headers.header("WWW-Authenticate") {
-                res.insert_header("WWW-Authenticate", challenge);
-            }
-        }
-    }
-    res.insert_header("Cache-Control", "no-store");
-    res.insert_header("X-Content-Type-Options", "nosniff");
-    Ok(res)
+/// Every answer gets headers that keep it out of caches and sniffers.
+fn finish(mut res: Response) -> Response {
+    let headers = res.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    res
 }

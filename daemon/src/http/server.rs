@@ -1,52 +1,87 @@
-//! Serving a tide application on a listener the node owns: plain HTTP, or HTTPS with
-//! async-native-tls (never below TLS 1.2; the acceptor is reloadable, so a new certificate
-//! applies to the next connection without a restart), HTTP/1.1 by async-h1 (tide's own HTTP layer), on
-//! smol's executor. `run(listener, app, tls, shutdown)` accepts until shutdown, one task per
-//! connection, at most [`MAX_CONNECTIONS`] at a time, and returns once every connection has
-//! ended: idle keep-alive connections close at shutdown, a request in progress gets
-//! [`SHUTDOWN_GRACE`] to finish. So nothing the application holds (the store) outlives `run`.
+//! Serving an [`App`] on a listener the node owns: plain HTTP, or HTTPS with rustls (ring)
+//! (TLS 1.3 and 1.2 through futures-rustls; the acceptor is reloadable, so a new certificate applies to the next
+//! connection without a restart), HTTP/1.1 by hyper's server connection, on smol's executor.
+//! `run(listener, app, tls, shutdown)` accepts until shutdown, one task per connection, at most
+//! [`MAX_CONNECTIONS`] at a time, and returns once every connection has ended: idle keep-alive
+//! connections close at shutdown, a request in progress gets [`SHUTDOWN_GRACE`] to finish its
+//! answer. So nothing the application holds (the store) outlives `run`.
+//!
+//! hyper runs on smol through smol-hyper: `FuturesIo` gives a futures-io stream (a TCP or TLS
+//! stream) hyper's `rt::Read`/`rt::Write`, `SmolTimer` gives hyper async-io's timers (the
+//! header read timeout). hyper's HTTP/1 server spawns nothing, so it needs no executor, and no
+//! tokio runtime runs. We use the crate rather than implementing the two traits here: reading
+//! into hyper's uninitialised buffer without a copy takes `unsafe`, which our crates forbid.
+//!
+//! A connection is served by [`serve`], generic over the stream, so the TLS acceptor can change
+//! without touching it. An answer with `Connection: close` ends the connection after it is
+//! written; the client may still be sending the request's body (an upload refused early), so
+//! what it still sends is read and dropped for a while before the connection closes (a socket
+//! closed with unread input sends a reset, which can destroy the answer before the client reads
+//! it, and most clients read only after they have sent the whole body).
 //!
 //! It moves bytes and enforces connection bounds; it never logs a request (paths and queries
 //! may carry an address).
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONNECTION, CONTENT_TYPE, HOST};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{StatusCode, Version};
 use smol::channel::Receiver;
 use smol::future::FutureExt as _;
-use smol::io::{AsyncBufRead, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use smol::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use smol::lock::Semaphore;
 use smol::{Async, Timer};
+use smol_hyper::rt::{FuturesIo, SmolTimer};
 
+use super::Response;
 use crate::smtp::tls::ReloadableAcceptor;
 
 /// Connections served at once; further clients wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 128;
 /// A TLS handshake must finish within this time.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// One request, from its headers to the end of the response, must finish within this time
-/// (async-h1 itself bounds waiting for the headers to 60 s).
+/// A request's head must arrive within this time, counted from the end of the previous answer
+/// on a keep-alive connection (so it also closes idle keep-alive connections).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest request head (request line and headers); past it hyper answers 431 and closes.
+const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// One request, from its head to its answer (the body read included), must be answered within
+/// this time.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// A connection is closed after this long whatever it does (keep-alive clients reconnect), so
-/// no client holds one of the [`MAX_CONNECTIONS`] slots for good.
+/// no client holds one of the [`MAX_CONNECTIONS`] slots for good. A request in progress then
+/// gets [`SHUTDOWN_GRACE`] to finish, as at shutdown.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(10 * 60);
-/// Time to write the answer to a request async-h1 could not read.
-const ERROR_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// After that answer, how long and how much of the client's unread request is read and
-/// dropped before closing: closing a socket with unread input sends a TCP reset, which can
-/// destroy the answer before the client reads it ("lingering close", as HTTP servers do).
-const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
-const LINGER_MAX_BYTES: usize = 256 * 1024;
+/// After an answer that closes the connection, what the client still sends (the rest of a
+/// refused upload) is read and dropped until it closes, stays quiet for [`LINGER_QUIET`], or
+/// [`LINGER_MAX`] has passed ("lingering close", as HTTP servers do): a client that writes its
+/// whole body before it reads, as most do, then gets the answer instead of a reset. A refused
+/// client gets as long to finish sending as an accepted one.
+const LINGER_QUIET: Duration = Duration::from_secs(2);
+const LINGER_MAX: Duration = REQUEST_TIMEOUT;
 /// At shutdown, how long a request in progress may still take before its connection is
 /// dropped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// At shutdown, a connection with no request in progress (head read, answer not yet written)
-/// for this long is closed.
-const SHUTDOWN_IDLE: Duration = Duration::from_millis(100);
+
+/// What the server hands each request to, with the client's address. Every request gets an
+/// answer (errors are answers too); the body is the application's to read or leave.
+pub trait App: Send + Sync + 'static {
+    fn respond(
+        &self,
+        request: hyper::Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Response> + Send;
+}
 
 /// Binds the listener (so the caller knows the real address before serving).
 pub fn bind(addr: SocketAddr) -> std::io::Result<Async<TcpListener>> {
@@ -55,14 +90,12 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<Async<TcpListener>> {
 
 /// Serves `app` on `listener` until `shutdown` closes, then waits for the connections to end
 /// (bounded by [`SHUTDOWN_GRACE`]).
-pub async fn run<S>(
+pub async fn run<A: App>(
     listener: Async<TcpListener>,
-    app: tide::Server<S>,
+    app: Arc<A>,
     tls: Option<Arc<ReloadableAcceptor>>,
     shutdown: Receiver<()>,
-) where
-    S: Clone + Send + Sync + 'static,
-{
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = async {
@@ -100,19 +133,19 @@ pub async fn run<S>(
     }
 }
 
-async fn connection<S>(
+async fn connection<A: App>(
     stream: Async<TcpStream>,
     peer: SocketAddr,
-    app: tide::Server<S>,
+    app: Arc<A>,
     tls: Option<futures_rustls::TlsAcceptor>,
     shutdown: Receiver<()>,
-) where
-    S: Clone + Send + Sync + 'static,
-{
-    let requests = Arc::new(AtomicUsize::new(0));
+) {
+    // Shutdown ends a connection still in its TLS handshake; once `serve` runs, it handles
+    // shutdown itself.
+    let serving = AtomicBool::new(false);
     let served = async {
         match tls {
-            None => serve(stream, peer, app, requests.clone()).await,
+            None => serve(stream, peer, app, shutdown.clone(), &serving).await,
             Some(acceptor) => {
                 let handshake = async { Some(acceptor.accept(stream).await) }
                     .or(async {
@@ -121,168 +154,194 @@ async fn connection<S>(
                     })
                     .await;
                 match handshake {
-                    Some(Ok(stream)) => serve(stream, peer, app, requests.clone()).await,
+                    Some(Ok(stream)) => serve(stream, peer, app, shutdown.clone(), &serving).await,
                     Some(Err(e)) => log::debug!("http: TLS handshake with {peer} failed: {e}"),
                     None => log::debug!("http: TLS handshake with {peer} timed out"),
                 }
             }
         }
     };
-    served.or(closing(shutdown, &requests)).await;
-}
-
-/// Resolves once shutdown has begun and the connection has had no request in progress for
-/// [`SHUTDOWN_IDLE`], or [`SHUTDOWN_GRACE`] after shutdown whatever it does.
-async fn closing(shutdown: Receiver<()>, requests: &AtomicUsize) {
-    let _ = shutdown.recv().await;
-    let idle = async {
-        let mut quiet = Duration::ZERO;
-        while quiet < SHUTDOWN_IDLE {
-            Timer::after(SHUTDOWN_IDLE / 4).await;
-            quiet = if requests.load(Ordering::Acquire) == 0 {
-                quiet + SHUTDOWN_IDLE / 4
-            } else {
-                Duration::ZERO
-            };
+    let cut_short = async {
+        let _ = shutdown.recv().await;
+        if serving.load(Ordering::Acquire) {
+            smol::future::pending::<()>().await;
         }
     };
-    idle.or(async {
-        Timer::after(SHUTDOWN_GRACE).await;
-    })
-    .await;
+    served.or(cut_short).await;
 }
 
-/// Counts a request in progress for as long as it lives.
-struct InProgress(Arc<AtomicUsize>);
-
-impl InProgress {
-    fn new(requests: &Arc<AtomicUsize>) -> InProgress {
-        requests.fetch_add(1, Ordering::AcqRel);
-        InProgress(requests.clone())
-    }
-}
-
-impl Drop for InProgress {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// `res` with a body that keeps its request counted as in progress until the body has been
-/// written out (or dropped), so shutdown never cuts an answer half way.
-fn counted(mut res: tide::http::Response, in_progress: InProgress) -> tide::http::Response {
-    let body = res.take_body();
-    let (len, mime) = (body.len(), body.mime().clone());
-    let mut counted = tide::http::Body::from_reader(
-        CountedBody {
-            body,
-            _in_progress: in_progress,
-        },
-        len,
-    );
-    counted.set_mime(mime);
-    res.set_body(counted);
-    res
-}
-
-/// A response body that holds its request's [`InProgress`] until written out or dropped.
-struct CountedBody {
-    body: tide::http::Body,
-    _in_progress: InProgress,
-}
-
-impl AsyncRead for CountedBody {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().body).poll_read(cx, buf)
-    }
-}
-
-impl AsyncBufRead for CountedBody {
-    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<&[u8]>> {
-        Pin::new(&mut self.get_mut().body).poll_fill_buf(cx)
-    }
-
-    fn consume(self: Pin<&mut Self>, amt: usize) {
-        Pin::new(&mut self.get_mut().body).consume(amt)
-    }
-}
-
-/// HTTP/1.1 on one connection (keep-alive) until the client closes or misbehaves.
-async fn serve<S, IO>(io: IO, peer: SocketAddr, app: tide::Server<S>, requests: Arc<AtomicUsize>)
-where
-    S: Clone + Send + Sync + 'static,
-    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+/// HTTP/1.1 on one connection (keep-alive) until the client closes, the connection's time is
+/// up, or shutdown; then the connection is closed (gently after an answer that closes it).
+async fn serve<S, A>(
+    io: S,
+    peer: SocketAddr,
+    app: Arc<A>,
+    shutdown: Receiver<()>,
+    serving: &AtomicBool,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    A: App,
 {
-    // async-h1 reads requests and writes responses through two handles of one stream.
-    let io = async_dup::Arc::new(async_dup::Mutex::new(io));
-    let result = async_h1::accept(io.clone(), |mut req| {
-        let app = app.clone();
-        req.set_peer_addr(Some(peer));
-        let in_progress = InProgress::new(&requests);
-        async move {
-            let res = app
-                .respond(req)
-                .or(async {
-                    Timer::after(REQUEST_TIMEOUT).await;
-                    Ok(error_response(503, "timeout", "the request took too long"))
-                })
-                .await?;
-            Ok(counted(res, in_progress))
-        }
-    })
+    serving.store(true, Ordering::Release);
+    // Set when an answer said `Connection: close`: the request's body may be unread.
+    let closes = Arc::new(AtomicBool::new(false));
+    let service = {
+        let closes = closes.clone();
+        service_fn(move |request: hyper::Request<Incoming>| {
+            let (app, closes) = (app.clone(), closes.clone());
+            // Boxed: hyper needs an `Unpin` future to hand the connection back at its end.
+            let answering: Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>> =
+                Box::pin(async move {
+                    let response = answer(&*app, request, peer).await;
+                    let close = response.headers().get(CONNECTION);
+                    if close.is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close")) {
+                        closes.store(true, Ordering::Release);
+                    }
+                    Ok(response)
+                });
+            answering
+        })
+    };
+    let mut connection = http1::Builder::new()
+        .timer(SmolTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_header_size(MAX_HEAD_BYTES)
+        // A client that half-closes after its request still gets the answer.
+        .half_close(true)
+        .serve_connection(FuturesIo::new(io), service);
+
+    let stop = async {
+        let _ = shutdown.recv().await;
+    }
     .or(async {
         Timer::after(CONNECTION_LIFETIME).await;
-        Ok(())
-    })
-    .await;
-    if let Err(e) = result {
-        // async-h1 gives up on a request it cannot read (an unknown method, HTTP/1.0, a
-        // malformed head) by returning here without answering; answer it, then close. Our
-        // endpoint never fails, so no response of ours is half-written at this point.
-        log::debug!("http: connection with {peer} ended: {e}");
-        let mut res = error_response(400, "bad_request", "the request could not be read");
-        res.insert_header("Connection", "close");
-        let mut encoder = async_h1::server::Encoder::new(res, tide::http::Method::Get);
-        let mut io = io;
-        let _ = smol::io::copy(&mut encoder, &mut io)
+    });
+    let ended =
+        async { Some(smol::future::poll_fn(|cx| connection.poll_without_shutdown(cx)).await) }
             .or(async {
-                Timer::after(ERROR_WRITE_TIMEOUT).await;
-                Ok(0)
+                stop.await;
+                None
             })
             .await;
-        linger(io).await;
-    }
-}
-
-/// Half-closes `io` (our answer is complete) and reads what the client still sends until it
-/// closes too, bounded by [`LINGER_TIMEOUT`] and [`LINGER_MAX_BYTES`].
-async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO) {
-    let drain = async {
-        let _ = io.close().await;
-        let mut buf = [0u8; 4096];
-        let mut total = 0;
-        while let Ok(n @ 1..) = io.read(&mut buf).await {
-            total += n;
-            if total > LINGER_MAX_BYTES {
-                break;
+    let result = match ended {
+        Some(result) => result,
+        None => {
+            // Closes an idle connection now, one in the middle of a request once its answer
+            // is written.
+            Pin::new(&mut connection).graceful_shutdown();
+            let finished = async {
+                Some(smol::future::poll_fn(|cx| connection.poll_without_shutdown(cx)).await)
+            }
+            .or(async {
+                Timer::after(SHUTDOWN_GRACE).await;
+                None
+            })
+            .await;
+            match finished {
+                Some(result) => result,
+                None => return,
             }
         }
     };
-    drain
+    // hyper answers a request it cannot parse itself (400, 414, 431) and ends the connection.
+    let answered_error = match &result {
+        Ok(()) => false,
+        Err(e) => {
+            log::debug!("http: connection with {peer} ended: {e}");
+            e.is_parse() || e.is_parse_status() || e.is_parse_too_large()
+        }
+    };
+    let io = connection.into_parts().io.into_inner();
+    let linger = answered_error || closes.load(Ordering::Acquire);
+    close(io, linger, &shutdown).await;
+}
+
+/// `app`'s answer to `request`, or the server's own when the request must not be served or
+/// the answer takes longer than [`REQUEST_TIMEOUT`].
+async fn answer<A: App>(app: &A, request: hyper::Request<Incoming>, peer: SocketAddr) -> Response {
+    if let Some(refusal) = malformed(&request) {
+        return refusal;
+    }
+    app.respond(request, peer)
         .or(async {
-            Timer::after(LINGER_TIMEOUT).await;
+            Timer::after(REQUEST_TIMEOUT).await;
+            closing(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "the request took too long",
+            ))
+        })
+        .await
+}
+
+/// A request hyper parsed but HTTP/1.1 forbids serving: without exactly one `Host`
+/// (RFC 9112 §3.2). It gets 400 and the connection closes.
+fn malformed(request: &hyper::Request<Incoming>) -> Option<Response> {
+    let hosts = request.headers().get_all(HOST).iter().count();
+    let missing_host = request.version() == Version::HTTP_11 && hosts != 1;
+    (missing_host || hosts > 1).then(|| {
+        closing(error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the request could not be read",
+        ))
+    })
+}
+
+/// Closes `io` (for TLS: sends close_notify), with `linger` after reading and dropping what
+/// the client still sends (see [`LINGER_MAX`]); shutdown ends lingering at once.
+async fn close<IO: AsyncRead + AsyncWrite + Unpin>(
+    mut io: IO,
+    linger: bool,
+    shutdown: &Receiver<()>,
+) {
+    if linger {
+        let drain = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let read = io.read(&mut buf).or(async {
+                    Timer::after(LINGER_QUIET).await;
+                    Ok(0)
+                });
+                if !matches!(read.await, Ok(1..)) {
+                    break;
+                }
+            }
+        };
+        drain
+            .or(async {
+                Timer::after(LINGER_MAX).await;
+            })
+            .or(async {
+                let _ = shutdown.recv().await;
+            })
+            .await;
+    }
+    let _ = io
+        .close()
+        .or(async {
+            Timer::after(LINGER_QUIET).await;
+            Ok(())
         })
         .await;
 }
 
+/// `response` with `Connection: close`.
+fn closing(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(CONNECTION, hyper::header::HeaderValue::from_static("close"));
+    response
+}
+
 /// A JSON error answer made here, outside the application (same shape as the API's errors).
-fn error_response(status: u16, code: &str, message: &str) -> tide::http::Response {
-    let mut res = tide::http::Response::new(status);
-    res.set_body(serde_json::json!({"error": {"code": code, "message": message}}).to_string());
-    res.set_content_type(tide::http::mime::JSON);
-    res
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
 }

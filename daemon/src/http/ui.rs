@@ -5,9 +5,13 @@
 //!
 //! It serves fixed bytes only: no templating, no request data in any answer.
 
-use tide::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::StatusCode;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
 
+use super::Response;
 use super::api::State;
+use super::router::{Request, Router};
 
 const INDEX_HTML: &str = include_str!("ui/index.html");
 const APP_JS: &str = include_str!("ui/app.js");
@@ -18,22 +22,29 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'
      style-src 'self'; img-src 'self'; connect-src 'self'; object-src 'none'; \
      base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-/// Adds the console's routes to `app`.
-pub fn mount(app: &mut tide::Server<State>) {
-    app.at("/")
-        .get(|_: Request<State>| async { Ok(page(INDEX_HTML, "text/html; charset=utf-8")) });
-    app.at("/ui/app.js")
-        .get(|_: Request<State>| async { Ok(page(APP_JS, "text/javascript; charset=utf-8")) });
-    app.at("/ui/style.css")
-        .get(|_: Request<State>| async { Ok(page(STYLE_CSS, "text/css; charset=utf-8")) });
+/// Adds the console's routes to `router`.
+pub fn mount(router: &mut Router<State>) {
+    router
+        .at("/")
+        .get(|_: State, _: Request| async { page(INDEX_HTML, "text/html; charset=utf-8") });
+    router
+        .at("/ui/app.js")
+        .get(|_: State, _: Request| async { page(APP_JS, "text/javascript; charset=utf-8") });
+    router
+        .at("/ui/style.css")
+        .get(|_: State, _: Request| async { page(STYLE_CSS, "text/css; charset=utf-8") });
 }
 
-fn page(body: &'static str, content_type: &str) -> Response {
-    let mut res = Response::new(StatusCode::Ok);
-    res.set_body(body);
-    res.insert_header("Content-Type", content_type);
-    res.insert_header("Content-Security-Policy", CONTENT_SECURITY_POLICY);
-    res.insert_header("X-Frame-Options", "DENY");
-    res.insert_header("Referrer-Policy", "no-referrer");
+fn page(body: &'static str, content_type: &'static str) -> Response {
+    let mut res = Response::new(Full::new(body.into()));
+    *res.status_mut() = StatusCode::OK;
+    let headers = res.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        "Content-Security-Policy",
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert("X-Frame-Options", HeaderValue::from_static("DENY"));
+    headers.insert("Referrer-Policy", HeaderValue::from_static("no-referrer"));
     res
 }

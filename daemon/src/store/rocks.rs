@@ -452,10 +452,10 @@ impl RocksStore {
         let mut upper = ((range.until - 1) / bucket_ms)
             .checked_add(1)
             .map(|bucket| bucket.to_be_bytes().to_vec());
-        if let Some(cursor) = cursor {
-            if upper.as_ref().is_none_or(|upper| cursor.key < *upper) {
-                upper = Some(cursor.key.clone());
-            }
+        if let Some(cursor) = cursor
+            && upper.as_ref().is_none_or(|upper| cursor.key < *upper)
+        {
+            upper = Some(cursor.key.clone());
         }
         let mut last_key: Option<(u64, Option<Arc<DataKey>>)> = None;
         self.scan(
