@@ -120,7 +120,11 @@ fn dev_node_serves_the_setup_page_over_http_and_its_printed_token_completes_setu
     let api = ApiClient::plain(&base);
     let page = api.get("/", None);
     assert_eq!(page.status, 200, "{}", page.body);
-    assert!(page.content_type.starts_with("text/html"), "{}", page.content_type);
+    assert!(
+        page.content_type.starts_with("text/html"),
+        "{}",
+        page.content_type
+    );
     assert_eq!(
         api.get("/api/v1/setup", None).json(),
         json!({"setup_required": true})
@@ -139,7 +143,12 @@ fn dev_node_serves_the_setup_page_over_http_and_its_printed_token_completes_setu
         &json!({"username": "admin", "password": password}),
     );
     assert_eq!(login.status, 201, "{}", login.body);
-    let cookie = login.set_cookie.split(';').next().unwrap_or_default().to_string();
+    let cookie = login
+        .set_cookie
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     assert!(!cookie.is_empty(), "a session cookie");
     let me = api.request_with_headers("GET", "/api/v1/session", &[("Cookie", cookie)], None);
     assert_eq!(me.status, 200, "{}", me.body);
