@@ -332,7 +332,7 @@ cmd_bench() {
 # Fuzzing (daemon/fuzz, its own workspace): cargo-fuzz builds with nightly-only
 # instrumentation flags, which RUSTC_BOOTSTRAP=1 lets the stable toolchain accept.
 FUZZ_DIR=daemon/fuzz
-FUZZ_TARGETS=(smtp_session mime_payload config update_manifest)
+FUZZ_TARGETS=(smtp_session mime_payload config update_manifest auth_headers)
 # Seconds per target in `./build.sh test`: a smoke run that catches a regression on the seeds
 # and their first mutations; campaigns (`./build.sh fuzz`) run for minutes.
 FUZZ_SMOKE_SECONDS="${FUZZ_SMOKE_SECONDS:-20}"
