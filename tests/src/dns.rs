@@ -1,9 +1,10 @@
 //! DNS peers for sender authentication (DESIGN §11).
 //!
 //! [`DnsServer`] is Debian's dnsmasq serving the TXT records a test gives it (SPF, DKIM keys,
-//! DMARC policies) on 127.0.0.1, authoritative-style for `.test` (any other `.test` name is
-//! NXDOMAIN), with `dead.test` delegated to a UDP socket that reads nothing and answers nothing:
-//! the domain whose server never answers. dnsmasq was chosen because one process with
+//! DMARC policies) on 127.0.0.1, authoritative-style for `.test` and the other top-level
+//! domains of its records (any name under them it does not list is NXDOMAIN), with `dead.test`
+//! delegated to a UDP socket that reads nothing and answers nothing: the domain whose server
+//! never answers. dnsmasq was chosen because one process with
 //! `txt-record=` lines is a whole test zone: no zone files, no keys, no control channel.
 //!
 //! [`refusing_resolver`] is for every other test node: a resolver on loopback that answers each
@@ -48,7 +49,18 @@ impl DnsServer {
         let hole = black_hole.local_addr().expect("black-hole address");
         let dir = tempfile::tempdir().expect("temp dir for the dnsmasq config");
         let mut conf = String::new();
-        let _ = writeln!(conf, "local=/test/");
+        // Every top-level domain of the zone is answered here and nowhere else: a name it
+        // does not list is NXDOMAIN, never a question for another server.
+        let mut tlds: Vec<&str> = records
+            .iter()
+            .filter_map(|(name, _)| name.trim_end_matches('.').rsplit('.').next())
+            .chain(["test"])
+            .collect();
+        tlds.sort_unstable();
+        tlds.dedup();
+        for tld in tlds {
+            let _ = writeln!(conf, "local=/{tld}/");
+        }
         let _ = writeln!(conf, "server=/dead.test/{}#{}", hole.ip(), hole.port());
         for (name, value) in records {
             let strings: Vec<String> = value

@@ -106,6 +106,24 @@ fn zone() -> Vec<(String, String)> {
         ("_dmarc.pct.test", "v=DMARC1; p=reject; pct=0"),
         // SPF that includes itself, and SPF that needs 11 lookups.
         ("loop.test", "v=spf1 include:loop.test -all"),
+        // Three void lookups before the match (NXDOMAIN for `a`, `mx` and `exists`), three
+        // NODATA answers (names with TXT records only), and two, which is allowed.
+        (
+            "void.test",
+            "v=spf1 a:v1.void.test mx:v2.void.test exists:v3.void.test ip4:127.0.0.1 -all",
+        ),
+        (
+            "nodata.test",
+            "v=spf1 a:origin.test a:bank.test a:none.test ip4:127.0.0.1 -all",
+        ),
+        (
+            "twovoid.test",
+            "v=spf1 a:v1.void.test a:origin.test ip4:127.0.0.1 -all",
+        ),
+        // Organisational domains from the Public Suffix List: mail.example.co.uk publishes its
+        // own record; org.uk, a public suffix, publishes one for the names under it.
+        ("_dmarc.mail.example.co.uk", "v=DMARC1; p=reject"),
+        ("_dmarc.org.uk", "v=DMARC1; p=reject"),
     ]
     .into_iter()
     .map(|(n, v)| (n.to_string(), v.to_string()))
@@ -116,6 +134,9 @@ fn zone() -> Vec<(String, String)> {
         keys.ed25519_record.clone(),
     ));
     records.push(("arc._domainkey.fwd.test".into(), keys.rsa_record.clone()));
+    for domain in ["example.co.uk", "co.uk", "org.uk"] {
+        records.push((format!("s1._domainkey.{domain}"), keys.rsa_record.clone()));
+    }
     let includes: Vec<String> = (1..=11)
         .map(|i| format!("include:l{i}.many.test"))
         .collect();
@@ -418,6 +439,69 @@ fn spf_include_loops_and_more_than_ten_lookups_are_permerror() {
             auth["spf"],
             json!({"result": "permerror", "domain": domain}),
             "{domain}: {auth}"
+        );
+    }
+}
+
+#[test]
+fn more_than_two_void_lookups_are_permerror() {
+    let dns = dns();
+    let setup = setup(dns.addr(), "3s");
+    // (MAIL FROM domain, SPF result): each record ends in `ip4:127.0.0.1`, the client.
+    for (domain, expect) in [
+        ("void.test", "permerror"),
+        ("nodata.test", "permerror"),
+        ("twovoid.test", "pass"),
+    ] {
+        let from = format!("x@{domain}");
+        let (code, text, auth) = send(
+            &setup,
+            &from,
+            "r@report.in.test",
+            &message(&from, "void", "x"),
+        );
+        assert_eq!(code, 250, "{text}");
+        let auth = auth.expect("auth");
+        assert_eq!(
+            auth["spf"],
+            json!({"result": expect, "domain": domain}),
+            "{domain}: {auth}\n{}",
+            dns.log()
+        );
+    }
+}
+
+#[test]
+fn relaxed_alignment_follows_the_public_suffix_list() {
+    let dns = dns();
+    let setup = setup(dns.addr(), "3s");
+    let key = keys().rsa();
+    // (From domain, signing domain, DMARC result, reply under enforce). SPF never aligns
+    // (bank.test does not send from here), so DKIM alone decides.
+    let cases = [
+        // The parent's signature speaks for mail.example.co.uk: one organisation on the PSL
+        // (mail-auth's tree walk would stop at mail.example.co.uk's own record: fail).
+        ("mail.example.co.uk", "example.co.uk", "pass", 250),
+        // A public suffix is nobody's organisation.
+        ("mail.example.co.uk", "co.uk", "fail", 550),
+        // org.uk publishes a record for the names under it, and signs; it still does not
+        // speak for victim.org.uk (the tree walk would make org.uk its organisation: pass).
+        ("victim.org.uk", "org.uk", "fail", 550),
+    ];
+    for (from_domain, d, result, expect) in cases {
+        let from = format!("a@{from_domain}");
+        let data = sign(&message(&from, "psl", "text"), &key, d, "s1");
+        let (code, text, _) = send(&setup, "x@bank.test", "r@enforce.in.test", &data);
+        assert_eq!(code, expect, "{from_domain} signed by {d}: {text}");
+        let (code, text, auth) = send(&setup, "x@bank.test", "r@report.in.test", &data);
+        assert_eq!(code, 250, "{text}");
+        let auth = auth.expect("auth");
+        assert_eq!(auth["dkim"][0]["result"], "pass", "{auth}");
+        assert_eq!(
+            auth["dmarc"],
+            json!({"result": result, "domain": from_domain, "policy": "reject"}),
+            "{from_domain} signed by {d}: {auth}\n{}",
+            dns.log()
         );
     }
 }

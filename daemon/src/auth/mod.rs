@@ -16,6 +16,7 @@
 //! Privacy: this module logs result counts and timings only, never a domain, selector or
 //! address (DESIGN invariant 6).
 
+pub mod spf_void;
 pub mod stamp;
 pub mod verdict;
 
@@ -23,14 +24,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::dmarc::{Alignment, Policy};
 use mail_auth::hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts,
 };
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
-    ArcOutput, AuthenticatedMessage, DkimOutput, DkimResult, DmarcResult, MessageAuthenticator,
+    ArcOutput, AuthenticatedMessage, DkimOutput, DkimResult, MessageAuthenticator, Parameters,
     SpfOutput, SpfResult,
 };
 
@@ -156,7 +157,17 @@ impl Authenticator {
             } else {
                 SpfParameters::verify_mail_from(client, &helo_owned, &hostname, &sender)
             };
-            let check = resolver.verify_spf(params);
+            // The evaluation's queries are logged for the void-lookup limit (spf_void.rs).
+            let log = spf_void::LookupLog::default();
+            let check = async {
+                let params = Parameters::new(params)
+                    .with_txt_cache(&log)
+                    .with_mx_cache(&log)
+                    .with_ipv4_cache(&log)
+                    .with_ipv6_cache(&log);
+                let output = resolver.verify_spf(params).await;
+                spf_void::apply_limit(&resolver, output, &log).await
+            };
             match tokio::time::timeout_at(deadline.into(), check).await {
                 Ok(output) => output,
                 Err(_) => SpfOutput::new(fallback_domain).with_result(SpfResult::TempError),
@@ -401,11 +412,23 @@ async fn check_message(
         .map(|(_, domain)| domain.to_ascii_lowercase());
     let (dmarc, reject_applies) = match dmarc_output {
         Ok(output) => {
-            let result = verdict::dmarc_word(&output.result());
             let record = output.dmarc_record();
+            // mail-auth finds the record and the policy that applies (the DNS tree walk); the
+            // alignment that decides pass or fail is ours, on the Public Suffix List (RFC 7489
+            // §3.2) rather than the library's tree walk (ARCHITECTURE.md, "DMARC alignment").
+            let result = match record {
+                Some(record) => verdict::dmarc_by_alignment(
+                    output.domain(),
+                    (spf_domain, spf_check(spf_output.result())),
+                    record.aspf == Alignment::Strict,
+                    &dkim_identifiers(&dkim_output),
+                    record.adkim == Alignment::Strict,
+                ),
+                None => verdict::dmarc_word(&output.result()),
+            };
             let policy = record.and_then(|_| verdict::policy_word(output.policy()));
             let domain = (!output.domain().is_empty()).then(|| output.domain().to_string());
-            let reject_applies = matches!(output.result(), DmarcResult::Fail(_))
+            let reject_applies = result == "fail"
                 && output.policy() == Policy::Reject
                 && sampled(resolver, output.domain(), deadline).await;
             (
@@ -456,6 +479,30 @@ async fn check_message(
         header,
         reject_applies,
     }
+}
+
+/// What SPF's result means for DMARC.
+fn spf_check(result: SpfResult) -> verdict::Check {
+    match result {
+        SpfResult::Pass => verdict::Check::Pass,
+        SpfResult::TempError => verdict::Check::TempError,
+        _ => verdict::Check::NotPass,
+    }
+}
+
+/// The `d=` of every DKIM signature with what its result means for DMARC.
+fn dkim_identifiers<'a>(outputs: &'a [DkimOutput<'_>]) -> Vec<(&'a str, verdict::Check)> {
+    outputs
+        .iter()
+        .filter_map(|output| {
+            let check = match output.result() {
+                DkimResult::Pass => verdict::Check::Pass,
+                DkimResult::TempError(_) => verdict::Check::TempError,
+                _ => verdict::Check::NotPass,
+            };
+            Some((output.signature()?.d.as_str(), check))
+        })
+        .collect()
 }
 
 /// RFC 7489 §6.6.4: with `pct=` below 100, `p=reject` applies to that share of failing mail
@@ -526,7 +573,7 @@ mod tests {
 
     use mail_auth::common::parse::TxtRecordParser as _;
     use mail_auth::common::verify::DomainKey;
-    use mail_auth::{Parameters, ResolverCache, Txt};
+    use mail_auth::{ResolverCache, Txt};
 
     use super::*;
 

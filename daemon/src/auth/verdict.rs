@@ -281,6 +281,60 @@ pub fn dmarc_candidates(domain: &str) -> Vec<String> {
         .collect()
 }
 
+/// The organisational domain of `domain` (RFC 7489 §3.2): the public suffix from the Public
+/// Suffix List plus one label. `None` for a public suffix itself (`co.uk`) or a bare name.
+pub fn organizational_domain(domain: &str) -> Option<String> {
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    psl::domain_str(&domain).map(str::to_string)
+}
+
+/// Identifier alignment (RFC 7489 §3.1): strict needs the same name, relaxed the same
+/// organisational domain. A name that is a public suffix aligns only with itself, so a
+/// signature by `co.uk` never speaks for `example.co.uk`.
+pub fn aligned(identifier: &str, from: &str, strict: bool) -> bool {
+    let identifier = identifier.trim_end_matches('.');
+    let from = from.trim_end_matches('.');
+    if identifier.eq_ignore_ascii_case(from) {
+        return true;
+    }
+    !strict
+        && organizational_domain(identifier)
+            .is_some_and(|org| Some(org) == organizational_domain(from))
+}
+
+/// What DMARC needs to know about one authenticated identifier (SPF's domain, a DKIM `d=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    Pass,
+    TempError,
+    /// Anything else: it cannot make DMARC pass.
+    NotPass,
+}
+
+/// The DMARC result of a message whose `From:` domain has a record (RFC 7489 §6.6.2, §3.1 with
+/// the organisational domain from the PSL): `pass` when SPF or a DKIM signature passed for an
+/// aligned identifier; otherwise `temperror` when an aligned identifier could not be checked;
+/// otherwise `fail`.
+pub fn dmarc_by_alignment(
+    from: &str,
+    spf: (&str, Check),
+    strict_spf: bool,
+    dkim: &[(&str, Check)],
+    strict_dkim: bool,
+) -> &'static str {
+    let spf_aligned = aligned(spf.0, from, strict_spf);
+    let dkim_aligned = || dkim.iter().filter(|(d, _)| aligned(d, from, strict_dkim));
+    if (spf_aligned && spf.1 == Check::Pass) || dkim_aligned().any(|(_, c)| *c == Check::Pass) {
+        "pass"
+    } else if (spf_aligned && spf.1 == Check::TempError)
+        || dkim_aligned().any(|(_, c)| *c == Check::TempError)
+    {
+        "temperror"
+    } else {
+        "fail"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,6 +521,62 @@ mod tests {
         for result in ["pass", "none", "permerror"] {
             assert_eq!(verdict(result, true).enforcement(), Enforcement::Deliver);
         }
+    }
+
+    #[test]
+    fn relaxed_alignment_uses_the_public_suffix_list() {
+        assert_eq!(
+            organizational_domain("Mail.Example.co.uk."),
+            Some("example.co.uk".into())
+        );
+        assert_eq!(organizational_domain("co.uk"), None);
+        assert_eq!(
+            organizational_domain("a.b.origin.test"),
+            Some("origin.test".into())
+        );
+        assert!(aligned("example.co.uk", "mail.example.co.uk", false));
+        assert!(aligned("news.example.co.uk", "mail.example.co.uk", false));
+        assert!(!aligned("example.co.uk", "mail.example.co.uk", true));
+        assert!(aligned("MAIL.example.co.uk", "mail.example.co.uk", true));
+        // Across a public suffix: co.uk is nobody's organisation, other.co.uk another one.
+        assert!(!aligned("co.uk", "mail.example.co.uk", false));
+        assert!(!aligned("other.co.uk", "example.co.uk", false));
+        assert!(!aligned("org.uk", "victim.org.uk", false));
+    }
+
+    #[test]
+    fn dmarc_result_from_aligned_identifiers() {
+        use Check::*;
+        let from = "mail.example.co.uk";
+        let by = |spf, dkim: &[(&str, Check)]| dmarc_by_alignment(from, spf, false, dkim, false);
+        assert_eq!(by(("bounce.example.co.uk", Pass), &[]), "pass");
+        assert_eq!(by(("other.test", Pass), &[("example.co.uk", Pass)]), "pass");
+        assert_eq!(by(("other.test", Pass), &[("co.uk", Pass)]), "fail");
+        assert_eq!(
+            by(("other.test", NotPass), &[("example.co.uk", NotPass)]),
+            "fail"
+        );
+        assert_eq!(
+            by(("other.test", Pass), &[("example.co.uk", TempError)]),
+            "temperror"
+        );
+        assert_eq!(
+            by(("example.co.uk", TempError), &[("x.test", Pass)]),
+            "temperror"
+        );
+        // A temperror of an identifier that does not align cannot make DMARC pass: fail.
+        assert_eq!(by(("other.test", TempError), &[]), "fail");
+        // Strict DKIM alignment: the parent's signature does not count.
+        assert_eq!(
+            dmarc_by_alignment(
+                from,
+                ("x.test", Pass),
+                false,
+                &[("example.co.uk", Pass)],
+                true
+            ),
+            "fail"
+        );
     }
 
     #[test]
