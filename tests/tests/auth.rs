@@ -9,7 +9,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use mxnode_tests::{
-    DnsServer, Node, NodeConfig, Receiver, RouteConfig, SmtpClient, TestCa, new_webhook_secret,
+    ApiClient, DnsServer, Node, NodeConfig, Receiver, RouteConfig, S3Server, SmtpClient, TestCa,
+    new_webhook_secret,
 };
 use serde_json::{Value, json};
 
@@ -504,4 +505,137 @@ fn relaxed_alignment_follows_the_public_suffix_list() {
             dns.log()
         );
     }
+}
+
+/// The value of one sample of the node's `/metrics` (0 when absent).
+fn metric(api: &ApiClient, key: &str, sample: &str) -> f64 {
+    let answer = api.get("/metrics", Some(key));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().expect("a number"))
+}
+
+#[test]
+fn stored_message_record_and_metrics_carry_the_verdict() {
+    let dns = dns();
+    let ca = TestCa::new();
+    let receiver = Receiver::start(&ca, &new_webhook_secret());
+    let s3 = S3Server::start();
+    s3.create_bucket("mail");
+    let node = Node::start(
+        &NodeConfig::new()
+            .hostname("mx.in.test")
+            .auth(&[dns.addr()], "3s")
+            .http(&ca)
+            .api_key("reader", &["emails:read"])
+            .api_key("scraper", &["metrics:read"])
+            .route(
+                RouteConfig::to_receiver("*@report.in.test", &receiver, "/ok")
+                    .dmarc("report")
+                    .attachments("s3")
+                    .s3("primary")
+                    .raw_to_s3(),
+            )
+            .extra_toml(&s3.connection("primary", "mail").toml()),
+    );
+    let api = ApiClient::new(&node, &ca);
+    let sample = |check: &str, result: &str| {
+        metric(
+            &api,
+            node.api_key("scraper"),
+            &format!("mxnode_auth_results_total{{check=\"{check}\",result=\"{result}\"}}"),
+        )
+    };
+    let before = [
+        sample("spf", "fail"),
+        sample("dmarc", "fail"),
+        sample("arc", "none"),
+    ];
+
+    // A spoof that claims our verdict twice (once folded, in another case), and carries a
+    // genuine one from another host.
+    let mut spoof = b"Authentication-Results: mx.in.test; dmarc=pass header.from=bank.test\r\n\
+        Authentication-Results: other.example; spf=pass smtp.mailfrom=bank.test\r\n\
+        Authentication-Results: MX.IN.TEST;\r\n\tdkim=pass header.d=bank.test\r\n"
+        .to_vec();
+    spoof.extend_from_slice(&message("ceo@bank.test", "stored", "Wire the money."));
+    let reply = SmtpClient::connect(node.smtp_addr()).send_mail(
+        "ceo@bank.test",
+        &["cfo@report.in.test"],
+        &spoof,
+    );
+    assert_eq!(reply.code, 250, "{reply}");
+    let received = receiver.received();
+    let payload = &received[0].body;
+    let header = payload["auth"]["header"].as_str().expect("auth.header");
+    assert!(
+        header.contains("dmarc=fail header.from=bank.test"),
+        "{header}"
+    );
+
+    // The stored message: our verdict first, the forged ones gone, the other host's kept.
+    let key = payload["raw"]["s3"]["key"].as_str().expect("raw key");
+    let stored = String::from_utf8(s3.object("mail", key).expect("raw object")).expect("utf-8");
+    let ours = format!("Authentication-Results: {header}\r\n");
+    assert!(stored.starts_with(&ours), "{stored}");
+    assert_eq!(
+        stored.matches("Authentication-Results:").count(),
+        2,
+        "{stored}"
+    );
+    assert!(stored.contains("Authentication-Results: other.example; spf=pass"));
+    assert!(
+        !stored.contains("dmarc=pass") && !stored.contains("dkim=pass"),
+        "{stored}"
+    );
+    let rest = String::from_utf8(spoof)
+        .expect("utf-8")
+        .replace(
+            "Authentication-Results: mx.in.test; dmarc=pass header.from=bank.test\r\n",
+            "",
+        )
+        .replace(
+            "Authentication-Results: MX.IN.TEST;\r\n\tdkim=pass header.d=bank.test\r\n",
+            "",
+        );
+    assert_eq!(
+        &stored[ours.len()..],
+        rest,
+        "the rest is the message as received"
+    );
+
+    // The record: the DMARC result, no domain, no selector.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let record = loop {
+        let list = api.get("/api/v1/emails", Some(node.api_key("reader")));
+        assert_eq!(list.status, 200, "{}", list.body);
+        if let Some(id) = list.json()["items"][0]["id"].as_str() {
+            let answer = api.get(
+                &format!("/api/v1/emails/{id}"),
+                Some(node.api_key("reader")),
+            );
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "no record: {}", list.body);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(record.json()["dmarc"], "fail", "{}", record.body);
+    assert!(!record.body.contains("bank.test"), "{}", record.body);
+    assert!(!record.body.contains("selector"), "{}", record.body);
+
+    // The counters moved by one for each check of this message.
+    let after = [
+        sample("spf", "fail"),
+        sample("dmarc", "fail"),
+        sample("arc", "none"),
+    ];
+    assert_eq!(
+        after,
+        before.map(|v| v + 1.0),
+        "spf fail, dmarc fail, arc none"
+    );
 }
