@@ -351,6 +351,7 @@ fuzz_options() {
         mime_payload) echo "-dict=$FUZZ_DIR/dict/mime.dict -max_len=65536" ;;
         config) echo "-dict=$FUZZ_DIR/dict/config.dict -max_len=4096" ;;
         update_manifest) echo "-dict=$FUZZ_DIR/dict/update.dict -max_len=4096" ;;
+        auth_headers) echo "-dict=$FUZZ_DIR/dict/auth.dict -max_len=16384" ;;
     esac
 }
 
