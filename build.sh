@@ -49,7 +49,8 @@ REQUIREMENTS=(
     "swaks              | test                 | command -v swaks                                   | independent SMTP client"
     "libnet-ssleay-perl | test                 | perl -MNet::SSLeay -e1                             | swaks --tls (STARTTLS)"
     "python3            | test                 | python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' | webhook receiver and channel peers"
-    "python3-venv       | test bench           | python3 -c 'import ensurepip, venv'                | venvs of schemathesis and the bench chart"
+    "python3-venv       | test bench           | python3 -c 'import ensurepip, venv'                | venvs of schemathesis, dkimpy and the bench chart"
+    "dnsmasq-base       | test                 | command -v dnsmasq                                 | DNS server of the sender-authentication tests (auth.rs)"
     "openssl            | test                 | command -v openssl                                 | TLS tooling of the tests"
     "strace             | test                 | command -v strace                                  | files the node writes (at_rest)"
     "chromium           | test                 | [ -x /usr/bin/chromium ]                           | browser of the console tests (ui.rs)"
@@ -181,6 +182,7 @@ cmd_doctor() {
         "cargo-audit|cargo audit --version|test|RustSec check of Cargo.lock" \
         "s3s-fs $S3S_FS_VERSION|[ \"\$(${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs --version)\" = 's3s-fs $S3S_FS_VERSION' ]|test|S3 server peer" \
         "schemathesis|$SCHEMATHESIS_VENV/bin/schemathesis --version|test|API contract tester" \
+        "dkimpy $DKIMPY_VERSION|$DKIMPY_VENV/bin/python -c 'import dkim'|test|DKIM and ARC signer of auth.rs" \
         "playwright-core|cd tests/ui && node -p 'require(\"playwright-core/package.json\").version'|test|browser driver"; do
         IFS='|' read -r package check line _ <<<"$tool|"
         if bash -c "$check" >/dev/null 2>&1; then state=present; else state=MISSING; fi
@@ -252,6 +254,22 @@ ensure_schemathesis() {
         "$SCHEMATHESIS_VENV/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
     fi
     export MXNODE_SCHEMATHESIS="$bin"
+}
+
+# The DKIM and ARC signer of tests/tests/auth.rs (PyPI, with the Ed25519 support it needs),
+# pinned, in a venv of its own like schemathesis's.
+DKIMPY_VERSION=1.1.8
+DKIMPY_VENV=/var/tmp/mxnode-auth-venv
+
+ensure_dkimpy() {
+    local python="$DKIMPY_VENV/bin/python"
+    if [ "$("$python" -c 'import importlib.metadata as m; print(m.version("dkimpy"))' 2>/dev/null || true)" != "$DKIMPY_VERSION" ]; then
+        log "installing dkimpy $DKIMPY_VERSION into $DKIMPY_VENV"
+        python3 -m venv "$DKIMPY_VENV"
+        "$DKIMPY_VENV/bin/pip" install --quiet --disable-pip-version-check \
+            "dkimpy==$DKIMPY_VERSION" 'pynacl>=1.5,<2' 'authres>=1.2,<2'
+    fi
+    export MXNODE_DKIMPY_PYTHON="$python"
 }
 
 # The browser driver of tests/tests/ui.rs (npm), pinned by tests/ui/package-lock.json and
@@ -346,7 +364,7 @@ cmd_bench() {
 # Fuzzing (daemon/fuzz, its own workspace): cargo-fuzz builds with nightly-only
 # instrumentation flags, which RUSTC_BOOTSTRAP=1 lets the stable toolchain accept.
 FUZZ_DIR=daemon/fuzz
-FUZZ_TARGETS=(smtp_session mime_payload config update_manifest)
+FUZZ_TARGETS=(smtp_session mime_payload config update_manifest auth_headers)
 # Seconds per target in `./build.sh test`: a smoke run that catches a regression on the seeds
 # and their first mutations; campaigns (`./build.sh fuzz`) run for minutes.
 FUZZ_SMOKE_SECONDS="${FUZZ_SMOKE_SECONDS:-20}"
@@ -365,6 +383,7 @@ fuzz_options() {
         mime_payload) echo "-dict=$FUZZ_DIR/dict/mime.dict -max_len=65536" ;;
         config) echo "-dict=$FUZZ_DIR/dict/config.dict -max_len=4096" ;;
         update_manifest) echo "-dict=$FUZZ_DIR/dict/update.dict -max_len=4096" ;;
+        auth_headers) echo "-dict=$FUZZ_DIR/dict/auth.dict -max_len=16384" ;;
     esac
 }
 
@@ -431,6 +450,7 @@ cmd_test() {
     ensure_rust_tools
     ensure_s3_server
     ensure_schemathesis
+    ensure_dkimpy
     ensure_playwright
     log "cargo fmt --check"
     cargo fmt --all -- --check

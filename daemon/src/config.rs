@@ -54,6 +54,11 @@ pub const DEFAULT_UPDATE_CHECK_INTERVAL: Duration = Duration::from_secs(6 * 3600
 /// Polling faster than this only loads the channel.
 pub const MIN_UPDATE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
+/// DESIGN §11: all DNS lookups of one message's sender authentication together.
+pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(3);
+/// Upper bound for `auth.timeout`: the sender waits for the reply meanwhile.
+pub const MAX_AUTH_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// One problem in a configuration, named by its dotted key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -105,6 +110,9 @@ impl ConfigErrors {
 /// applied in [`Config::from_raw`].
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct RawConfig {
+    /// `[auth]`: sender authentication (DESIGN §11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RawAuth>,
     #[serde(default)]
     pub node: RawNode,
     #[serde(default)]
@@ -119,6 +127,12 @@ pub struct RawConfig {
     pub s3: BTreeMap<String, RawS3>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<RawUpdate>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct RawAuth {
+    pub resolvers: Option<Vec<String>>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -168,6 +182,7 @@ pub struct RawRoute {
     pub attachments: Option<String>,
     pub s3: Option<String>,
     pub raw_to_s3: Option<bool>,
+    pub dmarc: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -269,6 +284,7 @@ fn toml_error(text: &str, e: &toml::de::Error) -> ConfigErrors {
 /// The validated configuration the node runs on.
 #[derive(Debug, Clone)]
 pub struct Config {
+    pub auth: AuthConfig,
     pub node: NodeConfig,
     pub smtp: SmtpConfig,
     pub http: HttpConfig,
@@ -297,6 +313,45 @@ pub struct UpdateConfig {
     /// Node-owned: the staged release and the install request.
     pub spool_dir: PathBuf,
     pub compatible: String,
+}
+
+/// `[auth]`, validated (DESIGN §11).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// DNS servers to ask; `None`: the system's (`/etc/resolv.conf`).
+    pub resolvers: Option<Vec<SocketAddr>>,
+    /// All lookups of one message together.
+    pub timeout: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            resolvers: None,
+            timeout: DEFAULT_AUTH_TIMEOUT,
+        }
+    }
+}
+
+/// What a route does with a message that fails DMARC (DESIGN §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DmarcMode {
+    /// Verdicts go into the payload; nothing is refused.
+    #[default]
+    Report,
+    /// DMARC `fail` under `p=reject` is refused (`550 5.7.1`), `temperror` deferred
+    /// (`451 4.7.5`).
+    Enforce,
+}
+
+impl DmarcMode {
+    /// The word of the config file and the settings API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DmarcMode::Report => "report",
+            DmarcMode::Enforce => "enforce",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -377,6 +432,8 @@ pub struct Route {
     pub s3: Option<String>,
     /// Whether the complete message is stored too (`raw.eml`) and the payload gets `raw`.
     pub raw_to_s3: bool,
+    /// `report` or `enforce` (DESIGN §11).
+    pub dmarc: DmarcMode,
 }
 
 /// Recipient pattern of a route: an exact address or every address of a domain.
@@ -852,6 +909,8 @@ impl Config {
             );
         }
 
+        let auth = auth_config(&mut v, raw.auth.as_ref());
+
         let mut routes = Vec::new();
         for (i, r) in raw.route.iter().enumerate() {
             let key = |field: &str| format!("route[{i}].{field}");
@@ -927,6 +986,14 @@ impl Config {
                 }
                 _ => {}
             }
+            let dmarc = match r.dmarc.as_deref() {
+                None | Some("report") => DmarcMode::Report,
+                Some("enforce") => DmarcMode::Enforce,
+                Some(_) => {
+                    v.error(key("dmarc"), "must be \"report\" or \"enforce\"");
+                    DmarcMode::Report
+                }
+            };
             if let (Some(pattern), Some(webhook_key)) = (pattern, webhook_key) {
                 routes.push(Route {
                     name,
@@ -938,6 +1005,7 @@ impl Config {
                     attachments,
                     s3: r.s3.clone(),
                     raw_to_s3,
+                    dmarc,
                 });
             }
         }
@@ -956,6 +1024,7 @@ impl Config {
             return Err(ConfigErrors(v.errors));
         }
         Ok(Config {
+            auth,
             node: NodeConfig {
                 hostname,
                 data_dir,
@@ -970,6 +1039,45 @@ impl Config {
             update,
         })
     }
+}
+
+/// `[auth]`: resolver addresses (`IP` or `IP:port`, port 53 by default) and the timeout.
+fn auth_config(v: &mut Validator, raw: Option<&RawAuth>) -> AuthConfig {
+    let Some(raw) = raw else {
+        return AuthConfig::default();
+    };
+    let resolvers = raw.resolvers.as_ref().map(|list| {
+        if list.is_empty() {
+            v.error(
+                "auth.resolvers",
+                "needs at least one address (leave it out for the system's resolvers)",
+            );
+        }
+        let mut addrs = Vec::new();
+        for (i, text) in list.iter().enumerate() {
+            let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+                text.parse::<IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Some(addr) => addrs.push(addr),
+                None => v.error(
+                    format!("auth.resolvers[{i}]"),
+                    "expected IP or IP:port, e.g. \"127.0.0.1:53\"",
+                ),
+            }
+        }
+        addrs
+    });
+    let timeout = v.duration("auth.timeout", &raw.timeout, DEFAULT_AUTH_TIMEOUT);
+    if timeout > MAX_AUTH_TIMEOUT {
+        v.error(
+            "auth.timeout",
+            "must be at most 60s: the sender waits for the reply meanwhile",
+        );
+    }
+    AuthConfig { resolvers, timeout }
 }
 
 /// Only `[update]` of a file (and the `node.data_dir` its defaults derive from), for root's
@@ -1172,6 +1280,44 @@ webhook_secret = "{SECRET}"
             Ok(_) => Vec::new(),
             Err(e) => e.0.iter().map(ToString::to_string).collect(),
         }
+    }
+
+    #[test]
+    fn auth_keys_default_validate_and_name_every_problem() {
+        let config =
+            Config::from_raw(RawConfig::parse(&minimal()).expect("parses")).expect("valid");
+        assert_eq!(config.auth, AuthConfig::default());
+        assert_eq!(config.routes[0].dmarc, DmarcMode::Report);
+
+        let text = format!(
+            "[auth]\nresolvers = [\"127.0.0.1:5353\", \"::1\"]\ntimeout = \"1500ms\"\n{}dmarc = \"enforce\"\n",
+            minimal()
+        );
+        let config = Config::from_raw(RawConfig::parse(&text).expect("parses")).expect("valid");
+        assert_eq!(
+            config.auth.resolvers,
+            Some(vec![
+                "127.0.0.1:5353".parse().expect("addr"),
+                "[::1]:53".parse().expect("addr")
+            ])
+        );
+        assert_eq!(config.auth.timeout, Duration::from_millis(1500));
+        assert_eq!(config.routes[0].dmarc, DmarcMode::Enforce);
+
+        let text = format!(
+            "[auth]\nresolvers = [\"dns.example\"]\ntimeout = \"2m\"\nresolver = 1\n{}dmarc = \"reject\"\n",
+            minimal()
+        );
+        assert_eq!(errors(&text), ["auth.resolver: unknown key"]);
+        let text = text.replace("resolver = 1\n", "");
+        assert_eq!(
+            errors(&text),
+            [
+                "auth.resolvers[0]: expected IP or IP:port, e.g. \"127.0.0.1:53\"",
+                "auth.timeout: must be at most 60s: the sender waits for the reply meanwhile",
+                "route[0].dmarc: must be \"report\" or \"enforce\"",
+            ]
+        );
     }
 
     #[test]

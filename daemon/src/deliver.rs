@@ -10,7 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::{AttachmentMode, Config};
+use crate::auth::{self, AuthVerdict, Authenticator, Enforcement, SpfCheck};
+use crate::config::{AttachmentMode, Config, DmarcMode};
 use crate::message::{self, LimitExceeded, ParseLimits, ParsedMessage};
 use crate::payload::{self, Envelope, S3Ref, Stored, TlsInfo};
 use crate::s3::{self, S3Client, S3Error};
@@ -48,6 +49,8 @@ struct RouteRuntime {
     storage: Option<RouteStorage>,
     /// `webhook_budget`: S3 uploads and webhook attempts share it.
     budget: Duration,
+    /// `dmarc = "report" | "enforce"` (DESIGN §11).
+    dmarc: DmarcMode,
 }
 
 /// A route's S3 storage: its connection and what goes there.
@@ -116,6 +119,7 @@ impl Router {
                 client: WebhookClient::new(route)?,
                 storage,
                 budget: route.webhook_budget,
+                dmarc: route.dmarc,
             });
         }
         Ok(Router { routes })
@@ -129,6 +133,17 @@ impl Router {
 impl RecipientPolicy for Router {
     fn accepts(&self, address: &str) -> bool {
         self.route_of(address).is_some()
+    }
+
+    /// Routes that enforce DMARC and routes that only report never share a transaction: the
+    /// reply after DATA is one code for every recipient, and it must be true for each of them
+    /// (a refusal for the enforcing routes' recipients, a delivery for the others). The client
+    /// sends the other group's recipients in a second transaction after `452 4.5.3`.
+    fn transaction_group(&self, address: &str) -> u8 {
+        match self.route_of(address).map(|r| self.routes[r].dmarc) {
+            Some(DmarcMode::Enforce) => 1,
+            _ => 0,
+        }
     }
 }
 
@@ -153,6 +168,10 @@ pub enum Outcome {
     /// The MIME structure is past a parse limit (DESIGN invariant 3): refused before any
     /// delivery, since a retry would meet the same limit.
     TooComplex(LimitExceeded),
+    /// An enforcing route refused the message: DMARC `fail` under `p=reject` (DESIGN §11).
+    AuthRejected,
+    /// An enforcing route could not authenticate the message for now (DMARC `temperror`).
+    AuthTempFailed,
 }
 
 impl Outcome {
@@ -172,6 +191,14 @@ impl Outcome {
             Outcome::TempFailed => {
                 Reply::new(451, "4.3.0 Delivery failed temporarily, try again later")
             }
+            Outcome::AuthRejected => Reply::new(
+                550,
+                "5.7.1 Message refused: it fails the DMARC policy (p=reject) of its From: domain",
+            ),
+            Outcome::AuthTempFailed => Reply::new(
+                451,
+                "4.7.5 Sender authentication failed temporarily (DNS), try again later",
+            ),
             Outcome::TooComplex(limit) => Reply::new(
                 554,
                 format!(
@@ -191,7 +218,14 @@ impl Outcome {
 ///
 /// Takes the transaction by value: its bytes move into shared ownership instead of being
 /// copied, and its in-flight reservation is released when delivery is over.
-pub async fn deliver(router: &Router, tx: Transaction, peer: &PeerInfo) -> DeliveryReport {
+/// `auth`: the node's authenticator and the transaction's SPF check started at `MAIL FROM`;
+/// `None` delivers without sender authentication (tests of delivery alone).
+pub async fn deliver(
+    router: &Router,
+    tx: Transaction,
+    peer: &PeerInfo,
+    auth: Option<(&Authenticator, SpfCheck)>,
+) -> DeliveryReport {
     let Transaction {
         helo,
         mail_from,
@@ -211,6 +245,7 @@ pub async fn deliver(router: &Router, tx: Transaction, peer: &PeerInfo) -> Deliv
         attachments: Vec::new(),
         size: data.len(),
         received_at: received_time,
+        auth: None,
     };
     // Group recipients by route, keeping config order.
     let mut groups: Vec<(usize, Vec<String>)> = Vec::new();
@@ -230,6 +265,13 @@ pub async fn deliver(router: &Router, tx: Transaction, peer: &PeerInfo) -> Deliv
     // Parsing and the delivery ids (keyed hashes of the whole message) are CPU work on possibly
     // large input: keep large messages off the I/O threads.
     let data = Arc::new(data);
+    // DKIM, ARC and DMARC start now, on the authentication runtime, while the message is
+    // parsed here; SPF has been running since MAIL FROM.
+    let authserv_id: Arc<str> = auth.as_ref().map_or_else(
+        || Arc::from(""),
+        |(authenticator, _)| authenticator.hostname(),
+    );
+    let verdict = auth.map(|(authenticator, spf)| authenticator.verify(data.clone(), spf));
     let id_keys: Vec<_> = groups
         .iter()
         .map(|(route_index, recipients)| {
@@ -278,11 +320,18 @@ pub async fn deliver(router: &Router, tx: Transaction, peer: &PeerInfo) -> Deliv
                     webhook: None,
                     webhook_latency: None,
                     s3_latency: None,
+                    refused_by_auth: None,
                 }
             })
             .collect();
         return report;
     }
+
+    let verdict: Option<Arc<AuthVerdict>> = match verdict {
+        Some(pending) => Some(Arc::new(pending.await)),
+        None => None,
+    };
+    report.auth = verdict.as_deref().map(AuthVerdict::results);
 
     // One payload per route (each carries only its own recipients), posted concurrently.
     let posts: Vec<_> = groups.into_iter().zip(ids).map(|((route_index, rcpt_to), id)| {
@@ -300,7 +349,35 @@ pub async fn deliver(router: &Router, tx: Transaction, peer: &PeerInfo) -> Deliv
         let route_name = route.name.clone();
         let recipients = envelope.rcpt_to.clone();
         let raw = data.clone();
+        let verdict = verdict.clone();
+        let authserv_id = authserv_id.clone();
         async move {
+            // An enforcing route refuses what DMARC says to refuse (DESIGN §11), before any
+            // upload or webhook call.
+            let enforcement = match (route.dmarc, verdict.as_deref()) {
+                (DmarcMode::Enforce, Some(verdict)) => verdict.enforcement(),
+                _ => Enforcement::Deliver,
+            };
+            if enforcement != Enforcement::Deliver {
+                return RouteReport {
+                    route: route_name,
+                    delivery_id: id,
+                    recipients,
+                    webhook: None,
+                    webhook_latency: None,
+                    s3_latency: None,
+                    refused_by_auth: Some(enforcement),
+                };
+            }
+            // The stored message carries our Authentication-Results (RFC 8601 §5).
+            let raw = match (&route.storage, verdict.as_deref()) {
+                (Some(storage), Some(verdict)) if storage.raw => Arc::new(auth::stamp::stamp(
+                    &raw,
+                    &authserv_id,
+                    &verdict.header,
+                )),
+                _ => raw,
+            };
             let deadline = Instant::now() + route.budget;
             // Content goes to S3 first: the payload points at it, and without it no webhook.
             let s3_started = Instant::now();
@@ -320,6 +397,7 @@ pub async fn deliver(router: &Router, tx: Transaction, peer: &PeerInfo) -> Deliv
                                 webhook: None,
                                 webhook_latency: None,
                                 s3_latency: Some(s3_started.elapsed()),
+                                refused_by_auth: None,
                             };
                         }
                     }
@@ -332,7 +410,15 @@ pub async fn deliver(router: &Router, tx: Transaction, peer: &PeerInfo) -> Deliv
             let body = {
                 let id = id.clone();
                 cpu_work(size, move || {
-                    payload::render_stored(&id, &received_at, &envelope, &parsed, size, &stored)
+                    payload::render_stored(
+                        &id,
+                        &received_at,
+                        &envelope,
+                        &parsed,
+                        size,
+                        &stored,
+                        verdict.as_deref(),
+                    )
                 })
                 .await
             };
@@ -354,6 +440,7 @@ pub async fn deliver(router: &Router, tx: Transaction, peer: &PeerInfo) -> Deliv
                 webhook: Some(outcome),
                 webhook_latency: Some(posted.elapsed()),
                 s3_latency,
+                refused_by_auth: None,
             }
         }
     })
@@ -368,15 +455,26 @@ pub async fn deliver(router: &Router, tx: Transaction, peer: &PeerInfo) -> Deliv
     let mut ids = Vec::new();
     let mut rejection = None;
     let mut temp_failed = false;
+    let mut auth_rejected = false;
+    let mut auth_temp_failed = false;
     for route in &report.routes {
-        match &route.webhook {
-            Some(WebhookOutcome::Accepted { .. }) => ids.push(route.delivery_id.clone()),
-            Some(WebhookOutcome::Rejected { reason, .. }) => rejection = Some(reason.clone()),
-            Some(WebhookOutcome::Failed { .. }) | None => temp_failed = true,
+        match (&route.webhook, route.refused_by_auth) {
+            (_, Some(Enforcement::Reject)) => auth_rejected = true,
+            (_, Some(Enforcement::TempFail)) => auth_temp_failed = true,
+            (Some(WebhookOutcome::Accepted { .. }), _) => ids.push(route.delivery_id.clone()),
+            (Some(WebhookOutcome::Rejected { reason, .. }), _) => rejection = Some(reason.clone()),
+            (Some(WebhookOutcome::Failed { .. }) | None, _) => temp_failed = true,
         }
     }
+    // A transaction's routes share their DMARC mode (see `transaction_group`), so either every
+    // route was judged by DMARC or none was. Were that ever not so, a temporary failure still
+    // wins (everyone retries; receivers de-duplicate by webhook-id), then a refusal.
     let outcome = if temp_failed {
         Outcome::TempFailed
+    } else if auth_temp_failed {
+        Outcome::AuthTempFailed
+    } else if auth_rejected {
+        Outcome::AuthRejected
     } else if let Some(reason) = rejection {
         Outcome::Rejected { reason }
     } else {
@@ -411,6 +509,8 @@ pub struct RouteReport {
     pub webhook_latency: Option<Duration>,
     /// Time the route's S3 uploads took, when it stores in S3.
     pub s3_latency: Option<Duration>,
+    /// The route enforces DMARC and refused (`Reject`) or deferred (`TempFail`) the message.
+    pub refused_by_auth: Option<Enforcement>,
 }
 
 /// Everything the node may remember about one transaction's delivery (DESIGN §6): the outcome
@@ -424,6 +524,8 @@ pub struct DeliveryReport {
     pub attachments: Vec<AttachmentSummary>,
     pub size: usize,
     pub received_at: SystemTime,
+    /// The authentication results as words (no domain): metrics, and DMARC's for the record.
+    pub auth: Option<auth::verdict::Results>,
 }
 
 impl DeliveryReport {
@@ -435,6 +537,9 @@ impl DeliveryReport {
             .map(|route| {
                 let (status, webhook_status) = match (&self.outcome, &route.webhook) {
                     (Outcome::TooComplex(_), _) => (Status::Failed, None),
+                    (_, None) if route.refused_by_auth == Some(Enforcement::Reject) => {
+                        (Status::Rejected, None)
+                    }
                     (_, Some(WebhookOutcome::Accepted { status, .. })) => {
                         (Status::Delivered, Some(*status))
                     }
@@ -467,6 +572,7 @@ impl DeliveryReport {
                         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                     attachments: self.attachments.clone(),
                     size: self.size as u64,
+                    dmarc: self.auth.as_ref().map(|a| a.dmarc.to_string()),
                 }
             })
             .collect()
@@ -553,6 +659,8 @@ fn outcome_label(outcome: &Outcome) -> &'static str {
         Outcome::Rejected { .. } => "rejected",
         Outcome::TempFailed => "tempfailed",
         Outcome::TooComplex(_) => "rejected",
+        Outcome::AuthRejected => "rejected by DMARC",
+        Outcome::AuthTempFailed => "tempfailed by DMARC",
     }
 }
 

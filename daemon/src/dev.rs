@@ -22,6 +22,8 @@ pub struct DevOptions {
     pub receiver_listen: String,
     /// The setup page, console and REST API; plain HTTP, so a loopback address only.
     pub http_listen: String,
+    /// `auth.resolvers`: the DNS server for sender authentication; the system's when `None`.
+    pub resolver: Option<String>,
 }
 
 /// Prepares the development node: self-signed TLS, the receiver, the config.
@@ -50,7 +52,14 @@ pub fn prepare(options: &DevOptions) -> anyhow::Result<(RawConfig, Config, TcpLi
         .replace("@TLS_KEY@", &key.display().to_string())
         .replace("@WEBHOOK@", &format!("http://{receiver_addr}/webhook"))
         .replace("@SECRET@", &secret)
-        .replace("@MASTER_KEY@", &format!("file:{}", master_key.display()));
+        .replace("@MASTER_KEY@", &format!("file:{}", master_key.display()))
+        .replace(
+            "@RESOLVERS@",
+            &options.resolver.as_ref().map_or_else(String::new, |r| {
+                // A JSON string is a valid TOML basic string.
+                format!("resolvers = [{}]", serde_json::Value::from(r.as_str()))
+            }),
+        );
     let raw = RawConfig::parse(&text)?;
     let config = Config::from_raw(raw.clone())?;
     println!(

@@ -54,6 +54,9 @@ enum Command {
         /// The setup page, console and REST API (plain HTTP: a loopback address only).
         #[arg(long, default_value = "127.0.0.1:8080")]
         http: String,
+        /// The DNS server of sender authentication (IP or IP:port); default: the system's.
+        #[arg(long)]
+        resolver: Option<String>,
     },
     /// Manage REST API keys offline (the node must not be running: the store is locked by it).
     ApiKey {
@@ -258,6 +261,7 @@ fn main() -> ExitCode {
             smtp,
             receiver,
             http,
+            resolver,
         } => {
             mxnode::logging::init(log::LevelFilter::Info);
             let options = mxnode::dev::DevOptions {
@@ -265,6 +269,7 @@ fn main() -> ExitCode {
                 smtp_listen: smtp,
                 receiver_listen: receiver,
                 http_listen: http,
+                resolver,
             };
             exit(smol::block_on(async {
                 let (raw, config, listener, key) = mxnode::dev::prepare(&options)?;

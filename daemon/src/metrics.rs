@@ -46,6 +46,43 @@ impl Format {
     }
 }
 
+/// Sender-authentication checks and their result words (DESIGN §11), the only values of the
+/// `check` and `result` labels of `mxnode_auth_results_total`.
+pub const AUTH_RESULTS: [(&str, &[&str]); 4] = [
+    (
+        "spf",
+        &[
+            "pass",
+            "fail",
+            "softfail",
+            "neutral",
+            "none",
+            "temperror",
+            "permerror",
+        ],
+    ),
+    (
+        "dkim",
+        &[
+            "pass",
+            "fail",
+            "neutral",
+            "none",
+            "temperror",
+            "permerror",
+            "policy",
+        ],
+    ),
+    ("dmarc", &["pass", "fail", "none", "temperror", "permerror"]),
+    ("arc", &["pass", "fail", "none"]),
+];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabel {
+    check: &'static str,
+    result: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
@@ -61,6 +98,8 @@ pub struct Metrics {
     sessions_total: Counter,
     /// Messages by outcome (one count per message and route, like the records).
     messages: Family<OutcomeLabel, Counter>,
+    /// Sender-authentication results by check (one per message; DKIM one per signature).
+    auth_results: Family<AuthLabel, Counter>,
     /// Time from the first webhook attempt to its final answer.
     webhook_latency: Histogram,
     /// Time of one S3 PUT.
@@ -106,6 +145,17 @@ impl Metrics {
         for outcome in OUTCOMES {
             drop(messages.get_or_create(&OutcomeLabel { outcome }));
         }
+        let auth_results = Family::<AuthLabel, Counter>::default();
+        registry.register(
+            "auth_results",
+            "Sender-authentication results by check (spf, dkim per signature, dmarc, arc)",
+            auth_results.clone(),
+        );
+        for (check, results) in AUTH_RESULTS {
+            for result in results {
+                drop(auth_results.get_or_create(&AuthLabel { check, result }));
+            }
+        }
         let webhook_latency = Histogram::new(LATENCY_BUCKETS);
         registry.register_with_unit(
             "webhook_latency",
@@ -139,6 +189,7 @@ impl Metrics {
             sessions_active,
             sessions_total,
             messages,
+            auth_results,
             webhook_latency,
             s3_latency,
             in_flight_bytes,
@@ -168,6 +219,28 @@ impl Metrics {
             }
         };
         self.messages.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// One message's authentication results. Only the fixed words of [`AUTH_RESULTS`] become
+    /// label values.
+    pub fn auth_results(&self, results: &crate::auth::verdict::Results) {
+        let count = |check: &'static str, result: &str| {
+            let known = AUTH_RESULTS
+                .iter()
+                .find(|(c, _)| *c == check)
+                .and_then(|(_, words)| words.iter().find(|w| **w == result));
+            if let Some(result) = known {
+                self.auth_results
+                    .get_or_create(&AuthLabel { check, result })
+                    .inc();
+            }
+        };
+        count("spf", results.spf);
+        for dkim in &results.dkim {
+            count("dkim", dkim);
+        }
+        count("dmarc", results.dmarc);
+        count("arc", results.arc);
     }
 
     /// A webhook delivery finished (accepted, refused or given up) after `elapsed`.
@@ -237,6 +310,45 @@ mod tests {
         check("mxnode_messages_total{outcome=\"delivered\"}", 2.0);
         check("mxnode_messages_total{outcome=\"refused\"}", 1.0);
         check("mxnode_messages_total{outcome=\"tempfailed\"}", 0.0);
+    }
+
+    #[test]
+    fn auth_results_are_counted_per_check_and_result() {
+        let metrics = Metrics::new();
+        metrics.auth_results(&crate::auth::verdict::Results {
+            spf: "pass",
+            dkim: vec!["pass", "fail"],
+            dmarc: "fail",
+            arc: "none",
+        });
+        let text = metrics.render();
+        let check = |name: &str, expect: f64| {
+            assert_eq!(sample(&text, name), Some(expect), "{name} in\n{text}");
+        };
+        check(
+            "mxnode_auth_results_total{check=\"spf\",result=\"pass\"}",
+            1.0,
+        );
+        check(
+            "mxnode_auth_results_total{check=\"dkim\",result=\"pass\"}",
+            1.0,
+        );
+        check(
+            "mxnode_auth_results_total{check=\"dkim\",result=\"fail\"}",
+            1.0,
+        );
+        check(
+            "mxnode_auth_results_total{check=\"dmarc\",result=\"fail\"}",
+            1.0,
+        );
+        check(
+            "mxnode_auth_results_total{check=\"arc\",result=\"none\"}",
+            1.0,
+        );
+        check(
+            "mxnode_auth_results_total{check=\"dmarc\",result=\"pass\"}",
+            0.0,
+        );
     }
 
     #[test]

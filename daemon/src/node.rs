@@ -49,6 +49,8 @@ pub enum StartError {
     HttpTls(String),
     #[error("cannot listen on http.listen: {0}")]
     HttpListen(std::io::Error),
+    #[error("{0}")]
+    Auth(crate::auth::AuthSetupError),
 }
 
 /// How often the retention sweeper runs: records live in hourly buckets, so a few minutes
@@ -468,7 +470,12 @@ async fn serve(raw: RawConfig, config: Config, store: Arc<dyn Store>) -> Result<
         data_timeout: config.smtp.data_timeout,
     });
     let metrics = Arc::new(Metrics::new());
+    let auth = Arc::new(
+        crate::auth::Authenticator::new(&config.auth, &config.node.hostname)
+            .map_err(StartError::Auth)?,
+    );
     let server = Arc::new(Server {
+        auth,
         session_config,
         router: std::sync::RwLock::new(router),
         store: Some(store.clone()),

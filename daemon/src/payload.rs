@@ -42,6 +42,9 @@ struct Payload<'a> {
     id: &'a str,
     received_at: &'a str,
     envelope: &'a Envelope,
+    /// Sender authentication (DESIGN §4, §11); absent only when rendered without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth: Option<&'a crate::auth::AuthVerdict>,
     message_id: Option<&'a str>,
     subject: Option<&'a str>,
     date: Option<&'a str>,
@@ -171,12 +174,20 @@ pub fn render(
     message: &ParsedMessage,
     size: usize,
 ) -> Vec<u8> {
-    render_stored(id, received_at, envelope, message, size, &Stored::default())
+    render_stored(
+        id,
+        received_at,
+        envelope,
+        message,
+        size,
+        &Stored::default(),
+        None,
+    )
 }
 
 /// Renders the JSON body for one route, pointing at what it `stored` in S3: attachments with a
 /// location carry `s3` instead of `content_base64`, and `raw` appears when the message was
-/// stored.
+/// stored. `auth` is the message's sender-authentication verdict.
 pub fn render_stored(
     id: &str,
     received_at: &str,
@@ -184,6 +195,7 @@ pub fn render_stored(
     message: &ParsedMessage,
     size: usize,
     stored: &Stored,
+    auth: Option<&crate::auth::AuthVerdict>,
 ) -> Vec<u8> {
     let locations = stored.attachments.as_deref().unwrap_or(&[]);
     let attachments = message
@@ -201,6 +213,7 @@ pub fn render_stored(
         id,
         received_at,
         envelope,
+        auth,
         message_id: message.message_id.as_deref(),
         subject: message.subject.as_deref(),
         date: message.date.as_deref(),
@@ -405,7 +418,7 @@ mod tests {
             attachments: Some(vec![location("d/msg_1/1-a.txt")]),
             raw: Some(location("d/msg_1/raw.eml")),
         };
-        let body = render_stored("msg_1", "t", &envelope, &message, 99, &stored);
+        let body = render_stored("msg_1", "t", &envelope, &message, 99, &stored, None);
         let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
         let attachment = &v["attachments"][0];
         assert!(attachment.get("content_base64").is_none(), "{attachment}");

@@ -250,6 +250,25 @@ webhook_secret = "{SECRET}"
     }
 
     #[test]
+    fn routes_can_switch_to_dmarc_enforcement_and_a_wrong_mode_is_named() {
+        let live = LiveSettings::new(file_config());
+        let route = |mode: &str| {
+            serde_json::json!({"routes": [
+                {"match": "*@in.example.test", "webhook": "https://hooks.example.test/a",
+                 "dmarc": mode}
+            ]})
+        };
+        let (_, config, persisted) = live.prepare(route("enforce")).expect("valid");
+        assert_eq!(config.routes[0].dmarc, crate::config::DmarcMode::Enforce);
+        assert_eq!(
+            persisted.routes.expect("routes")[0].dmarc.as_deref(),
+            Some("enforce")
+        );
+        let errors = live.prepare(route("strict")).expect_err("invalid");
+        assert_eq!(errors[0].key, "routes[0].dmarc");
+    }
+
+    #[test]
     fn unknown_keys_in_a_document_are_named() {
         let live = LiveSettings::new(file_config());
         let doc =

@@ -53,6 +53,7 @@ fn record(received_at: u64, recipients: &[&str], status: Status) -> EmailRecord 
         webhook_latency_ms: None,
         attachments: Vec::new(),
         size: 1234,
+        dmarc: None,
     }
 }
 
@@ -87,6 +88,7 @@ fn full_record(received_at: u64) -> EmailRecord {
             },
         ],
         size: 234_567,
+        dmarc: Some("fail".into()),
     }
 }
 

@@ -9,6 +9,8 @@
 //! for the fault tests a proxy that breaks connections ([`FaultProxy`]) and
 //! the no-loss [`ledger`]. The update channel is a static HTTPS file server
 //! ([`StaticServer`]) serving releases signed by the release tool ([`Releases`]).
+//! Sender authentication gets a real DNS server ([`DnsServer`], dnsmasq); every other node asks
+//! a loopback resolver that refuses at once ([`refusing_resolver`]).
 //! The REST API is reached with [`ApiClient`] (and contract-tested with [`schemathesis_bin`]). The
 //! appliance image is built and booted in qemu by [`vm`].
 //!
@@ -24,6 +26,7 @@
 
 mod api;
 pub mod corpus;
+mod dns;
 mod fault_proxy;
 mod files;
 pub mod ledger;
@@ -38,6 +41,7 @@ mod tls;
 pub mod vm;
 
 pub use api::{ApiAnswer, ApiClient, run_schemathesis, schemathesis_bin};
+pub use dns::{DnsServer, refusing_resolver};
 pub use fault_proxy::FaultProxy;
 pub use files::{corpus_dir, crlf, scan_for_marker, workspace_dir};
 pub use node::{Node, NodeConfig, RouteConfig, mxnode_bin, parse_http_listening};

@@ -122,6 +122,9 @@ pub struct NodeConfig {
     /// API keys created with `mxnode api-key create` before the daemon starts:
     /// `(name, scopes)`.
     api_keys: Vec<(String, Vec<String>)>,
+    /// `[auth] resolvers` and `timeout`; by default the harness's refusing resolver, so no
+    /// test node sends a DNS query off the machine.
+    auth: Option<(Vec<SocketAddr>, String)>,
 }
 
 impl Default for NodeConfig {
@@ -152,7 +155,14 @@ impl NodeConfig {
             master_key: Some(random_hex(32)),
             http: None,
             api_keys: Vec::new(),
+            auth: None,
         }
+    }
+
+    /// Sets `[auth] resolvers` and `timeout` (e.g. a [`crate::DnsServer`]'s address, `"1s"`).
+    pub fn auth(mut self, resolvers: &[SocketAddr], timeout: &str) -> Self {
+        self.auth = Some((resolvers.to_vec(), timeout.to_string()));
+        self
     }
 
     /// Sets `[node] hostname`.
@@ -294,6 +304,18 @@ impl NodeConfig {
             let _ = writeln!(out, "master_key = {}", toml_string(key));
         }
         let _ = writeln!(out);
+        let (resolvers, timeout) = match &self.auth {
+            Some((resolvers, timeout)) => (resolvers.clone(), timeout.clone()),
+            None => (vec![crate::dns::refusing_resolver()], "1s".to_string()),
+        };
+        let _ = writeln!(out, "[auth]");
+        let resolvers: Vec<String> = resolvers
+            .iter()
+            .map(|r| toml_string(&r.to_string()))
+            .collect();
+        let _ = writeln!(out, "resolvers = [{}]", resolvers.join(", "));
+        let _ = writeln!(out, "timeout = {}", toml_string(&timeout));
+        let _ = writeln!(out);
         let _ = writeln!(out, "[smtp]");
         let _ = writeln!(out, "listen = [\"127.0.0.1:0\"]");
         let strings = [
@@ -364,6 +386,8 @@ pub struct RouteConfig {
     s3: Option<String>,
     /// `raw_to_s3 = true` when set.
     raw_to_s3: bool,
+    /// `dmarc`: `"report"` or `"enforce"`; the daemon's default when unset.
+    dmarc: Option<String>,
 }
 
 impl RouteConfig {
@@ -378,7 +402,14 @@ impl RouteConfig {
             webhook_budget: None,
             s3: None,
             raw_to_s3: false,
+            dmarc: None,
         }
+    }
+
+    /// Sets `dmarc` (`"report"` or `"enforce"`).
+    pub fn dmarc(mut self, mode: &str) -> Self {
+        self.dmarc = Some(mode.to_string());
+        self
     }
 
     /// A route for `pattern` to `receiver`'s `path` (e.g. `/ok`), with the
@@ -439,6 +470,9 @@ impl RouteConfig {
         }
         if self.raw_to_s3 {
             let _ = writeln!(out, "raw_to_s3 = true");
+        }
+        if let Some(mode) = &self.dmarc {
+            let _ = writeln!(out, "dmarc = {}", toml_string(mode));
         }
     }
 }
@@ -928,10 +962,12 @@ mod tests {
             .max_message_size("10MiB")
             .max_sessions(100)
             .command_timeout("5m")
+            .auth(&["127.0.0.1:5353".parse().expect("addr")], "2s")
             .route(
                 RouteConfig::new("*@in.example.test", "https://localhost:1/ok", "whsec_AAAA")
                     .ca(Path::new("/tmp/ca.pem"))
-                    .budget("30s"),
+                    .budget("30s")
+                    .dmarc("enforce"),
             );
         let text = config.render(Path::new("/tmp/x/data"));
         let expect = r#"[node]
@@ -939,6 +975,10 @@ hostname = "mx.test"
 data_dir = "/tmp/x/data"
 runtime_dir = "/tmp/x/run"
 master_key = "abababababababababababababababababababababababababababababababab"
+
+[auth]
+resolvers = ["127.0.0.1:5353"]
+timeout = "2s"
 
 [smtp]
 listen = ["127.0.0.1:0"]
@@ -953,8 +993,18 @@ webhook_secret = "whsec_AAAA"
 webhook_ca = "/tmp/ca.pem"
 attachments = "inline"
 webhook_budget = "30s"
+dmarc = "enforce"
 "#;
         assert_eq!(text, expect);
+        // Without `auth`, the node asks the harness's refusing resolver, never the system's.
+        let text = NodeConfig::new().render(Path::new("/tmp/x/data"));
+        let resolver = crate::dns::refusing_resolver().to_string();
+        assert!(
+            text.contains(&format!(
+                "[auth]\nresolvers = [\"{resolver}\"]\ntimeout = \"1s\"\n"
+            )),
+            "{text}"
+        );
     }
 
     #[test]

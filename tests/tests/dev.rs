@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mxnode_tests::{ApiClient, SmtpClient, crlf, mxnode_bin, parse_http_listening};
+use mxnode_tests::{
+    ApiClient, SmtpClient, crlf, mxnode_bin, parse_http_listening, refusing_resolver,
+};
 use serde_json::json;
 
 /// How long the development node may take to start and print what a newcomer needs.
@@ -32,6 +34,9 @@ impl DevNode {
             .arg(dir.path().join("dev"))
             .args(["--smtp", "127.0.0.1:0", "--receiver", "127.0.0.1:0"])
             .args(["--http", "127.0.0.1:0"])
+            // Never the machine's resolvers: the harness's, which refuses at once.
+            .arg("--resolver")
+            .arg(refusing_resolver().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

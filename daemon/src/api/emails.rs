@@ -44,6 +44,8 @@ pub struct EmailView {
     pub webhook_latency_ms: Option<u64>,
     pub attachments: Vec<AttachmentSummary>,
     pub size: u64,
+    /// The DMARC result of the message (DESIGN §11); `null` for records from before it.
+    pub dmarc: Option<String>,
 }
 
 impl From<EmailRecord> for EmailView {
@@ -63,6 +65,7 @@ impl From<EmailRecord> for EmailView {
             webhook_latency_ms: r.webhook_latency_ms,
             attachments: r.attachments,
             size: r.size,
+            dmarc: r.dmarc,
         }
     }
 }

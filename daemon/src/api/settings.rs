@@ -119,6 +119,7 @@ pub fn document_of(config: &Config) -> Value {
                     AttachmentMode::S3 => "s3",
                 },
                 "s3": r.s3,
+                "dmarc": r.dmarc.as_str(),
             })
         })
         .collect();

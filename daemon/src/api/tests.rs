@@ -145,6 +145,7 @@ fn record(n: u64, recipient: &str) -> EmailRecord {
             size: 1234,
         }],
         size: 4567,
+        dmarc: None,
     }
 }
 
@@ -582,6 +583,7 @@ fn export_has_every_record_in_api_shape_and_is_audited() {
         "attachments",
         "delivered_at",
         "delivery_id",
+        "dmarc",
         "id",
         "message_id",
         "received_at",

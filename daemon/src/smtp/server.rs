@@ -43,6 +43,8 @@ pub struct Server {
     pub store: Option<Arc<dyn Store>>,
     /// Counters and histograms for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Sender authentication (DESIGN §11): SPF from `MAIL FROM`, the rest after the data.
+    pub auth: Arc<crate::auth::Authenticator>,
     /// `retention.store_subject`, changeable at run time.
     pub store_subject: AtomicBool,
     /// Sessions open now, across all listeners.
@@ -78,6 +80,9 @@ impl Server {
     /// failure never changes the reply: it is logged loudly and delivery stands.
     async fn record(&self, report: &DeliveryReport, smtp_code: u16) {
         let records = report.records(smtp_code, self.store_subject.load(Ordering::Relaxed));
+        if let Some(results) = &report.auth {
+            self.metrics.auth_results(results);
+        }
         for (record, route) in records.iter().zip(&report.routes) {
             self.metrics.message(record.status.as_str());
             if let Some(latency) = route.webhook_latency {
@@ -295,6 +300,9 @@ where
     let mut out = Vec::new();
     let mut buf = vec![0u8; READ_CHUNK];
     let mut shutdown_seen = false;
+    // The SPF check of the open transaction, started when its MAIL FROM is accepted.
+    let mut spf = crate::auth::SpfTracker::default();
+    let client: Option<std::net::IpAddr> = peer.remote_ip.parse().ok();
     loop {
         // Carry out every action the session produced.
         while let Some(action) = pending.pop_front() {
@@ -305,7 +313,11 @@ where
                     write_out(stream, &mut out, server).await?;
                     // Consumes the transaction: its bytes and in-flight reservation are
                     // released when delivery is over.
-                    let report = deliver::deliver(&peer.router, tx, peer).await;
+                    let auth = client.map(|client| {
+                        let check = spf.take_for(&server.auth, client, &tx.helo, &tx.mail_from);
+                        (server.auth.as_ref(), check)
+                    });
+                    let report = deliver::deliver(&peer.router, tx, peer, auth).await;
                     let reply = report.outcome.reply();
                     server.record(&report, reply.code).await;
                     pending.extend(session.delivery_done(reply, Instant::now()));
@@ -347,7 +359,10 @@ where
             .await;
         match event {
             Event::Read(Ok(0)) => return Ok(Ending::Closed),
-            Event::Read(Ok(n)) => pending.extend(session.feed(&buf[..n], Instant::now())),
+            Event::Read(Ok(n)) => {
+                pending.extend(session.feed(&buf[..n], Instant::now()));
+                spf.observe(&server.auth, client, session.sender());
+            }
             Event::Read(Err(e)) => return Err(e),
             Event::Deadline => pending.extend(session.timed_out(Instant::now())),
             Event::Shutdown => {

@@ -97,6 +97,14 @@ impl SessionConfig {
 pub trait RecipientPolicy: Send + Sync {
     /// True if mail for `address` (as given, without `<>`) has a route.
     fn accepts(&self, address: &str) -> bool;
+
+    /// Recipients of one transaction must share this value; a recipient with another one gets
+    /// `452 4.5.3` and the client sends it in a later transaction (RFC 5321 §4.5.3.1.10). The
+    /// routing table uses it to keep routes that enforce DMARC apart from routes that only
+    /// report, so the one reply after DATA is true for every recipient (DESIGN §11).
+    fn transaction_group(&self, _address: &str) -> u8 {
+        0
+    }
 }
 
 /// Any `Fn(&str) -> bool` is a policy, which keeps tests and simple setups short.
@@ -375,6 +383,18 @@ impl Session {
         let mut out = Vec::new();
         self.process(&[], &mut out);
         out
+    }
+
+    /// `(HELO, MAIL FROM)` of the transaction open now, from the accepted `MAIL` until the end
+    /// of its data: the driver starts the SPF check with it (DESIGN §11).
+    pub fn sender(&self) -> Option<(&str, &str)> {
+        let helo = self.helo.as_deref()?;
+        match (&self.state, &self.envelope) {
+            (State::Command, Some(envelope)) | (State::Data { envelope, .. }, _) => {
+                Some((helo, envelope.mail_from.as_str()))
+            }
+            _ => None,
+        }
     }
 
     /// The TLS handshake completed on this connection.
@@ -664,6 +684,15 @@ impl Session {
         // The address is not echoed: replies must not reflect client input.
         if !self.recipients.accepts(&address) {
             return Reply::new(550, "5.1.1 Recipient address rejected: no route");
+        }
+        if let Some(first) = envelope.rcpt_to.first()
+            && self.recipients.transaction_group(first)
+                != self.recipients.transaction_group(&address)
+        {
+            return Reply::new(
+                452,
+                "4.5.3 Send this recipient in a separate transaction (its route's policy differs)",
+            );
         }
         envelope.rcpt_to.push(address);
         Reply::new(250, "2.1.5 Ok")
@@ -1296,6 +1325,11 @@ mod tests {
             let lower = address.to_lowercase();
             lower.ends_with("@in.test") || lower == "postmaster"
         }
+
+        /// `enforce-…@in.test` stands for a route of another group (one enforcing DMARC).
+        fn transaction_group(&self, address: &str) -> u8 {
+            u8::from(address.to_lowercase().starts_with("enforce-"))
+        }
     }
 
     /// A script is client bytes with driver events in between.
@@ -1845,6 +1879,44 @@ mod tests {
         );
         // Past the limit the policy is not even asked.
         assert_eq!(outcome.queries.len(), 4);
+    }
+
+    #[test]
+    fn recipients_of_another_transaction_group_get_452_and_come_in_the_next_transaction() {
+        let outcome = check(
+            "EHLO c.test\r\nMAIL FROM:<a@example.test>\r\nRCPT TO:<enforce-1@in.test>\r\n\
+             RCPT TO:<r1@in.test>\r\nRCPT TO:<enforce-2@in.test>\r\nDATA\r\n.\r\n\
+             MAIL FROM:<a@example.test>\r\nRCPT TO:<r1@in.test>\r\nDATA\r\n.\r\n",
+            "250; 250; 250; 452 4.5.3; 250; 354; deliver; 250; 250; 250; 354; deliver; 250",
+        );
+        assert_eq!(
+            outcome.delivered[0].rcpt_to,
+            ["enforce-1@in.test", "enforce-2@in.test"]
+        );
+        assert_eq!(outcome.delivered[1].rcpt_to, ["r1@in.test"]);
+    }
+
+    #[test]
+    fn sender_is_known_from_mail_until_the_end_of_data() {
+        let setup = Setup::default();
+        let budget = InFlightBudget::new(setup.budget);
+        let now = Instant::now();
+        let mut session = session_with(&setup, &budget, now);
+        assert_eq!(session.sender(), None);
+        session.feed(b"EHLO c.test\r\n", now);
+        assert_eq!(session.sender(), None);
+        session.feed(b"MAIL FROM:<a@example.test>\r\n", now);
+        assert_eq!(session.sender(), Some(("c.test", "a@example.test")));
+        session.feed(b"RCPT TO:<r@in.test>\r\nDATA\r\nSubject: x\r\n", now);
+        assert_eq!(session.sender(), Some(("c.test", "a@example.test")));
+        let actions = session.feed(b".\r\n", now);
+        assert!(matches!(actions.last(), Some(Action::Deliver(_))));
+        assert_eq!(session.sender(), None);
+        session.delivery_done(Reply::new(250, "2.0.0 ok"), now);
+        session.feed(b"MAIL FROM:<>\r\nRSET\r\n", now);
+        assert_eq!(session.sender(), None);
+        session.feed(b"MAIL FROM:<>\r\n", now);
+        assert_eq!(session.sender(), Some(("c.test", "")));
     }
 
     #[test]

@@ -257,6 +257,7 @@ mod tests {
             webhook_latency_ms: Some(5),
             attachments: Vec::new(),
             size: 100,
+            dmarc: None,
         }
     }
 

@@ -87,6 +87,10 @@ pub struct EmailRecord {
     pub attachments: Vec<AttachmentSummary>,
     /// Message size in bytes as received.
     pub size: u64,
+    /// The DMARC result (`pass|fail|none|temperror|permerror`, DESIGN §11): the only
+    /// authentication result kept, without the domain. Absent in records written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmarc: Option<String>,
 }
 
 /// Filters of `GET /api/v1/emails` (all optional) and the page to read.

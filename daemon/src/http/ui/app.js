@@ -318,8 +318,9 @@ async function routesView() {
     ["webhook_ca", "Extra CA bundle file on the node (optional)", {}],
     ["attachments", "Attachments", { type: "select", options: ["inline", "s3"] }],
     ["s3", "S3 connection name (when attachments go to S3)", {}],
+    ["dmarc", "DMARC (report: verdicts in the payload; enforce: refuse p=reject failures)", { type: "select", options: ["report", "enforce"] }],
   ], "Add route", async (v) => {
-    const route = { match: v.match, webhook: v.webhook, webhook_secret: v.webhook_secret, attachments: v.attachments };
+    const route = { match: v.match, webhook: v.webhook, webhook_secret: v.webhook_secret, attachments: v.attachments, dmarc: v.dmarc };
     if (v.webhook_ca) route.webhook_ca = v.webhook_ca;
     if (v.s3) route.s3 = v.s3;
     await save(routes.concat([route]));
@@ -336,10 +337,17 @@ async function routesView() {
     h("section", { class: "card" },
       routes.length === 0 ? h("p", { class: "muted" }, "No routes yet: mail is refused (550 5.1.1) until one matches.") :
         h("div", { class: "table-wrap" }, h("table", { id: "routes" },
-          h("tr", {}, h("th", {}, "Recipients"), h("th", {}, "Webhook"), h("th", {}, "Attachments"), h("th", {}, "")),
+          h("tr", {}, h("th", {}, "Recipients"), h("th", {}, "Webhook"), h("th", {}, "Attachments"), h("th", {}, "DMARC"), h("th", {}, "")),
           routes.map((r, i) => h("tr", {},
             h("td", { class: "mono" }, r.match), h("td", { class: "mono" }, r.webhook),
             h("td", {}, r.attachments || "inline", r.s3 ? ` (${r.s3})` : ""),
+            h("td", {}, h("select", { "data-dmarc": i, onchange: async (e) => {
+              await save(routes.map((x, j) => (j === i ? Object.assign({}, x, { dmarc: e.target.value }) : x)));
+            } }, ["report", "enforce"].map((m) => {
+              const o = h("option", { value: m }, m);
+              if ((r.dmarc || "report") === m) o.selected = true;
+              return o;
+            }))),
             h("td", {},
               h("button", { type: "button", class: "secondary", "data-test": i, onclick: async () => {
                 result.textContent = "Sending a signed sample payload…";
@@ -430,11 +438,11 @@ async function logView(filters) {
     filterForm,
     h("section", { class: "card" }, page.items.length === 0 ? h("p", { class: "muted", id: "no-records" }, "No records.") :
       h("div", { class: "table-wrap" }, h("table", { id: "records" },
-        h("tr", {}, h("th", {}, "Received"), h("th", {}, "Recipients"), h("th", {}, "Subject"), h("th", {}, "Status"), h("th", {}, "SMTP"), h("th", {}, "")),
+        h("tr", {}, h("th", {}, "Received"), h("th", {}, "Recipients"), h("th", {}, "Subject"), h("th", {}, "Status"), h("th", {}, "SMTP"), h("th", {}, "DMARC"), h("th", {}, "")),
         page.items.map((r) => h("tr", {},
           h("td", {}, r.received_at), h("td", { class: "mono" }, r.recipients.join(", ")),
           h("td", {}, r.subject === null ? h("span", { class: "muted" }, "(not stored)") : r.subject),
-          h("td", {}, r.status), h("td", {}, r.smtp_code),
+          h("td", {}, r.status), h("td", {}, r.smtp_code), h("td", {}, r.dmarc || "—"),
           h("td", {}, h("button", { type: "button", class: "danger", onclick: async () => {
             if (!confirm("Delete this record?")) return;
             await api("DELETE", `/api/v1/emails/${encodeURIComponent(r.id)}`);
@@ -471,7 +479,7 @@ async function complianceView() {
     h("section", { class: "card" }, h("h2", {}, "What this node stores"),
       h("ul", {},
         item("Per delivery attempt, encrypted: record id, Message-ID, recipient address(es), route, ",
-          storeSubject ? "subject, " : "", "received and delivered times, status, SMTP reply code, webhook HTTP status and latency, attachment summary (file name, content type, size), message size."),
+          storeSubject ? "subject, " : "", "received and delivered times, status, SMTP reply code, webhook HTTP status and latency, attachment summary (file name, content type, size), message size, the DMARC result (no domain)."),
         item(storeSubject ? "Subjects are stored." : "Subjects are not stored."),
         item("An audit log of security-relevant events (logins, key and settings changes, deletions, exports)."))),
     h("section", { class: "card" }, h("h2", {}, "Never stored"),
@@ -481,7 +489,9 @@ async function complianceView() {
     h("section", { class: "card" }, h("h2", {}, "Where"),
       h("ul", {}, item("Metadata: this node's own store (RocksDB), nowhere else."),
         routes.map((rt) => item(`Mail for ${rt.match}: posted to ${rt.webhook}` +
-          (rt.attachments === "s3" ? `; attachments and raw message stored in S3 connection "${rt.s3}" (${(s3[rt.s3] || {}).endpoint || "?"})` : "; attachments inline in the webhook payload"))),
+          (rt.attachments === "s3" ? `; attachments and raw message stored in S3 connection "${rt.s3}" (${(s3[rt.s3] || {}).endpoint || "?"})` : "; attachments inline in the webhook payload") +
+          "; SPF, DKIM, DMARC and ARC verified for every message" +
+          (rt.dmarc === "enforce" ? "; DMARC enforced: p=reject failures refused (550), DNS failures deferred (451)" : "; DMARC reported only, never enforced"))),
         routes.length === 0 ? item("No routes: all mail is refused.") : null)),
     h("section", { class: "card" }, h("h2", {}, "How long"),
       h("dl", { class: "facts" },
