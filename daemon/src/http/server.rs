@@ -53,8 +53,13 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request's head must arrive within this time, counted from the end of the previous answer
 /// on a keep-alive connection (so it also closes idle keep-alive connections).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
-/// Largest request head (request line and headers); past it hyper answers 431 and closes.
+/// Largest request head (request line and headers) served; a longer one gets the API's JSON
+/// 400, which the contract documents for every operation that takes a query.
 const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// The most hyper buffers while reading a head; past it hyper answers 431 itself (without a
+/// body) and closes. Above [`MAX_HEAD_BYTES`] so that the heads a client plausibly sends get
+/// the JSON 400.
+const HEAD_BUFFER_BYTES: usize = 64 * 1024;
 /// One request, from its head to its answer (the body read included), must be answered within
 /// this time.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -205,7 +210,7 @@ async fn serve<S, A>(
     let mut connection = http1::Builder::new()
         .timer(SmolTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_header_size(MAX_HEAD_BYTES)
+        .max_header_size(HEAD_BUFFER_BYTES)
         // A client that half-closes after its request still gets the answer.
         .half_close(true)
         .serve_connection(FuturesIo::new(io), service);
@@ -274,18 +279,38 @@ async fn answer<A: App>(app: &A, request: hyper::Request<Incoming>, peer: Socket
         .await
 }
 
-/// A request hyper parsed but HTTP/1.1 forbids serving: without exactly one `Host`
-/// (RFC 9112 §3.2). It gets 400 and the connection closes.
+/// A request hyper parsed but we do not serve: a head over [`MAX_HEAD_BYTES`], or not exactly
+/// one `Host` (RFC 9112 §3.2: HTTP/1.1 requires it; no request may carry two). It gets 400 and
+/// the connection closes.
 fn malformed(request: &hyper::Request<Incoming>) -> Option<Response> {
     let hosts = request.headers().get_all(HOST).iter().count();
     let missing_host = request.version() == Version::HTTP_11 && hosts != 1;
-    (missing_host || hosts > 1).then(|| {
+    (head_bytes(request) > MAX_HEAD_BYTES || missing_host || hosts > 1).then(|| {
         closing(error_response(
             StatusCode::BAD_REQUEST,
             "bad_request",
             "the request could not be read",
         ))
     })
+}
+
+/// The size of `request`'s head as sent, near enough: request line and header lines.
+fn head_bytes(request: &hyper::Request<Incoming>) -> usize {
+    let uri = request.uri();
+    let target = uri.scheme_str().map_or(0, |scheme| scheme.len() + 3)
+        + uri
+            .authority()
+            .map_or(0, |authority| authority.as_str().len())
+        + uri
+            .path_and_query()
+            .map_or(1, |target| target.as_str().len());
+    let line = request.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + ": ".len() + value.len() + "\r\n".len())
+        .sum();
+    line + headers + "\r\n".len()
 }
 
 /// Closes `io` (for TLS: sends close_notify), with `linger` after reading and dropping what
