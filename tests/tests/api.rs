@@ -474,6 +474,7 @@ fn erasure_removes_every_record_of_a_recipient_and_export_shows_the_rest() {
             "attachments",
             "delivered_at",
             "delivery_id",
+            "dmarc",
             "id",
             "message_id",
             "received_at",

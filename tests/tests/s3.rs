@@ -424,10 +424,18 @@ fn raw_to_s3_stores_the_message_as_received_and_the_payload_points_at_it() {
     );
     assert_eq!(payload["raw"]["size"], data.len());
     assert_eq!(payload["size"], data.len());
+    // Issue 15: the stored message starts with the node's Authentication-Results header (the
+    // payload's `auth.header`), then the message exactly as sent, dot-stuffing removed.
+    let stamp = format!(
+        "Authentication-Results: {}\r\n",
+        payload["auth"]["header"].as_str().expect("auth.header")
+    );
+    let mut stamped = stamp.into_bytes();
+    stamped.extend_from_slice(&data);
     assert_eq!(
         s3.object(BUCKET, &raw_key),
-        Some(data),
-        "the raw object is the message as sent, dot-stuffing removed"
+        Some(stamped),
+        "the raw object is our Authentication-Results, then the message as sent, dot-stuffing removed"
     );
     assert_eq!(
         s3.content_type(BUCKET, &raw_key).as_deref(),
