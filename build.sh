@@ -56,7 +56,7 @@ REQUIREMENTS=(
     "chromium           | test                 | [ -x /usr/bin/chromium ]                           | browser of the console tests (ui.rs)"
     "npm                | test bench           | command -v npm                                     | installs playwright-core and Haraka"
     "nodejs             | bench                | node -e 'process.exit(parseInt(process.versions.node) < 20 ? 1 : 0)' | runs Haraka (3.3 needs Node.js 20 or later)"
-    "postfix            | test bench           | command -v smtp-source && command -v smtp-sink     | smtp-source, smtp-sink, Postfix"
+    "postfix            | test bench           | command -v smtp-source && command -v smtp-sink && command -v postqueue | smtp-source, smtp-sink, Postfix (mta.rs, bench)"
     "mmdebstrap         | test image           | command -v mmdebstrap                              | Debian root file system of the image"
     "erofs-utils        | test image           | command -v mkfs.erofs                              | read-only root image"
     "mtools             | test image           | command -v mcopy                                   | ESP without mounting"
