@@ -639,3 +639,49 @@ fn stored_message_record_and_metrics_carry_the_verdict() {
         "spf fail, dmarc fail, arc none"
     );
 }
+
+/// DKIM's key and DMARC's record are asked for as soon as the header section is in, while the
+/// body is still on its way (issue 15: "DKIM/DMARC as soon as the headers are in"), so a fast
+/// resolver adds no round trip after the end of data.
+#[test]
+fn dkim_key_and_dmarc_record_are_looked_up_before_the_end_of_data() {
+    let dns = dns();
+    let setup = setup(dns.addr(), "3s");
+    let signed = sign(
+        &message("alice@origin.test", "early", "Hello"),
+        &keys().rsa(),
+        "origin.test",
+        "s1",
+    );
+    let split = signed
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header section")
+        + 4;
+    let (header, body) = signed.split_at(split);
+    let mut client = SmtpClient::connect(setup.node.smtp_addr());
+    assert_eq!(client.ehlo("client.origin.test").code, 250);
+    assert_eq!(client.command("MAIL FROM:<alice@origin.test>").code, 250);
+    assert_eq!(client.command("RCPT TO:<bob@report.in.test>").code, 250);
+    assert_eq!(client.command("DATA").code, 354);
+    client.send(header);
+    // The body has not been sent: only the header section can have prompted these queries.
+    let asked = |name: &str| dns.log().contains(name);
+    let waited = Instant::now();
+    while !(asked("s1._domainkey.origin.test") && asked("_dmarc.origin.test")) {
+        assert!(
+            waited.elapsed() < Duration::from_secs(20),
+            "no DKIM key or DMARC lookup before the end of data; dns log:\n{}",
+            dns.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    client.send(body);
+    client.send(b".\r\n");
+    let reply = client.read_reply();
+    assert_eq!(reply.code, 250, "{reply}");
+    let received = setup.receiver.received();
+    let auth = &received[0].body["auth"];
+    assert_eq!(auth["dkim"][0]["result"], "pass", "{auth}");
+    assert_eq!(auth["dmarc"]["result"], "pass", "{auth}");
+}

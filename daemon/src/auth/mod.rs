@@ -7,8 +7,11 @@
 //! it; the smol side only awaits the join handles. Nothing else runs on that runtime.
 //!
 //! Timing: SPF needs only the envelope, so the SMTP driver starts it at `MAIL FROM`
-//! ([`Authenticator::start_spf`]); DKIM, ARC and DMARC start at the end of data
-//! ([`Authenticator::verify`]), alongside the MIME parse. Each stage has `auth.timeout`, SPF
+//! ([`Authenticator::start_spf`]). DKIM, ARC and DMARC need the header section: as soon as it
+//! is in, the driver asks for every signature's key and the `From:` domain's DMARC records
+//! ([`Authenticator::prefetch`]), which warms the resolver's cache while the body is still
+//! arriving; the checks themselves run at the end of data ([`Authenticator::verify`]),
+//! alongside the MIME parse, and find their answers cached. Each stage has `auth.timeout`, SPF
 //! counted from `MAIL FROM`, the rest from the end of data, so the reply waits at most
 //! `auth.timeout` for authentication after the last byte. A stage that runs out of time reports
 //! `temperror`: a dead resolver costs the timeout, never a hang.
@@ -47,6 +50,9 @@ pub const DNS_THREADS: usize = 2;
 pub const DNS_CACHE_ENTRIES: u64 = 4096;
 /// Longest time an answer stays cached, whatever its TTL says.
 pub const DNS_MAX_TTL: Duration = Duration::from_secs(3600);
+/// Most DKIM and ARC keys asked for ahead of the end of data, per message: a header section
+/// with more signatures than this gets the rest looked up at the end of data.
+pub const PREFETCH_MAX_KEYS: usize = 8;
 
 /// Why the authenticator could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +188,30 @@ impl Authenticator {
         }
     }
 
+    /// Starts, without waiting for them, the lookups DKIM, ARC and DMARC will make once the
+    /// message is complete: the key of every signature (at most [`PREFETCH_MAX_KEYS`]) and the
+    /// DMARC records of the `From:` domain and its organisational domain. Called when the
+    /// header section is in; the answers land in the resolver's cache (for their TTL), so the
+    /// checks at the end of data find them there and a fast resolver adds no round trip after
+    /// the last byte. Each lookup is bounded by `auth.timeout`; its result is dropped.
+    pub fn prefetch(&self, header_section: &[u8]) {
+        let names = prefetch_names(header_section);
+        if names.is_empty() {
+            return;
+        }
+        log::debug!(
+            "auth: {} lookup(s) started with the header section",
+            names.len()
+        );
+        for name in names {
+            let resolver = self.resolver.clone();
+            let timeout = self.timeout;
+            self.runtime.spawn(async move {
+                let _ = tokio::time::timeout(timeout, resolver.txt_raw_lookup(name)).await;
+            });
+        }
+    }
+
     /// DKIM, ARC and DMARC of a received message, combined with its SPF check, within
     /// `auth.timeout` from now. The checks start at once (before the returned future is first
     /// polled), so they run while the caller parses the message.
@@ -250,6 +280,42 @@ pub fn parse_summary(raw: &[u8]) -> Option<(usize, usize, usize, usize)> {
     ))
 }
 
+/// The TXT names [`Authenticator::prefetch`] asks for: `selector._domainkey.domain.` of every
+/// DKIM-Signature and ARC-Message-Signature, `_dmarc.` of the `From:` domain and of its
+/// organisational domain — the names mail-auth looks up at the end of data.
+fn prefetch_names(header_section: &[u8]) -> Vec<String> {
+    let Some(message) = AuthenticatedMessage::parse(header_section) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = message
+        .dkim_headers
+        .iter()
+        .map(|header| (&header.header.s, &header.header.d))
+        .chain(
+            message
+                .ams_headers
+                .iter()
+                .map(|header| (&header.header.s, &header.header.d)),
+        )
+        .take(PREFETCH_MAX_KEYS)
+        .map(|(selector, domain)| format!("{selector}._domainkey.{domain}."))
+        .collect();
+    if let Some(domain) = message
+        .from
+        .first()
+        .and_then(|from| from.rsplit_once('@'))
+        .map(|(_, domain)| domain.to_ascii_lowercase())
+    {
+        if let Some(organizational) = verdict::organizational_domain(&domain) {
+            names.push(format!("_dmarc.{organizational}."));
+        }
+        names.push(format!("_dmarc.{domain}."));
+    }
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
 /// An SPF check under way, started at `MAIL FROM`.
 #[derive(Debug)]
 pub struct SpfCheck {
@@ -276,10 +342,14 @@ impl Drop for SpfCheck {
 }
 
 /// The SMTP driver's bookkeeping: the SPF check of the transaction open now, started as soon
-/// as `MAIL FROM` is accepted and handed to delivery at the end of data.
+/// as `MAIL FROM` is accepted and handed to delivery at the end of data, and the lookups
+/// started as soon as the message's header section is in.
 #[derive(Debug, Default)]
 pub struct SpfTracker {
     current: Option<SpfCheck>,
+    /// The header section of the message being received has been handed to
+    /// [`Authenticator::prefetch`].
+    prefetched: bool,
 }
 
 impl SpfTracker {
@@ -314,6 +384,20 @@ impl SpfTracker {
         match self.current.take() {
             Some(check) if check.is_for(helo, mail_from) => check,
             _ => auth.start_spf(client, helo, mail_from),
+        }
+    }
+
+    /// Called after every batch of input with the header section of the message being
+    /// received (None before it is complete and outside the data phase): hands it to
+    /// [`Authenticator::prefetch`] once per message.
+    pub fn observe_header(&mut self, auth: &Authenticator, header_section: Option<&[u8]>) {
+        match header_section {
+            Some(header) if !self.prefetched => {
+                self.prefetched = true;
+                auth.prefetch(header);
+            }
+            Some(_) => {}
+            None => self.prefetched = false,
         }
     }
 }

@@ -362,6 +362,7 @@ where
             Event::Read(Ok(n)) => {
                 pending.extend(session.feed(&buf[..n], Instant::now()));
                 spf.observe(&server.auth, client, session.sender());
+                spf.observe_header(&server.auth, session.header_section());
             }
             Event::Read(Err(e)) => return Err(e),
             Event::Deadline => pending.extend(session.timed_out(Instant::now())),

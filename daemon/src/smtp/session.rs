@@ -397,6 +397,17 @@ impl Session {
         }
     }
 
+    /// The header section of the message being received, up to and including the empty line
+    /// that ends it, once that line is in and while the rest is still arriving: the driver
+    /// starts the authentication lookups with it (DESIGN §11). None in every other state, and
+    /// for a message that is no longer stored (refused or over a limit).
+    pub fn header_section(&self) -> Option<&[u8]> {
+        match &self.state {
+            State::Data { reader, .. } => reader.header_section(),
+            _ => None,
+        }
+    }
+
     /// The TLS handshake completed on this connection.
     pub fn is_tls(&self) -> bool {
         self.tls
@@ -1082,6 +1093,8 @@ struct DataReader {
     data: Vec<u8>,
     /// Budget held for `data`; None once storing stopped.
     reservation: Option<Reservation>,
+    /// Length of the header section in `data` (through its empty line), once it is in.
+    header_end: Option<usize>,
 }
 
 impl DataReader {
@@ -1094,7 +1107,13 @@ impl DataReader {
             budget_exhausted: false,
             data: Vec::with_capacity(reservation.bytes()),
             reservation: Some(reservation),
+            header_end: None,
         }
+    }
+
+    /// The stored header section, once its empty line is in.
+    fn header_section(&self) -> Option<&[u8]> {
+        self.header_end.and_then(|end| self.data.get(..end))
     }
 
     /// Consumes bytes up to and including the terminator. Returns the bytes used and
@@ -1128,6 +1147,13 @@ impl DataReader {
             LinePosition::Cr if byte == b'\n' => {
                 self.store(b"\r\n");
                 self.position = LinePosition::LineStart;
+                // An empty line ends the header section (one at the very start: no headers).
+                if self.header_end.is_none()
+                    && self.reservation.is_some()
+                    && (self.data.ends_with(b"\r\n\r\n") || self.data == b"\r\n")
+                {
+                    self.header_end = Some(self.data.len());
+                }
             }
             LinePosition::Cr => {
                 self.set_defect(DataDefect::BareLineEnding);
@@ -1917,6 +1943,34 @@ mod tests {
         assert_eq!(session.sender(), None);
         session.feed(b"MAIL FROM:<>\r\n", now);
         assert_eq!(session.sender(), Some(("c.test", "")));
+    }
+
+    #[test]
+    fn header_section_is_known_from_its_empty_line_until_the_end_of_data() {
+        let setup = Setup::default();
+        let budget = InFlightBudget::new(setup.budget);
+        let now = Instant::now();
+        let mut session = session_with(&setup, &budget, now);
+        session.feed(b"EHLO c.test\r\nMAIL FROM:<a@example.test>\r\n", now);
+        session.feed(b"RCPT TO:<r@in.test>\r\nDATA\r\nSubject: x\r\n", now);
+        assert_eq!(session.header_section(), None);
+        session.feed(b"From: a@example.test\r", now);
+        assert_eq!(session.header_section(), None);
+        session.feed(b"\n\r\nbody\r\n\r\nmore", now);
+        assert_eq!(
+            session.header_section(),
+            Some(&b"Subject: x\r\nFrom: a@example.test\r\n\r\n"[..])
+        );
+        let actions = session.feed(b"\r\n.\r\n", now);
+        assert!(matches!(actions.last(), Some(Action::Deliver(_))));
+        assert_eq!(session.header_section(), None);
+        session.delivery_done(Reply::new(250, "2.0.0 ok"), now);
+        // No headers at all: the section is the empty line alone.
+        session.feed(
+            b"MAIL FROM:<>\r\nRCPT TO:<r@in.test>\r\nDATA\r\n\r\nbody",
+            now,
+        );
+        assert_eq!(session.header_section(), Some(&b"\r\n"[..]));
     }
 
     #[test]
