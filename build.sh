@@ -50,8 +50,8 @@ REQUIREMENTS=(
     "libnet-ssleay-perl | test                 | perl -MNet::SSLeay -e1                             | swaks --tls (STARTTLS)"
     "python3            | test                 | python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' | webhook receiver and channel peers"
     "python3-venv       | test bench           | python3 -c 'import ensurepip, venv'                | venvs of schemathesis, dkimpy and the bench chart"
-    "dnsmasq-base       | test                 | command -v dnsmasq                                 | DNS server of the sender-authentication tests (auth.rs)"
-    "openssl            | test                 | command -v openssl                                 | TLS tooling of the tests"
+    "dnsmasq-base       | test bench           | command -v dnsmasq                                 | DNS server of the sender-authentication tests (auth.rs) and of the mxnode-auth bench target"
+    "openssl            | test bench           | command -v openssl                                 | TLS tooling of the tests; DKIM keys of the bench"
     "strace             | test                 | command -v strace                                  | files the node writes (at_rest)"
     "chromium           | test                 | [ -x /usr/bin/chromium ]                           | browser of the console tests (ui.rs)"
     "npm                | test bench           | command -v npm                                     | installs playwright-core and Haraka"
@@ -182,7 +182,7 @@ cmd_doctor() {
         "cargo-audit|cargo audit --version|test|RustSec check of Cargo.lock" \
         "s3s-fs $S3S_FS_VERSION|[ \"\$(${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs --version)\" = 's3s-fs $S3S_FS_VERSION' ]|test|S3 server peer" \
         "schemathesis|$SCHEMATHESIS_VENV/bin/schemathesis --version|test|API contract tester" \
-        "dkimpy $DKIMPY_VERSION|$DKIMPY_VENV/bin/python -c 'import dkim'|test|DKIM and ARC signer of auth.rs" \
+        "dkimpy $DKIMPY_VERSION|$DKIMPY_VENV/bin/python -c 'import dkim'|test bench|DKIM and ARC signer of auth.rs and of the mxnode-auth bench target" \
         "playwright-core|cd tests/ui && node -p 'require(\"playwright-core/package.json\").version'|test|browser driver"; do
         IFS='|' read -r package check line _ <<<"$tool|"
         if bash -c "$check" >/dev/null 2>&1; then state=present; else state=MISSING; fi
@@ -335,6 +335,7 @@ cmd_bench() {
     fi
     install_packages bench
     ensure_bench_venv
+    ensure_dkimpy
     ensure_haraka
     # Absolute: cargo runs the parse benchmark in the bench crate's directory.
     BENCH_OUT="$(realpath -m "$BENCH_OUT")"
@@ -353,7 +354,7 @@ cmd_bench() {
     MXNODE_BENCH_OUT="$BENCH_OUT" MXNODE_BENCH_SECONDS="${MXNODE_BENCH_SECONDS:-$parse_seconds}" \
         cargo bench -p mxnode-bench --bench parse >"$BENCH_OUT/parse.md"
     cat "$BENCH_OUT/parse.md"
-    log "end to end: limit, postfix, haraka, mxnode, mxnode + 20 ms receiver (minutes)"
+    log "end to end: limit, postfix, haraka, mxnode, mxnode + 20 ms receiver, mxnode + sender authentication (minutes)"
     "$CARGO_TARGET_DIR/release/mxnode-bench" --out "$BENCH_OUT" --work "$BENCH_WORK" \
         --mxnode "$CARGO_TARGET_DIR/release/mxnode" \
         --sink "$CARGO_TARGET_DIR/release/webhook-sink" --haraka "$PWD/bench/haraka" "$@"

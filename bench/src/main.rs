@@ -40,11 +40,11 @@ struct Args {
     /// advice), a number of workers, or `0` for a single process without the cluster.
     #[arg(long, default_value = "cpus")]
     haraka_nodes: String,
-    /// Targets, comma-separated: limit, postfix, haraka, mxnode, mxnode-20ms.
+    /// Targets, comma-separated: limit, postfix, haraka, mxnode, mxnode-20ms, mxnode-auth.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "limit,postfix,haraka,mxnode,mxnode-20ms"
+        default_value = "limit,postfix,haraka,mxnode,mxnode-20ms,mxnode-auth"
     )]
     targets: Vec<String>,
     /// Message sizes, comma-separated (e.g. 10KiB,1MiB).

@@ -789,6 +789,8 @@ pub struct RouteTo<'a> {
     pub ca_pem: &'a Path,
     /// Recipients of this domain go to the webhook: `*@DOMAIN`.
     pub domain: &'a str,
+    /// `auth.resolvers`: always a server on loopback (never the system's resolver).
+    pub resolver: SocketAddr,
 }
 
 impl Mxnode {
@@ -931,10 +933,10 @@ fn mxnode_toml(data_dir: &Path, route: &RouteTo<'_>) -> String {
          webhook_secret = {secret}\n\
          webhook_ca = {ca}\n",
         data_dir = quote(&data_dir.to_string_lossy()),
-        // Sender authentication asks the harness's resolver on loopback, which refuses every
-        // query at once: the benchmark never sends DNS off the machine (and measures the node
-        // with authentication answering `temperror`/`none` at once, not a remote resolver).
-        resolver = quote(&mxnode_tests::refusing_resolver().to_string()),
+        // Sender authentication asks a resolver on loopback: the harness's, which refuses every
+        // query at once (authentication answers `temperror`/`none` at once), or `mxnode-auth`'s
+        // dnsmasq with the sender's records. The benchmark never sends DNS off the machine.
+        resolver = quote(&route.resolver.to_string()),
         pattern = quote(&format!("*@{}", route.domain)),
         webhook = quote(route.webhook),
         secret = quote(route.secret),

@@ -31,6 +31,9 @@ const TARGET_IDLE_RSS_MIB: f64 = 32.0;
 /// Threads of the node under [`MANY_SESSIONS`] concurrent deliveries at most the machine's
 /// cores plus this.
 const TARGET_EXTRA_THREADS: u64 = 8;
+/// Sender authentication (`mxnode-auth`) keeps at least this share of the plain row's rate
+/// at 10 KiB × 20 sessions (issue 15: it costs at most 15 %).
+const TARGET_AUTH_OF_PLAIN: f64 = 0.85;
 /// The size and session count of the headline targets.
 const HEADLINE_SIZE: usize = 10 * 1024;
 const HEADLINE_SESSIONS: usize = 20;
@@ -146,6 +149,25 @@ pub fn checks(scenarios: &[Scenario], cores: usize) -> Vec<Check> {
                 many.rate / headline.rate
             ),
             met: many.rate >= headline.rate,
+        });
+    }
+    if let (Some(auth), Some(plain)) = (
+        find(Target::MxnodeAuth, HEADLINE_SIZE, HEADLINE_SESSIONS),
+        find(Target::Mxnode, HEADLINE_SIZE, HEADLINE_SESSIONS),
+    ) {
+        checks.push(Check {
+            target: format!(
+                "mxnode-auth ≥ {:.0} % of mxnode at 10 KiB × 20 sessions (authentication costs ≤ {:.0} %)",
+                TARGET_AUTH_OF_PLAIN * 100.0,
+                (1.0 - TARGET_AUTH_OF_PLAIN) * 100.0
+            ),
+            measured: format!(
+                "{:.0} vs {:.0} msg/s ({:.0} %)",
+                auth.rate,
+                plain.rate,
+                auth.rate / plain.rate * 100.0
+            ),
+            met: auth.rate >= TARGET_AUTH_OF_PLAIN * plain.rate,
         });
     }
     for s in mxnode().filter(|s| s.size == HEADLINE_SIZE) {

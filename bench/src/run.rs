@@ -69,15 +69,22 @@ pub enum Target {
     /// The same with a receiver that answers after [`SLOW_RECEIVER_MS`].
     #[serde(rename = "mxnode-20ms")]
     MxnodeSlow,
+    /// `mxnode` with sender authentication answering (issue 15): the message DKIM-signed
+    /// (rsa-sha256, by dkimpy), and a local DNS server (dnsmasq) with the sender's SPF, DKIM key
+    /// and DMARC `p=reject` records, cached by the node after the warm-up. `mxnode` beside it
+    /// asks a resolver that refuses at once, so the two rows differ by what verification costs.
+    #[serde(rename = "mxnode-auth")]
+    MxnodeAuth,
 }
 
 impl Target {
-    pub const ALL: [Target; 5] = [
+    pub const ALL: [Target; 6] = [
         Target::Limit,
         Target::Postfix,
         Target::Haraka,
         Target::Mxnode,
         Target::MxnodeSlow,
+        Target::MxnodeAuth,
     ];
 
     pub fn name(self) -> &'static str {
@@ -87,6 +94,7 @@ impl Target {
             Target::Haraka => "haraka",
             Target::Mxnode => "mxnode",
             Target::MxnodeSlow => "mxnode-20ms",
+            Target::MxnodeAuth => "mxnode-auth",
         }
     }
 
@@ -97,7 +105,7 @@ impl Target {
     /// The webhook receiver's delay, for the targets that deliver to a webhook.
     pub fn receiver_delay_ms(self) -> Option<u64> {
         match self {
-            Target::Haraka | Target::Mxnode => Some(0),
+            Target::Haraka | Target::Mxnode | Target::MxnodeAuth => Some(0),
             Target::MxnodeSlow => Some(SLOW_RECEIVER_MS),
             Target::Limit | Target::Postfix => None,
         }
@@ -105,7 +113,10 @@ impl Target {
 
     /// Whether the target is mxnode (with either receiver).
     pub fn is_mxnode(self) -> bool {
-        matches!(self, Target::Mxnode | Target::MxnodeSlow)
+        matches!(
+            self,
+            Target::Mxnode | Target::MxnodeSlow | Target::MxnodeAuth
+        )
     }
 }
 
@@ -209,14 +220,34 @@ enum Peer {
         /// Boxed: it is large next to the other peers.
         ca: Box<mxnode_tests::TestCa>,
         secret: String,
+        /// The sender's DNS (`mxnode-auth`); None: the harness's refusing resolver.
+        dns: Option<mxnode_tests::DnsServer>,
     },
 }
 
-/// A message size's files: LF-only for smtp-source, wire form for the latency client.
+/// A message size's files: LF-only for smtp-source, wire form for the latency client; and the
+/// same message DKIM-signed, for `mxnode-auth`.
 struct Message {
     size: usize,
     lf_file: PathBuf,
     wire: Arc<Vec<u8>>,
+    signed: Option<Signed>,
+}
+
+/// A DKIM-signed copy of a message.
+struct Signed {
+    lf_file: PathBuf,
+    wire: Arc<Vec<u8>>,
+}
+
+impl Message {
+    /// The LF file and the wire form `target` is sent.
+    fn for_target(&self, target: Target) -> (&Path, &Arc<Vec<u8>>) {
+        match (&self.signed, target) {
+            (Some(signed), Target::MxnodeAuth) => (&signed.lf_file, &signed.wire),
+            _ => (&self.lf_file, &self.wire),
+        }
+    }
 }
 
 /// Runs the whole plan; `progress` hears one line per step.
@@ -228,15 +259,23 @@ struct Message {
 pub fn run(plan: &Plan, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<Scenario>> {
     std::fs::create_dir_all(&plan.work)
         .with_context(|| format!("create {}", plan.work.display()))?;
+    let signer = plan
+        .targets
+        .contains(&Target::MxnodeAuth)
+        .then(|| DkimSigner::new(&plan.work))
+        .transpose()?;
     let messages = plan
         .sizes
         .iter()
-        .map(|&size| write_message(&plan.work, size))
+        .map(|&size| write_message(&plan.work, size, signer.as_ref()))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut peers = plan
         .targets
         .iter()
-        .map(|&target| Ok((target, start_peer(plan, target, &messages, progress)?)))
+        .map(|&target| {
+            let peer = start_peer(plan, target, &messages, signer.as_ref(), progress)?;
+            Ok((target, peer))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut scenarios = Vec::new();
     for message in &messages {
@@ -270,21 +309,131 @@ pub fn run(plan: &Plan, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Vec<Sc
     Ok(scenarios)
 }
 
-fn write_message(work: &Path, size: usize) -> anyhow::Result<Message> {
+fn write_message(work: &Path, size: usize, signer: Option<&DkimSigner>) -> anyhow::Result<Message> {
     let lf = message_lf(size);
     let lf_file = work.join(format!("message-{}.eml", size_label(size)));
     std::fs::write(&lf_file, &lf).with_context(|| format!("write {}", lf_file.display()))?;
+    let wire = to_crlf(&lf);
+    let signed = match signer {
+        Some(signer) => {
+            let wire = signer.sign(&wire)?;
+            let lf_file = work.join(format!("message-{}-signed.eml", size_label(size)));
+            let lf = String::from_utf8_lossy(&wire).replace("\r\n", "\n");
+            std::fs::write(&lf_file, lf).with_context(|| format!("write {}", lf_file.display()))?;
+            Some(Signed {
+                lf_file,
+                wire: Arc::new(wire),
+            })
+        }
+        None => None,
+    };
     Ok(Message {
         size,
         lf_file,
-        wire: Arc::new(to_crlf(&lf)),
+        wire: Arc::new(wire),
+        signed,
     })
+}
+
+/// The DKIM signer of `mxnode-auth`'s messages: dkimpy (`tests/peers/dkim_sign.py`, from the venv
+/// `./build.sh bench` makes, or `$MXNODE_DKIMPY_PYTHON`), with an RSA 2048 key made per run.
+struct DkimSigner {
+    python: String,
+    dir: PathBuf,
+    /// The key's DKIM record (`v=DKIM1; k=rsa; p=…`).
+    record: String,
+}
+
+/// The sender domain of the benchmark's messages (`source::MAIL_FROM`'s and `From:`'s).
+const SENDER_DOMAIN: &str = "source.bench.test";
+/// The DKIM selector of `mxnode-auth`'s signatures.
+const DKIM_SELECTOR: &str = "bench";
+const DKIM_SIGNER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/peers/dkim_sign.py");
+
+impl DkimSigner {
+    fn new(work: &Path) -> anyhow::Result<DkimSigner> {
+        let python = std::env::var("MXNODE_DKIMPY_PYTHON")
+            .unwrap_or_else(|_| "/var/tmp/mxnode-auth-venv/bin/python".to_string());
+        let dir = work.join("dkim");
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        let output = std::process::Command::new(&python)
+            .arg(DKIM_SIGNER)
+            .arg("keygen")
+            .arg(&dir)
+            .output()
+            .with_context(|| format!("run the dkimpy signer with {python}"))?;
+        ensure!(
+            output.status.success(),
+            "dkimpy keygen failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let records: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        let record = records["rsa"]
+            .as_str()
+            .context("no RSA key record from the signer")?
+            .to_string();
+        Ok(DkimSigner {
+            python,
+            dir,
+            record,
+        })
+    }
+
+    /// `wire` with a DKIM-Signature (rsa-sha256, relaxed/relaxed) of `d=SENDER_DOMAIN`.
+    fn sign(&self, wire: &[u8]) -> anyhow::Result<Vec<u8>> {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(&self.python)
+            .arg(DKIM_SIGNER)
+            .arg("sign")
+            .arg(self.dir.join("rsa.pem"))
+            .args([SENDER_DOMAIN, DKIM_SELECTOR])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("start the dkimpy signer")?;
+        child
+            .stdin
+            .take()
+            .context("signer stdin")?
+            .write_all(wire)?;
+        let output = child.wait_with_output()?;
+        ensure!(
+            output.status.success(),
+            "dkimpy sign failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(output.stdout)
+    }
+
+    /// The sender's records: SPF for the load generators' address, the DKIM key, DMARC
+    /// `p=reject` (every benchmark message passes it).
+    fn zone(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                SENDER_DOMAIN.to_string(),
+                "v=spf1 ip4:127.0.0.0/8 -all".to_string(),
+            ),
+            (
+                format!("{DKIM_SELECTOR}._domainkey.{SENDER_DOMAIN}"),
+                self.record.clone(),
+            ),
+            (
+                format!("_dmarc.{SENDER_DOMAIN}"),
+                "v=DMARC1; p=reject".to_string(),
+            ),
+        ]
+    }
 }
 
 fn start_peer(
     plan: &Plan,
     target: Target,
     messages: &[Message],
+    signer: Option<&DkimSigner>,
     progress: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Peer> {
     Ok(match target {
@@ -322,14 +471,24 @@ fn start_peer(
                 _ca: ca,
             }
         }
-        Target::Mxnode | Target::MxnodeSlow => {
+        Target::Mxnode | Target::MxnodeSlow | Target::MxnodeAuth => {
             let ca = Box::new(mxnode_tests::TestCa::new());
             let delay = target.receiver_delay_ms().unwrap_or_default();
             let sink = WebhookSink::start(&plan.sink, &ca, delay, SINK_THREADS)?;
+            let dns = match (target, signer) {
+                (Target::MxnodeAuth, Some(signer)) => {
+                    let zone = signer.zone();
+                    let records: Vec<(&str, &str)> =
+                        zone.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                    Some(mxnode_tests::DnsServer::start(&records))
+                }
+                _ => None,
+            };
             Peer::Mxnode {
                 sink,
                 ca,
                 secret: mxnode_tests::new_webhook_secret(),
+                dns,
             }
         }
     })
@@ -379,12 +538,20 @@ impl<'a> Under<'a> {
                 haraka.ensure_running()?;
                 (haraka.addr, None)
             }
-            Peer::Mxnode { sink, ca, secret } => {
+            Peer::Mxnode {
+                sink,
+                ca,
+                secret,
+                dns,
+            } => {
                 let route = RouteTo {
                     webhook: &sink.url,
                     secret,
                     ca_pem: &ca.ca_pem,
                     domain: RCPT_DOMAIN,
+                    resolver: dns
+                        .as_ref()
+                        .map_or_else(mxnode_tests::refusing_resolver, |dns| dns.addr()),
                 };
                 let node = Mxnode::start(
                     &plan.mxnode,
@@ -430,7 +597,8 @@ impl<'a> Under<'a> {
         let before = self.delivered_before()?;
         let cpu_before = self.cpu()?;
         let started = Instant::now();
-        source::run(self.addr, &message.lf_file, sessions, count)?;
+        let (lf_file, _) = message.for_target(self.target);
+        source::run(self.addr, lf_file, sessions, count)?;
         if let Peer::Postfix { postfix, .. } = self.peer {
             postfix.wait_until_empty(QUEUE_DRAIN_TIMEOUT)?;
         }
@@ -536,7 +704,8 @@ impl<'a> Under<'a> {
         rate: f64,
     ) -> anyhow::Result<LatencyRun> {
         let before = self.delivered_before()?;
-        let result = latency::run(self.addr, message.wire.clone(), sessions, count, rate)?;
+        let (_, wire) = message.for_target(self.target);
+        let result = latency::run(self.addr, wire.clone(), sessions, count, rate)?;
         if let Peer::Postfix { postfix, .. } = self.peer {
             postfix.wait_until_empty(QUEUE_DRAIN_TIMEOUT)?;
         }
