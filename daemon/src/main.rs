@@ -144,6 +144,18 @@ enum UpdateCommand {
         #[arg(long)]
         current_slot: String,
     },
+    /// A trial boot's health check failed (run by mxnode-health before it reboots): record
+    /// why with the pending install, so a rollback can tell a broken release (`service`: the
+    /// node did not run; barred from the channel) from a starved probe (`probe`: the node ran
+    /// but its SMTP greeting or /healthz did not get through; not barred).
+    TrialFailed {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        current_slot: String,
+        #[arg(long, value_parser = ["service", "probe"])]
+        cause: String,
+    },
     /// Print the installer's state (status, pending install, floor, history) as JSON.
     Status {
         #[arg(long)]
@@ -477,6 +489,33 @@ fn update(command: UpdateCommand) -> anyhow::Result<()> {
                     "update: {version} failed its boots; rolled back to slot {}",
                     current.letter()
                 ),
+            }
+            Ok(())
+        }
+        UpdateCommand::TrialFailed {
+            config,
+            current_slot,
+            cause,
+        } => {
+            let u = load(&config)?;
+            let state = StateDir(u.state_dir.clone());
+            let cause = match cause.as_str() {
+                "probe" => install::TrialCause::Probe,
+                _ => install::TrialCause::Service,
+            };
+            let recorded = install::record_trial_failure(
+                &state,
+                slot_arg(&current_slot)?,
+                cause,
+                std::time::SystemTime::now(),
+            )?;
+            if recorded {
+                log::warn!(
+                    "update: this trial boot failed its health check ({})",
+                    cause.as_str()
+                );
+            } else {
+                log::info!("update: no install pending on this slot: nothing to record");
             }
             Ok(())
         }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use mxnode::update::install::{
-    self, Context, Finished, InstallError, Layout, Request, Slot, StateDir,
+    self, Context, Finished, InstallError, Layout, Request, Slot, StateDir, TrialCause,
 };
 use mxnode::update::manifest::{ArtifactKind, ManifestDocument, TrustedKeys};
 use mxnode::update::policy::{self, Boot, Facts, Refusal};
@@ -763,6 +763,76 @@ fn finish_on_the_old_slot_reports_the_rollback() {
     assert_eq!(m.ctx.state.floor(), Some(Version::new(1, 0, 1)));
 }
 
+/// Issue 16 (forced rollback): a rollback after trial boots whose node ran but whose health
+/// probe never got through is recorded with cause `probe` and does not bar the release from
+/// the channel; one try where the node itself failed bars it, as before.
+#[test]
+fn a_rollback_caused_only_by_a_starved_health_probe_does_not_bar_the_release() {
+    let history_of = |causes: &[TrialCause]| {
+        let m = Machine::new();
+        install::install(&m.ctx, &m.layout).expect("installs");
+        // A trial-failed record from the old slot is not about the install: ignored.
+        assert!(
+            !install::record_trial_failure(&m.ctx.state, Slot::A, TrialCause::Service, created())
+                .expect("records")
+        );
+        for &cause in causes {
+            assert!(
+                install::record_trial_failure(&m.ctx.state, Slot::B, cause, created() + DAY)
+                    .expect("records")
+            );
+        }
+        install::finish(
+            &m.ctx.state,
+            Slot::A,
+            &Version::new(1, 0, 0),
+            created() + 2 * DAY,
+        )
+        .expect("finishes");
+        assert!(m.ctx.state.pending().is_none());
+        m.ctx.state.history()
+    };
+    let manifest =
+        mxnode::update::manifest::Manifest::parse(&Fixture::new().manifest()).expect("parses");
+    let barred = |history: &[install::HistoryEntry]| {
+        policy::check_not_rolled_back(
+            &manifest,
+            history.iter().map(|h| {
+                (
+                    h.event.as_str(),
+                    h.version.as_str(),
+                    h.at.as_str(),
+                    h.cause.map(TrialCause::as_str),
+                )
+            }),
+        )
+        .is_err()
+    };
+
+    let starved = history_of(&[TrialCause::Probe; 3]);
+    let last = starved.last().expect("history");
+    assert_eq!(
+        (last.event.as_str(), last.cause),
+        ("rolled_back", Some(TrialCause::Probe))
+    );
+    assert!(last.message.contains("not barred"), "{}", last.message);
+    assert!(!barred(&starved), "the channel may offer the release again");
+
+    let broken = history_of(&[TrialCause::Probe, TrialCause::Service, TrialCause::Probe]);
+    assert_eq!(
+        broken.last().and_then(|h| h.cause),
+        Some(TrialCause::Service)
+    );
+    assert!(barred(&broken));
+    // Nothing recorded (a node from before issue 16, or the record failed): barred, as before.
+    let unknown = history_of(&[]);
+    assert_eq!(
+        unknown.last().and_then(|h| h.cause),
+        Some(TrialCause::Service)
+    );
+    assert!(barred(&unknown));
+}
+
 /// Regression (issue 7): after a rollback, a channel still offering the failed version must
 /// not have the node install it again (install, three failed boots, fall back, for ever).
 #[test]
@@ -775,8 +845,8 @@ fn a_version_that_rolled_back_is_not_taken_from_the_channel_again() {
     let refused = policy::check_not_rolled_back(
         &manifest,
         [
-            ("installed", "1.0.0", at),
-            ("rolled_back", version.as_str(), at),
+            ("installed", "1.0.0", at, None),
+            ("rolled_back", version.as_str(), at, None),
         ],
     )
     .expect_err("a rolled-back version is refused");
@@ -787,9 +857,11 @@ fn a_version_that_rolled_back_is_not_taken_from_the_channel_again() {
         policy::check_not_rolled_back(
             &manifest,
             [
-                ("installed", version.as_str(), at),
-                ("rolled_back", "9.9.9", at),
-                ("refused", version.as_str(), at),
+                ("installed", version.as_str(), at, None),
+                ("rolled_back", "9.9.9", at, None),
+                ("refused", version.as_str(), at, None),
+                // Issue 16: a rollback whose tries all showed the node running does not bar.
+                ("rolled_back", version.as_str(), at, Some("probe")),
             ]
         ),
         Ok(())

@@ -323,9 +323,14 @@ impl Updater {
             let history = StateDir(self.config.state_dir.clone()).history();
             policy::check_not_rolled_back(
                 &manifest,
-                history
-                    .iter()
-                    .map(|h| (h.event.as_str(), h.version.as_str(), h.at.as_str())),
+                history.iter().map(|h| {
+                    (
+                        h.event.as_str(),
+                        h.version.as_str(),
+                        h.at.as_str(),
+                        h.cause.map(install::TrialCause::as_str),
+                    )
+                }),
             )
             .map_err(UpdateError::Refused)?;
             // Installed already, the reboot still to come: nothing to fetch or install again.

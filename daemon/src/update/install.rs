@@ -131,7 +131,42 @@ pub struct Pending {
     /// The release's security floor: the installed floor rises to it once the slot is good.
     #[serde(default)]
     pub security_floor: Option<String>,
+    /// Why each failed trial boot of the new slot failed, as its health check recorded it
+    /// before rebooting (`mxnode update trial-failed`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trial_failures: Vec<TrialFailure>,
 }
+
+/// Why a trial boot's health check failed (issue 16: forced rollback).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrialCause {
+    /// The node's service did not run: the release itself is broken.
+    Service,
+    /// The node ran, but its SMTP greeting or `/healthz` did not answer in time: the release
+    /// may be good and something else (load, the network, a client holding connections) kept
+    /// the probe from getting through.
+    Probe,
+}
+
+impl TrialCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrialCause::Service => "service",
+            TrialCause::Probe => "probe",
+        }
+    }
+}
+
+/// One failed trial boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrialFailure {
+    pub at: String,
+    pub cause: TrialCause,
+}
+
+/// Failed trial boots recorded per pending install; a slot gets three tries, so more are noise.
+const MAX_TRIAL_FAILURES: usize = 16;
 
 /// One line of `history.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +177,12 @@ pub struct HistoryEntry {
     pub version: String,
     pub slot: Option<Slot>,
     pub message: String,
+    /// For `rolled_back`: `service` when a trial boot's node did not run, or nothing was
+    /// recorded (the release is barred from the channel); `probe` when the node ran on every
+    /// failed try but its health check did not get through (not barred: the channel offers
+    /// the release again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<TrialCause>,
 }
 
 /// The root-owned, world-readable state directory.
@@ -411,6 +452,7 @@ pub fn install(ctx: &Context, layout: &Layout) -> Result<Installed, InstallError
         from_slot: layout.current,
         at: now_text(ctx.now),
         security_floor: Some(manifest.security_floor.to_string()),
+        trial_failures: Vec::new(),
     };
     write_json(&ctx.state.0.join(PENDING_FILE), &pending)
         .map_err(|e| InstallError::Failed(format!("cannot record pending.json: {e}")))?;
@@ -543,6 +585,7 @@ fn refuse(
         version: version.unwrap_or_default(),
         slot: None,
         message: refusal.to_string(),
+        cause: None,
     });
     clear_request(&ctx.spool_dir);
     InstallError::Refused(refusal)
@@ -557,6 +600,36 @@ pub enum Finished {
     Installed { version: String },
     /// The new slot failed its tries and systemd-boot fell back to `current`.
     RolledBack { version: String, current: Slot },
+}
+
+/// A trial boot's health check failed (`mxnode update trial-failed`, run by `mxnode-health`
+/// before it reboots): recorded with the pending install when this boot runs the slot that
+/// install wrote, so that a rollback can tell a broken release from a starved probe. False
+/// (nothing recorded) when no install is pending on this slot.
+pub fn record_trial_failure(
+    state: &StateDir,
+    current: Slot,
+    cause: TrialCause,
+    now: SystemTime,
+) -> std::io::Result<bool> {
+    let Some(mut pending) = state.pending() else {
+        return Ok(false);
+    };
+    if pending.slot != current {
+        return Ok(false);
+    }
+    pending.trial_failures.push(TrialFailure {
+        at: now_text(now),
+        cause,
+    });
+    let excess = pending
+        .trial_failures
+        .len()
+        .saturating_sub(MAX_TRIAL_FAILURES);
+    pending.trial_failures.drain(..excess);
+    write_json(&state.0.join(PENDING_FILE), &pending)?;
+    sync_dir(&state.0)?;
+    Ok(true)
 }
 
 /// After a good boot (`mxnode update finish`): resolves `pending.json` against the slot that
@@ -587,6 +660,7 @@ pub fn finish(
             version: pending.version.clone(),
             slot: Some(current),
             message: format!("installed {} in slot {}", pending.version, current.letter()),
+            cause: None,
         })?;
         state.write_status(&InstallStatus {
             state: "installed".into(),
@@ -601,17 +675,40 @@ pub fn finish(
             version: pending.version.clone(),
         }
     } else {
-        let message = format!(
-            "rolled back from {} to {running} (slot {}): the new slot failed its boots",
-            pending.version,
-            current.letter()
-        );
+        // Barred unless every recorded try shows the node running: a release is only kept
+        // from the channel for good when it is known (or cannot be shown not) to be broken.
+        let cause = if !pending.trial_failures.is_empty()
+            && pending
+                .trial_failures
+                .iter()
+                .all(|f| f.cause == TrialCause::Probe)
+        {
+            TrialCause::Probe
+        } else {
+            TrialCause::Service
+        };
+        let message = match cause {
+            TrialCause::Service => format!(
+                "rolled back from {} to {running} (slot {}): the new slot failed its boots",
+                pending.version,
+                current.letter()
+            ),
+            TrialCause::Probe => format!(
+                "rolled back from {} to {running} (slot {}): the node ran on the new slot but its \
+                 health check did not get through on any try; not barred: the channel offers {} \
+                 again (set update.auto_apply = false to stop it)",
+                pending.version,
+                current.letter(),
+                pending.version
+            ),
+        };
         state.push_history(HistoryEntry {
             at: now_text(now),
             event: "rolled_back".into(),
             version: pending.version.clone(),
             slot: Some(current),
             message: message.clone(),
+            cause: Some(cause),
         })?;
         state.write_status(&InstallStatus {
             state: "rolled-back".into(),

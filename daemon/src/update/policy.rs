@@ -276,17 +276,19 @@ pub fn check_artifact(
 /// Refuses, for the channel, a version that this node already rolled back from: without it a
 /// channel that still offers a release whose new slot failed its boots would have the node
 /// install it, fail three boots and fall back again, for ever. `history` is the node's update
-/// history as (event, version, at).
+/// history as (event, version, at, cause). A rollback whose every failed try showed the node
+/// running (cause `probe`: its health check was kept from getting through, issue 16) does not
+/// bar the release: whoever could starve the probe must not be able to keep a node off a
+/// security release for good.
 pub fn check_not_rolled_back<'h>(
     manifest: &Manifest,
-    history: impl IntoIterator<Item = (&'h str, &'h str, &'h str)>,
+    history: impl IntoIterator<Item = (&'h str, &'h str, &'h str, Option<&'h str>)>,
 ) -> Result<(), Refusal> {
     let version = manifest.version.to_string();
-    match history
-        .into_iter()
-        .find(|(event, v, _)| *event == "rolled_back" && *v == version)
-    {
-        Some((_, _, at)) => Err(Refusal::RolledBackBefore {
+    match history.into_iter().find(|(event, v, _, cause)| {
+        *event == "rolled_back" && *v == version && *cause != Some("probe")
+    }) {
+        Some((_, _, at, _)) => Err(Refusal::RolledBackBefore {
             version: manifest.version.clone(),
             at: at.to_string(),
         }),
