@@ -35,6 +35,13 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 512 * 1024 * 1024;
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// RFC 5321 §4.5.3.2.5: data block timeout of 3 minutes.
 pub const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(3 * 60);
+/// The whole of one message's data (see `smtp::session::DEFAULT_DATA_TOTAL_TIMEOUT`).
+pub const DEFAULT_DATA_TOTAL_TIMEOUT: Duration = crate::smtp::session::DEFAULT_DATA_TOTAL_TIMEOUT;
+/// Default share of `max_in_flight` one client address may hold: an eighth, so that no
+/// fewer than eight senders can fill the node, but never less than one largest message.
+pub fn default_max_in_flight_per_ip(max_in_flight: usize, max_message_size: usize) -> usize {
+    (max_in_flight / 8).max(max_message_size)
+}
 /// DESIGN §4: the webhook retry budget inside one SMTP transaction.
 pub const DEFAULT_WEBHOOK_BUDGET: Duration = Duration::from_secs(30);
 /// Upper bound for the webhook budget: the sending MTA waits at most 10 minutes for the reply
@@ -153,8 +160,10 @@ pub struct RawSmtp {
     pub max_sessions_per_ip: Option<usize>,
     pub max_recipients: Option<usize>,
     pub max_in_flight: Option<SizeValue>,
+    pub max_in_flight_per_ip: Option<SizeValue>,
     pub command_timeout: Option<String>,
     pub data_timeout: Option<String>,
+    pub data_total_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -376,8 +385,12 @@ pub struct SmtpConfig {
     pub max_sessions_per_ip: usize,
     pub max_recipients: usize,
     pub max_in_flight: usize,
+    /// The part of `max_in_flight` the sessions of one client address may hold together.
+    pub max_in_flight_per_ip: usize,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    /// The whole of one message's data, from `354` to its end.
+    pub data_total_timeout: Duration,
 }
 
 /// PEM certificate chain and private key files.
@@ -746,7 +759,7 @@ impl Config {
                 ),
             }
         }
-        let smtp = SmtpConfig {
+        let mut smtp = SmtpConfig {
             listen,
             max_message_size: v.size(
                 "smtp.max_message_size",
@@ -784,11 +797,34 @@ impl Config {
                 &raw.smtp.data_timeout,
                 DEFAULT_DATA_TIMEOUT,
             ),
+            data_total_timeout: v.duration(
+                "smtp.data_total_timeout",
+                &raw.smtp.data_total_timeout,
+                DEFAULT_DATA_TOTAL_TIMEOUT,
+            ),
+            max_in_flight_per_ip: 0,
         };
+        smtp.max_in_flight_per_ip = v.size(
+            "smtp.max_in_flight_per_ip",
+            &raw.smtp.max_in_flight_per_ip,
+            default_max_in_flight_per_ip(smtp.max_in_flight, smtp.max_message_size),
+        );
         if smtp.max_in_flight < smtp.max_message_size {
             v.error(
                 "smtp.max_in_flight",
                 "must be at least smtp.max_message_size, or no maximum-size message could be received",
+            );
+        }
+        if smtp.max_in_flight_per_ip < smtp.max_message_size {
+            v.error(
+                "smtp.max_in_flight_per_ip",
+                "must be at least smtp.max_message_size, or no maximum-size message could be received",
+            );
+        }
+        if smtp.data_total_timeout < smtp.data_timeout {
+            v.error(
+                "smtp.data_total_timeout",
+                "must be at least smtp.data_timeout (it bounds the whole message, that one line)",
             );
         }
 
@@ -1328,6 +1364,38 @@ webhook_secret = "{SECRET}"
         assert_eq!(config.routes[0].webhook_budget, DEFAULT_WEBHOOK_BUDGET);
         assert_eq!(config.routes[0].attachments, AttachmentMode::Inline);
         assert!(config.smtp.tls.is_none());
+    }
+
+    /// Issue 16 (budget pinning): the per-address share and the total data time have
+    /// defaults derived from the other limits and are validated against them by name.
+    #[test]
+    fn budget_share_and_total_data_time_default_sanely_and_are_checked_against_their_peers() {
+        let config =
+            Config::from_raw(RawConfig::parse(&minimal()).expect("parses")).expect("valid");
+        assert_eq!(config.smtp.max_in_flight_per_ip, DEFAULT_MAX_IN_FLIGHT / 8);
+        assert_eq!(config.smtp.data_total_timeout, DEFAULT_DATA_TOTAL_TIMEOUT);
+        let small = minimal().replace("[smtp]\n", "[smtp]\nmax_in_flight = \"30MiB\"\n");
+        let config = Config::from_raw(RawConfig::parse(&small).expect("parses")).expect("valid");
+        assert_eq!(
+            config.smtp.max_in_flight_per_ip, DEFAULT_MAX_MESSAGE_SIZE,
+            "never less than one largest message"
+        );
+        let text = minimal().replace(
+            "[smtp]\n",
+            "[smtp]\nmax_in_flight_per_ip = \"1MiB\"\ndata_timeout = \"5m\"\ndata_total_timeout = \"1m\"\n",
+        );
+        let errs = errors(&text);
+        assert!(
+            errs.iter().any(|e| e
+                .starts_with("smtp.max_in_flight_per_ip: must be at least smtp.max_message_size")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e
+                    .starts_with("smtp.data_total_timeout: must be at least smtp.data_timeout")),
+            "{errs:?}"
+        );
     }
 
     #[test]

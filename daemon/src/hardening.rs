@@ -63,3 +63,14 @@ pub fn lock_down() -> Hardening {
     }
     h
 }
+
+/// Whether a connection comes from the box itself: a peer of exactly 127.0.0.1 or ::1 (the
+/// kernel drops packets from the network that claim a loopback source). The SMTP and HTTPS
+/// listeners keep a few slots beyond their limits for such peers, so the boot's health check
+/// always gets in, however many remote clients hold the rest (issue 16: forced rollback).
+pub fn is_the_box_itself(ip: std::net::IpAddr) -> bool {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    ip == IpAddr::V4(Ipv4Addr::LOCALHOST)
+        || ip == IpAddr::V6(Ipv6Addr::LOCALHOST)
+        || ip == IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped())
+}

@@ -468,6 +468,7 @@ async fn serve(raw: RawConfig, config: Config, store: Arc<dyn Store>) -> Result<
         starttls_available: tls.is_some(),
         command_timeout: config.smtp.command_timeout,
         data_timeout: config.smtp.data_timeout,
+        data_total_timeout: config.smtp.data_total_timeout,
     });
     let metrics = Arc::new(Metrics::new());
     let auth = Arc::new(
@@ -485,6 +486,7 @@ async fn serve(raw: RawConfig, config: Config, store: Arc<dyn Store>) -> Result<
         tls: tls.clone(),
         max_sessions: config.smtp.max_sessions,
         max_sessions_per_ip: config.smtp.max_sessions_per_ip,
+        max_in_flight_per_ip: config.smtp.max_in_flight_per_ip,
         active: AtomicUsize::new(0),
         per_ip: Mutex::new(Default::default()),
     });

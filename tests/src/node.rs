@@ -104,6 +104,10 @@ pub struct NodeConfig {
     command_timeout: Option<String>,
     /// `[smtp] data_timeout`, e.g. `"3m"`.
     data_timeout: Option<String>,
+    /// `[smtp] max_in_flight_per_ip`, e.g. `"64MiB"`.
+    max_in_flight_per_ip: Option<String>,
+    /// `[smtp] data_total_timeout`, e.g. `"10m"`.
+    data_total_timeout: Option<String>,
     /// The `[[route]]` tables, in order.
     routes: Vec<RouteConfig>,
     /// Verbatim TOML appended at the end (each piece must start with a table
@@ -147,6 +151,8 @@ impl NodeConfig {
             max_in_flight: None,
             command_timeout: None,
             data_timeout: None,
+            max_in_flight_per_ip: None,
+            data_total_timeout: None,
             routes: Vec::new(),
             extra: Vec::new(),
             env: Vec::new(),
@@ -221,6 +227,18 @@ impl NodeConfig {
     /// Sets `[smtp] data_timeout` (e.g. `"3m"`).
     pub fn data_timeout(mut self, duration: &str) -> Self {
         self.data_timeout = Some(duration.to_string());
+        self
+    }
+
+    /// Sets `[smtp] max_in_flight_per_ip` (e.g. `"64MiB"`).
+    pub fn max_in_flight_per_ip(mut self, size: &str) -> Self {
+        self.max_in_flight_per_ip = Some(size.to_string());
+        self
+    }
+
+    /// Sets `[smtp] data_total_timeout` (e.g. `"10m"`).
+    pub fn data_total_timeout(mut self, duration: &str) -> Self {
+        self.data_total_timeout = Some(duration.to_string());
         self
     }
 
@@ -323,6 +341,8 @@ impl NodeConfig {
             ("max_in_flight", &self.max_in_flight),
             ("command_timeout", &self.command_timeout),
             ("data_timeout", &self.data_timeout),
+            ("max_in_flight_per_ip", &self.max_in_flight_per_ip),
+            ("data_total_timeout", &self.data_total_timeout),
         ];
         for (key, value) in strings {
             if let Some(value) = value {

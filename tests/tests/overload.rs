@@ -7,7 +7,7 @@
 //! every local client as 127.0.0.1 otherwise). Timing assertions are bounds that hold on a
 //! loaded two-core machine, never tight figures.
 
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,12 +68,9 @@ fn two_thousand_connections_get_a_session_or_a_clean_421() {
     );
     let addr = node.smtp_addr();
     // All connections first, then the greetings: the sessions that got in hold their slots.
-    let streams: Vec<TcpStream> = (0..CONNECTIONS)
-        .map(|i| {
-            TcpStream::connect_timeout(&addr, Duration::from_secs(120))
-                .unwrap_or_else(|e| panic!("connection {i}: {e}"))
-        })
-        .collect();
+    // From a remote-looking address: the box's own (127.0.0.1) has a few reserved sessions
+    // beyond `max_sessions`, for the health check.
+    let streams: Vec<TcpStream> = (0..CONNECTIONS).map(|_| tcp_from(addr, HOST_B)).collect();
     let mut admitted = Vec::new();
     let mut refused = 0;
     for (i, mut stream) in streams.into_iter().enumerate() {
@@ -369,6 +366,8 @@ fn in_flight_budget_holds_under_fifty_parallel_20_mib_messages() {
         NodeConfig::new()
             .max_message_size("25MiB")
             .max_in_flight(&format!("{BUDGET_MIB}MiB"))
+            // All senders come from one address: its share is the whole budget here.
+            .max_in_flight_per_ip(&format!("{BUDGET_MIB}MiB"))
             .max_sessions_per_ip(100),
         "/sink",
     );
@@ -381,8 +380,9 @@ fn in_flight_budget_holds_under_fifty_parallel_20_mib_messages() {
             thread::spawn(move || {
                 let mut client = SmtpClient::connect(addr);
                 client.ehlo("client.test");
-                // Half declare their size (refused at DATA when it cannot fit), half do not
-                // (refused at the end of data once the budget runs out).
+                // Half declare their size, half do not: neither reserves anything before the
+                // bytes come (issue 16), so both are refused at the end of data once the
+                // budget runs out.
                 let mail = if i % 2 == 0 {
                     format!("MAIL FROM:<a@example.org> SIZE={}", data.len())
                 } else {
@@ -438,4 +438,243 @@ fn in_flight_budget_holds_under_fifty_parallel_20_mib_messages() {
         peak_kib < 6 * budget_kib,
         "peak RSS {peak_kib} KiB is not within 6 × the {budget_kib} KiB budget"
     );
+}
+
+/// Opens a transaction from `source` (declaring `size`, if given), sends `DATA` and one header
+/// line, and holds the session there.
+fn pin(addr: SocketAddr, source: IpAddr, size: Option<usize>) -> SmtpClient {
+    let mut client = SmtpClient::try_connect_from(addr, source).expect("connect");
+    assert_eq!(client.greeting().code, 220, "{}", client.greeting());
+    client.ehlo("pin.test");
+    let mail = match size {
+        Some(size) => format!("MAIL FROM:<p@example.org> SIZE={size}"),
+        None => "MAIL FROM:<p@example.org>".to_string(),
+    };
+    assert_eq!(client.command(&mail).code, 250);
+    assert_eq!(client.command("RCPT TO:<bob@in.example.test>").code, 250);
+    let reply = client.command("DATA");
+    assert_eq!(reply.code, 354, "{reply}");
+    client.send(b"Subject: pinned\r\n");
+    client
+}
+
+/// Issue 16 (budget pinning): sessions that declare `SIZE` = the limit and then send nothing
+/// hold no budget; a sender from another address still gets `250`.
+#[test]
+fn sessions_declaring_the_largest_size_do_not_pin_the_in_flight_budget() {
+    const PINNERS: usize = 20;
+    let (_ca, receiver, node) = node_with(
+        NodeConfig::new()
+            .max_message_size("1MiB")
+            .max_in_flight("4MiB")
+            // One address plays all the pinning clients: this is about the node's budget.
+            .max_in_flight_per_ip("4MiB")
+            .max_sessions_per_ip(PINNERS as u64),
+        "/ok",
+    );
+    let addr = node.smtp_addr();
+    let pinned: Vec<SmtpClient> = (0..PINNERS)
+        .map(|_| pin(addr, HOST_B, Some(1 << 20)))
+        .collect();
+    let mut client = SmtpClient::try_connect_from(addr, HOST_C).expect("connect");
+    let reply = client.send_mail("a@example.org", &["bob@in.example.test"], &message("after"));
+    assert_eq!(reply.code, 250, "{reply}");
+    assert_eq!(receiver.received().len(), 1);
+    drop(pinned);
+}
+
+/// A message of `size` bytes of body, not yet terminated.
+fn unterminated(size: usize) -> Vec<u8> {
+    let line = format!("{}\r\n", "a".repeat(76));
+    let mut data = b"From: <a@example.org>\r\nSubject: share\r\n\r\n".to_vec();
+    while data.len() < size {
+        data.extend_from_slice(line.as_bytes());
+    }
+    data
+}
+
+/// Issue 16 (budget pinning): the sessions of one client address hold at most
+/// `max_in_flight_per_ip` together; past it that address's message is tempfailed at its end
+/// while another address's message of the same size is accepted.
+#[test]
+fn one_client_address_holds_at_most_its_share_of_the_in_flight_budget() {
+    let (_ca, receiver, node) = node_with(
+        NodeConfig::new()
+            .max_message_size("1MiB")
+            .max_in_flight("16MiB")
+            .max_in_flight_per_ip("1MiB"),
+        "/ok",
+    );
+    let addr = node.smtp_addr();
+    let body = unterminated(700 << 10);
+    let mut first = pin(addr, HOST_B, None);
+    first.send(&body);
+    let mut second = pin(addr, HOST_B, None);
+    second.send(&body);
+    second.send(b".\r\n");
+    let reply = second.read_reply();
+    assert_eq!(
+        (reply.code, reply.enhanced_code()),
+        (451, Some("4.3.1")),
+        "the address's share is held by its first message: {reply}"
+    );
+    let mut other = pin(addr, HOST_C, None);
+    other.send(&body);
+    other.send(b".\r\n");
+    let reply = other.read_reply();
+    assert_eq!(
+        reply.code, 250,
+        "another address has its own share: {reply}"
+    );
+    first.send(b".\r\n");
+    let reply = first.read_reply();
+    assert_eq!(reply.code, 250, "{reply}");
+    assert_eq!(receiver.received().len(), 2);
+}
+
+/// Issue 16 (budget pinning): a client sending a line just inside every `data_timeout` is
+/// cut at `data_total_timeout` with `421 4.4.2`, and its message is not delivered.
+#[test]
+fn a_message_trickled_line_by_line_is_cut_at_the_total_data_timeout() {
+    let (_ca, receiver, node) = node_with(
+        NodeConfig::new()
+            .data_timeout("3s")
+            .data_total_timeout("5s"),
+        "/ok",
+    );
+    let addr = node.smtp_addr();
+    let mut client = pin(addr, HOST_B, Some(1000));
+    let started = Instant::now();
+    let reply = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the node never cut the trickling message"
+        );
+        if client.try_send(b"x\r\n").is_err() {
+            break client.read_reply();
+        }
+        match client.replies_within(Duration::from_secs(1)) {
+            Ok(replies) if !replies.is_empty() => break replies[0].clone(),
+            Ok(_) => {}
+            Err(e) => panic!("the node closed without a reply: {e}"),
+        }
+    };
+    assert_eq!(
+        (reply.code, reply.enhanced_code()),
+        (421, Some("4.4.2")),
+        "{reply}"
+    );
+    assert!(reply.text().contains("took longer than 5 s"), "{reply}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "cut by the total deadline, not before: {:?}",
+        started.elapsed()
+    );
+    assert!(receiver.received().is_empty());
+}
+
+/// A TCP connection to `addr` from the local address `source` (any 127.0.0.0/8 address plays a
+/// client host of its own).
+fn tcp_from(addr: SocketAddr, source: IpAddr) -> TcpStream {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).expect("socket");
+    socket
+        .bind(&SocketAddr::new(source, 0).into())
+        .expect("bind the source address");
+    socket
+        // Long: with thousands of connections at once the listen backlog overflows and the
+        // kernel retries SYNs with backoff.
+        .connect_timeout(&addr.into(), Duration::from_secs(120))
+        .expect("connect");
+    let stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+}
+
+/// `GET /healthz` from `source`: the status line, or None when the node closed the connection
+/// without an answer.
+fn healthz_from(addr: SocketAddr, source: IpAddr) -> Option<String> {
+    let mut stream = tcp_from(addr, source);
+    // The write may already fail on a connection the node closed at once.
+    let _ =
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: node.test\r\nConnection: close\r\n\r\n");
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) if !answer.is_empty() => {}
+        Ok(_) => return None,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+        Err(e) => panic!("GET /healthz from {source}: {e}"),
+    }
+    let text = String::from_utf8_lossy(&answer);
+    Some(text.lines().next().unwrap_or_default().to_string())
+}
+
+/// Issue 16 (forced rollback): one address holds at most 16 of the HTTP listener's 128
+/// connections, and when remote addresses hold all 128, the box's own health check
+/// (`GET /healthz` from 127.0.0.1) is still answered at once.
+#[test]
+fn http_connections_are_capped_per_address_and_the_health_check_always_gets_in() {
+    const PER_IP: usize = 16;
+    const TOTAL: usize = 128;
+    raise_file_limit();
+    let (_ca, _receiver, node) = node_with(NodeConfig::new().http_plain(), "/ok");
+    let addr = node.http_addr();
+    let host = |n: u8| IpAddr::V4(Ipv4Addr::new(127, 0, 0, n));
+    // Connections that never send a byte, as a starving client holds them.
+    let mut held: Vec<TcpStream> = (0..PER_IP).map(|_| tcp_from(addr, HOST_B)).collect();
+    assert_eq!(
+        healthz_from(addr, HOST_B),
+        None,
+        "the 17th connection from one address is closed unanswered"
+    );
+    assert_eq!(
+        healthz_from(addr, HOST_C).as_deref(),
+        Some("HTTP/1.1 200 OK"),
+        "another address is served"
+    );
+    // Seven more addresses take the rest of the 128 connections.
+    for n in 3..3 + (TOTAL / PER_IP - 1) as u8 {
+        held.extend((0..PER_IP).map(|_| tcp_from(addr, host(n))));
+    }
+    assert_eq!(held.len(), TOTAL);
+    assert_eq!(
+        healthz_from(addr, host(20)),
+        None,
+        "a remote address finds the listener full"
+    );
+    assert_eq!(
+        healthz_from(addr, IpAddr::V4(Ipv4Addr::LOCALHOST)).as_deref(),
+        Some("HTTP/1.1 200 OK"),
+        "the box's own health check gets a reserved connection"
+    );
+    drop(held);
+}
+
+/// Issue 16 (forced rollback): when remote senders hold every SMTP session, the box's own
+/// health check (from 127.0.0.1) still gets its `220`.
+#[test]
+fn smtp_sessions_full_of_remote_senders_still_greet_the_health_check() {
+    const MAX_SESSIONS: u64 = 6;
+    let (_ca, _receiver, node) = node_with(
+        NodeConfig::new()
+            .max_sessions(MAX_SESSIONS)
+            .max_sessions_per_ip(3),
+        "/ok",
+    );
+    let addr = node.smtp_addr();
+    let held: Vec<SmtpClient> = [HOST_B, HOST_B, HOST_B, HOST_C, HOST_C, HOST_C]
+        .into_iter()
+        .map(|host| SmtpClient::try_connect_from(addr, host).expect("connect"))
+        .collect();
+    assert!(held.iter().all(|c| c.greeting().code == 220));
+    let remote = SmtpClient::try_connect_from(addr, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4)))
+        .expect("connect");
+    assert_eq!(remote.greeting().code, 421, "{}", remote.greeting());
+    let local =
+        SmtpClient::try_connect_from(addr, IpAddr::V4(Ipv4Addr::LOCALHOST)).expect("connect");
+    assert_eq!(local.greeting().code, 220, "{}", local.greeting());
+    drop(held);
 }

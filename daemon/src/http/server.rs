@@ -2,9 +2,13 @@
 //! (TLS 1.3 and 1.2 through futures-rustls; the acceptor is reloadable, so a new certificate applies to the next
 //! connection without a restart), HTTP/1.1 by hyper's server connection, on smol's executor.
 //! `run(listener, app, tls, shutdown)` accepts until shutdown, one task per connection, at most
-//! [`MAX_CONNECTIONS`] at a time, and returns once every connection has ended: idle keep-alive
-//! connections close at shutdown, a request in progress gets [`SHUTDOWN_GRACE`] to finish its
-//! answer. So nothing the application holds (the store) outlives `run`.
+//! [`MAX_CONNECTIONS`] at a time and [`MAX_CONNECTIONS_PER_IP`] from one client address, with
+//! [`RESERVED_LOCAL_CONNECTIONS`] more kept for the box itself (the boot's health check asks
+//! `/healthz` over 127.0.0.1, and no remote client may starve it into a rollback, issue 16). A
+//! connection past its limit is closed at once, before its TLS handshake. `run` returns once
+//! every connection has ended: idle keep-alive connections close at shutdown, a request in
+//! progress gets [`SHUTDOWN_GRACE`] to finish its answer. So nothing the application holds (the
+//! store) outlives `run`.
 //!
 //! hyper runs on smol through smol-hyper: `FuturesIo` gives a futures-io stream (a TCP or TLS
 //! stream) hyper's `rt::Read`/`rt::Write`, `SmolTimer` gives hyper async-io's timers (the
@@ -22,12 +26,13 @@
 //! It moves bytes and enforces connection bounds; it never logs a request (paths and queries
 //! may carry an address).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -39,20 +44,29 @@ use hyper::{StatusCode, Version};
 use smol::channel::Receiver;
 use smol::future::FutureExt as _;
 use smol::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use smol::lock::Semaphore;
 use smol::{Async, Timer};
 use smol_hyper::rt::{FuturesIo, SmolTimer};
 
 use super::Response;
 use crate::smtp::tls::ReloadableAcceptor;
 
-/// Connections served at once; further clients wait in the listen backlog.
+/// Connections served at once; further clients are closed at once (the box's own get
+/// [`RESERVED_LOCAL_CONNECTIONS`] more).
 pub const MAX_CONNECTIONS: usize = 128;
+/// Connections one client address may hold at once: a console tab or an API client needs a
+/// few, so it takes at least eight addresses to fill [`MAX_CONNECTIONS`]. The box's own
+/// address is not capped.
+pub const MAX_CONNECTIONS_PER_IP: usize = 16;
+/// Connections beyond [`MAX_CONNECTIONS`] only the box itself (a peer of exactly 127.0.0.1 or
+/// ::1, which no remote client can claim) may open: the boot's health check and the console
+/// banner's probes always get in, however many remote clients hold slots.
+pub const RESERVED_LOCAL_CONNECTIONS: usize = 8;
 /// A TLS handshake must finish within this time.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request's head must arrive within this time, counted from the end of the previous answer
-/// on a keep-alive connection (so it also closes idle keep-alive connections).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// on a keep-alive connection (so it also closes idle keep-alive connections): short, so that
+/// a client holding connections without asking anything gives them back soon.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest request head (request line and headers) served; a longer one gets the API's JSON
 /// 400, which the contract documents for every operation that takes a query.
 const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -101,20 +115,24 @@ pub async fn run<A: App>(
     tls: Option<Arc<ReloadableAcceptor>>,
     shutdown: Receiver<()>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Slots::default());
     loop {
-        let accepted = async {
-            let slot = slots.acquire_arc().await;
-            Some((slot, listener.accept().await))
-        }
-        .or(async {
-            let _ = shutdown.recv().await;
-            None
-        })
-        .await;
+        let accepted = async { Some(listener.accept().await) }
+            .or(async {
+                let _ = shutdown.recv().await;
+                None
+            })
+            .await;
         match accepted {
             None => break,
-            Some((slot, Ok((stream, peer)))) => {
+            Some(Ok((stream, peer))) => {
+                // Past its limit a connection is closed before anything is read or sent: no
+                // handshake to pay for, and the slot stays free for the clients within theirs.
+                let Some(slot) = slots.admit(peer.ip()) else {
+                    log::debug!("http: connection from {peer} refused: connection limit");
+                    drop(stream);
+                    continue;
+                };
                 let app = app.clone();
                 // The certificate current now: a replacement applies from the next connection.
                 let tls = tls.as_ref().map(|t| t.current());
@@ -125,7 +143,7 @@ pub async fn run<A: App>(
                 })
                 .detach();
             }
-            Some((_, Err(e))) => {
+            Some(Err(e)) => {
                 // Typically EMFILE: back off briefly instead of spinning.
                 log::warn!("http: accept failed: {e}");
                 Timer::after(Duration::from_millis(100)).await;
@@ -133,8 +151,67 @@ pub async fn run<A: App>(
         }
     }
     // Every connection task gives its slot back when it ends.
-    for _ in 0..MAX_CONNECTIONS {
-        std::mem::forget(slots.acquire().await);
+    while slots.open() > 0 {
+        Timer::after(Duration::from_millis(20)).await;
+    }
+}
+
+/// The connections open now, in all and per client address.
+#[derive(Debug, Default)]
+struct Slots {
+    table: Mutex<SlotTable>,
+}
+
+#[derive(Debug, Default)]
+struct SlotTable {
+    open: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+impl Slots {
+    /// A slot for a connection from `ip`, or None past [`MAX_CONNECTIONS`] (plus the reserve
+    /// for the box's own address) or [`MAX_CONNECTIONS_PER_IP`].
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let local = crate::hardening::is_the_box_itself(ip);
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let limit = if local {
+            MAX_CONNECTIONS + RESERVED_LOCAL_CONNECTIONS
+        } else {
+            MAX_CONNECTIONS
+        };
+        let from_ip = table.per_ip.get(&ip).copied().unwrap_or(0);
+        if table.open >= limit || (!local && from_ip >= MAX_CONNECTIONS_PER_IP) {
+            return None;
+        }
+        table.open += 1;
+        table.per_ip.insert(ip, from_ip + 1);
+        Some(Slot {
+            slots: self.clone(),
+            ip,
+        })
+    }
+
+    fn open(&self) -> usize {
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).open
+    }
+}
+
+/// A held connection slot; given back on drop.
+struct Slot {
+    slots: Arc<Slots>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut table = self.slots.table.lock().unwrap_or_else(|p| p.into_inner());
+        table.open -= 1;
+        if let Some(count) = table.per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                table.per_ip.remove(&self.ip);
+            }
+        }
     }
 }
 

@@ -47,14 +47,23 @@ impl InFlightBudget {
 
     /// Reserve `bytes` now (None if that would exceed the limit).
     pub fn try_reserve(self: &Arc<Self>, bytes: usize) -> Option<Reservation> {
-        if self.try_acquire(bytes) {
-            Some(Reservation {
-                budget: Arc::clone(self),
-                bytes,
-            })
-        } else {
-            None
-        }
+        self.try_reserve_within(None, bytes)
+    }
+
+    /// Reserve `bytes` now in this budget and, when given, in `client`'s too: the share one
+    /// client address may hold (`smtp.max_in_flight_per_ip`). None, and nothing held, if
+    /// either would pass its limit. Growing and releasing keep both in step.
+    pub fn try_reserve_within(
+        self: &Arc<Self>,
+        client: Option<&Arc<InFlightBudget>>,
+        bytes: usize,
+    ) -> Option<Reservation> {
+        let mut reservation = Reservation {
+            budget: Arc::clone(self),
+            client: client.cloned(),
+            bytes: 0,
+        };
+        reservation.try_grow(bytes).then_some(reservation)
     }
 
     /// Adds `bytes` to `used` unless the sum would pass `limit`. The compare-and-swap
@@ -80,6 +89,8 @@ impl InFlightBudget {
 pub struct Reservation {
     /// Where the bytes are given back on drop.
     budget: Arc<InFlightBudget>,
+    /// The client address's share, held in step with `budget` when there is one.
+    client: Option<Arc<InFlightBudget>>,
     /// Bytes this reservation holds.
     bytes: usize,
 }
@@ -90,10 +101,20 @@ impl Reservation {
         let Some(total) = self.bytes.checked_add(additional) else {
             return false;
         };
+        // The client's share first: a client over its share never takes node-wide bytes,
+        // not even for the instant before giving them back.
+        if let Some(client) = &self.client
+            && !client.try_acquire(additional)
+        {
+            return false;
+        }
         if self.budget.try_acquire(additional) {
             self.bytes = total;
             true
         } else {
+            if let Some(client) = &self.client {
+                client.release(additional);
+            }
             false
         }
     }
@@ -108,6 +129,9 @@ impl Reservation {
     pub fn shrink_to(&mut self, bytes: usize) {
         if bytes < self.bytes {
             self.budget.release(self.bytes - bytes);
+            if let Some(client) = &self.client {
+                client.release(self.bytes - bytes);
+            }
             self.bytes = bytes;
         }
     }
@@ -116,6 +140,9 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.budget.release(self.bytes);
+        if let Some(client) = &self.client {
+            client.release(self.bytes);
+        }
     }
 }
 
@@ -261,6 +288,38 @@ mod tests {
             .sum();
         assert!(granted > 0);
         assert_eq!(budget.used(), 0);
+    }
+
+    /// Issue 16 (budget pinning): one client address holds at most its share, whatever
+    /// the node-wide budget has free, and both are given back together.
+    #[test]
+    fn a_client_address_holds_at_most_its_share_of_the_budget() {
+        let node = InFlightBudget::new(100);
+        let client = InFlightBudget::new(30);
+        let other = InFlightBudget::new(30);
+        let mut a = node.try_reserve_within(Some(&client), 20).expect("fits");
+        assert!(node.try_reserve_within(Some(&client), 11).is_none());
+        assert!(!a.try_grow(11), "the client's share is exhausted");
+        assert_eq!(
+            (node.used(), client.used()),
+            (20, 20),
+            "a refusal holds nothing"
+        );
+        let b = node
+            .try_reserve_within(Some(&other), 30)
+            .expect("another client fits");
+        let c = node
+            .try_reserve_within(None, 50)
+            .expect("unshared bytes fit");
+        // The node is full now: the client's free share cannot be taken either.
+        assert!(!a.try_grow(1));
+        assert_eq!((node.used(), client.used()), (100, 20));
+        drop(c);
+        assert!(a.try_grow(10));
+        a.shrink_to(5);
+        assert_eq!((node.used(), client.used(), other.used()), (35, 5, 30));
+        drop((a, b));
+        assert_eq!((node.used(), client.used(), other.used()), (0, 0, 0));
     }
 
     #[test]

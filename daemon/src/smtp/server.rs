@@ -25,6 +25,11 @@ use crate::store::Store;
 
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 64 * 1024;
+/// Sessions beyond `smtp.max_sessions` only the box itself (a client of exactly 127.0.0.1 or
+/// ::1, which no remote sender can claim) may open: the boot's health check must get its `220`
+/// however many remote senders hold sessions, or they could force an update's rollback
+/// (issue 16).
+pub const RESERVED_LOCAL_SESSIONS: usize = 4;
 /// A STARTTLS handshake must finish within this time.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -39,6 +44,9 @@ pub struct Server {
     pub tls: Option<std::sync::Arc<ReloadableAcceptor>>,
     pub max_sessions: usize,
     pub max_sessions_per_ip: usize,
+    /// Message bytes the sessions of one client address may hold together
+    /// (`smtp.max_in_flight_per_ip`), within `budget`.
+    pub max_in_flight_per_ip: usize,
     /// Where delivery records go (DESIGN §6); `None` runs without a metadata store.
     pub store: Option<Arc<dyn Store>>,
     /// Counters and histograms for `/metrics`.
@@ -49,8 +57,18 @@ pub struct Server {
     pub store_subject: AtomicBool,
     /// Sessions open now, across all listeners.
     pub active: AtomicUsize,
-    /// Sessions open now per client address, to keep one client from taking every slot.
-    pub per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Sessions open now per client address, and the budget share they hold together, to
+    /// keep one client from taking every slot or every byte.
+    pub per_ip: Mutex<HashMap<IpAddr, ClientShare>>,
+}
+
+/// What the open sessions of one client address hold together.
+#[derive(Debug)]
+pub struct ClientShare {
+    /// Sessions open now.
+    sessions: usize,
+    /// Their message bytes, bounded by `smtp.max_in_flight_per_ip`.
+    budget: Arc<InFlightBudget>,
 }
 
 impl std::fmt::Debug for Server {
@@ -117,19 +135,29 @@ impl Server {
     /// Takes a session slot for `ip`, or says which limit is reached.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<SessionSlot, &'static str> {
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if self.active.load(Ordering::SeqCst) >= self.max_sessions {
+        let limit = if crate::hardening::is_the_box_itself(ip) {
+            self.max_sessions.saturating_add(RESERVED_LOCAL_SESSIONS)
+        } else {
+            self.max_sessions
+        };
+        if self.active.load(Ordering::SeqCst) >= limit {
             return Err("4.7.0 Too many connections, try again later");
         }
-        let count = per_ip.entry(ip).or_insert(0);
-        if *count >= self.max_sessions_per_ip {
+        let share = per_ip.entry(ip).or_insert_with(|| ClientShare {
+            sessions: 0,
+            budget: InFlightBudget::new(self.max_in_flight_per_ip),
+        });
+        if share.sessions >= self.max_sessions_per_ip {
             return Err("4.7.0 Too many connections from your address, try again later");
         }
-        *count += 1;
+        share.sessions += 1;
+        let client_budget = share.budget.clone();
         self.active.fetch_add(1, Ordering::SeqCst);
         self.metrics.session_opened();
         Ok(SessionSlot {
             server: self.clone(),
             ip,
+            client_budget,
         })
     }
 }
@@ -138,14 +166,16 @@ impl Server {
 struct SessionSlot {
     server: Arc<Server>,
     ip: IpAddr,
+    /// The budget share of the slot's client address.
+    client_budget: Arc<InFlightBudget>,
 }
 
 impl Drop for SessionSlot {
     fn drop(&mut self) {
         let mut per_ip = self.server.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = per_ip.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(share) = per_ip.get_mut(&self.ip) {
+            share.sessions -= 1;
+            if share.sessions == 0 {
                 per_ip.remove(&self.ip);
             }
         }
@@ -207,7 +237,7 @@ async fn handle_connection(
     server: Arc<Server>,
     shutdown: Receiver<()>,
 ) {
-    let _slot = match server.admit(peer.ip()) {
+    let slot = match server.admit(peer.ip()) {
         Ok(slot) => slot,
         Err(text) => {
             let reply = Reply::new(421, text).to_bytes();
@@ -227,7 +257,8 @@ async fn handle_connection(
         router.clone(),
         server.budget.clone(),
         Instant::now(),
-    );
+    )
+    .with_client_budget(slot.client_budget.clone());
     let mut info = PeerInfo {
         remote_ip: peer.ip().to_string(),
         tls: None,

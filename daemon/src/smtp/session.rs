@@ -51,6 +51,11 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// Default for [`SessionConfig::data_timeout`] (RFC 5321 4.5.3.2.5).
 pub const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(3 * 60);
 
+/// Default for [`SessionConfig::data_total_timeout`]: a 25 MiB message needs about 44 KB/s to
+/// arrive in time, far below any MTA's link, while a client trickling one line per
+/// `data_timeout` can hold its growing message for ten minutes at most.
+pub const DEFAULT_DATA_TOTAL_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
 /// Longest reply text sent per line: RFC 5321 4.5.3.1.5 limits a reply line to 512
 /// bytes including the code, separator and CRLF.
 pub const MAX_REPLY_TEXT: usize = 512 - 6;
@@ -77,6 +82,8 @@ pub struct SessionConfig {
     pub command_timeout: Duration,
     /// RFC 5321 4.5.3.2.5 (default 3 min): between data blocks.
     pub data_timeout: Duration,
+    /// The whole of one message's data, from `354` to its terminator (default 10 min).
+    pub data_total_timeout: Duration,
 }
 
 impl SessionConfig {
@@ -89,6 +96,7 @@ impl SessionConfig {
             starttls_available: false,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             data_timeout: DEFAULT_DATA_TIMEOUT,
+            data_total_timeout: DEFAULT_DATA_TOTAL_TIMEOUT,
         }
     }
 }
@@ -227,6 +235,8 @@ enum State {
     Data {
         envelope: Envelope,
         reader: DataReader,
+        /// When `354` was sent: `data_total_timeout` counts from here.
+        started: Instant,
     },
     /// A transaction is out for delivery; input is held in `pending`.
     AwaitingDelivery,
@@ -253,7 +263,8 @@ struct Envelope {
     mail_from: String,
     rcpt_to: Vec<String>,
     smtputf8: bool,
-    /// The SIZE parameter, reserved in the budget at DATA.
+    /// The SIZE parameter: refused at MAIL past the size limit, and at DATA when it does not
+    /// fit the budget's free bytes right now; never reserved (issue 16).
     declared_size: Option<usize>,
 }
 
@@ -265,6 +276,8 @@ pub struct Session {
     recipients: Arc<dyn RecipientPolicy>,
     /// Node-wide bound on message bytes in memory.
     budget: Arc<InFlightBudget>,
+    /// The client address's share of `budget` (`smtp.max_in_flight_per_ip`), when bounded.
+    client_budget: Option<Arc<InFlightBudget>>,
     /// Protocol state; see [`State`].
     state: State,
     /// The HELO/EHLO argument; MAIL needs it, STARTTLS forgets it (RFC 3207).
@@ -304,6 +317,7 @@ impl Session {
             config,
             recipients,
             budget,
+            client_budget: None,
             state: State::Command,
             helo: None,
             tls: false,
@@ -316,6 +330,13 @@ impl Session {
             last_input: now,
             shutdown_requested: false,
         }
+    }
+
+    /// Bounds the message bytes this session may hold by its client address's share of the
+    /// node's budget, shared with that address's other sessions (issue 16: budget pinning).
+    pub fn with_client_budget(mut self, client: Arc<InFlightBudget>) -> Self {
+        self.client_budget = Some(client);
+        self
     }
 
     /// The 220 greeting.
@@ -418,7 +439,16 @@ impl Session {
     pub fn deadline(&self) -> Option<Instant> {
         let timeout = match self.state {
             State::Command | State::TlsHandshake => self.config.command_timeout,
-            State::Data { .. } => self.config.data_timeout,
+            State::Data { started, .. } => {
+                // The next line is due within `data_timeout`, the whole message within
+                // `data_total_timeout`: whichever comes first.
+                let line = self.last_input.checked_add(self.config.data_timeout);
+                let total = started.checked_add(self.config.data_total_timeout);
+                return match (line, total) {
+                    (Some(line), Some(total)) => Some(line.min(total)),
+                    (line, total) => line.or(total),
+                };
+            }
             State::AwaitingDelivery | State::Closed => return None,
         };
         // A timeout too large to represent means no deadline at all.
@@ -436,6 +466,17 @@ impl Session {
         }
         if matches!(self.state, State::TlsHandshake) {
             self.close(None, &mut out);
+        } else if let State::Data { started, .. } = self.state
+            && started
+                .checked_add(self.config.data_total_timeout)
+                .is_some_and(|total| now >= total)
+        {
+            let text = format!(
+                "4.4.2 {} Message data took longer than {} s, closing connection",
+                self.config.hostname,
+                self.config.data_total_timeout.as_secs()
+            );
+            self.close(Some(Reply::new(421, text)), &mut out);
         } else {
             let text = format!(
                 "4.4.2 {} Timeout exceeded, closing connection",
@@ -720,15 +761,27 @@ impl Session {
             self.envelope = Some(envelope);
             return Reply::new(554, "5.5.1 No valid recipients");
         }
-        // Reserve what the client declared now, so a message that cannot fit is turned
-        // away before its bytes are sent; the reservation grows as bytes arrive.
-        let Some(reservation) = self.budget.try_reserve(envelope.declared_size.unwrap_or(0)) else {
+        // Nothing is reserved up front, not even a declared SIZE: the reservation grows as
+        // bytes arrive, so holding the budget costs a client the bytes themselves (issue 16).
+        // A declared size that cannot fit what is free right now is turned away before its
+        // bytes are sent; it holds nothing either way.
+        let free = self.budget.available().min(
+            self.client_budget
+                .as_ref()
+                .map_or(usize::MAX, |client| client.available()),
+        );
+        let Some(reservation) = self
+            .budget
+            .try_reserve_within(self.client_budget.as_ref(), 0)
+            .filter(|_| envelope.declared_size.is_none_or(|size| size <= free))
+        else {
             self.envelope = Some(envelope);
             return Reply::new(452, "4.3.1 Insufficient system resources");
         };
         self.state = State::Data {
             envelope,
             reader: DataReader::new(reservation, self.config.max_message_size),
+            started: self.last_input,
         };
         Reply::new(354, "End data with <CR><LF>.<CR><LF>")
     }
@@ -773,7 +826,10 @@ impl Session {
     /// The terminator was seen: hand the message out or refuse it.
     fn finish_data(&mut self, out: &mut Vec<Action>) {
         let state = mem::replace(&mut self.state, State::Command);
-        let State::Data { envelope, reader } = state else {
+        let State::Data {
+            envelope, reader, ..
+        } = state
+        else {
             self.state = state;
             return;
         };
@@ -2351,20 +2407,82 @@ mod tests {
         assert_eq!(budget.used(), 0);
     }
 
+    /// Issue 16 (budget pinning): a declared SIZE is checked at MAIL but reserves nothing;
+    /// the budget holds only the bytes that have arrived.
     #[test]
-    fn declared_size_beyond_the_budget_is_refused_at_data() {
+    fn a_declared_size_reserves_nothing_of_the_budget() {
         let setup = Setup {
-            budget: 50,
+            budget: 250,
             ..Setup::default()
         };
-        check_with(
-            &setup,
-            "EHLO c.test\r\nMAIL FROM:<a@example.test> SIZE=100\r\nRCPT TO:<bob@in.test>\r\nDATA\r\n\
-             RSET\r\nMAIL FROM:<a@example.test> SIZE=40\r\nRCPT TO:<bob@in.test>\r\nDATA\r\n\
-             small\r\n.\r\n",
-            "250; 250; 250; =452 4.3.1 Insufficient system resources; 250 2.0.0; 250; 250; 354; \
-             deliver; 250",
+        let budget = InFlightBudget::new(setup.budget);
+        let now = Instant::now();
+        let mut pinning = session_with(&setup, &budget, now);
+        let actions = pinning.feed(
+            b"EHLO c.test\r\nMAIL FROM:<a@example.test> SIZE=200\r\nRCPT TO:<bob@in.test>\r\nDATA\r\n",
+            now,
         );
+        assert_eq!(
+            replies(&actions).last().map(String::as_str),
+            Some("354 End data with <CR><LF>.<CR><LF>")
+        );
+        assert_eq!(
+            budget.used(),
+            0,
+            "SIZE=200 holds nothing before the bytes come"
+        );
+        pinning.feed(b"Subject: x\r\n", now);
+        // What arrived, with headroom up to the message size limit (200).
+        assert!((12..=200).contains(&budget.used()), "{}", budget.used());
+        // Another sender's message fits in what the first has not sent.
+        let mut other = session_with(&setup, &budget, now);
+        let actions = other.feed(format!("{ENVELOPE}DATA\r\nsmall\r\n.\r\n").as_bytes(), now);
+        assert_eq!(
+            replies(&actions).last().map(String::as_str),
+            Some("deliver")
+        );
+    }
+
+    /// Issue 16 (budget pinning): a client that sends a line just inside every
+    /// `data_timeout` is still cut at `data_total_timeout` after its `354`, and its bytes
+    /// go back to the budget.
+    #[test]
+    fn message_data_is_bounded_in_total_time_however_steadily_lines_arrive() {
+        let setup = Setup::default();
+        let config = Arc::new(SessionConfig {
+            data_timeout: Duration::from_secs(10),
+            data_total_timeout: Duration::from_secs(25),
+            ..(*setup.config()).clone()
+        });
+        let budget = InFlightBudget::new(1 << 20);
+        let start = Instant::now();
+        let policy = |address: &str| address.ends_with("@in.test");
+        let mut session = Session::new(config, Arc::new(policy), Arc::clone(&budget), start);
+        session.feed(format!("{ENVELOPE}DATA\r\n").as_bytes(), start);
+        let mut now = start;
+        for _ in 0..2 {
+            now += Duration::from_secs(9);
+            assert!(
+                session.timed_out(now).is_empty(),
+                "a line is due only after 10 s"
+            );
+            session.feed(b"x\r\n", now);
+        }
+        assert_eq!(session.deadline(), Some(start + Duration::from_secs(25)));
+        assert!(
+            session
+                .timed_out(start + Duration::from_secs(25) - MILLI)
+                .is_empty()
+        );
+        let actions = session.timed_out(start + Duration::from_secs(25));
+        assert_eq!(
+            replies(&actions),
+            [
+                "421 4.4.2 mx.test Message data took longer than 25 s, closing connection",
+                "close"
+            ]
+        );
+        assert_eq!(budget.used(), 0, "the message's bytes are released");
     }
 
     #[test]
@@ -2410,14 +2528,23 @@ mod tests {
         let actions = second.feed(script.as_bytes(), now);
         assert_eq!(
             replies(&actions).last().map(String::as_str),
-            Some("452 4.3.1 Insufficient system resources")
+            Some("452 4.3.1 Insufficient system resources"),
+            "a declared size that cannot fit what is free now is refused before its bytes"
         );
+        let actions = second.feed(
+            b"RSET\r\nMAIL FROM:<a@example.test> SIZE=150\r\nRCPT TO:<bob@in.test>\r\nDATA\r\n",
+            now,
+        );
+        assert_eq!(
+            replies(&actions).last().map(String::as_str),
+            Some("354 End data with <CR><LF>.<CR><LF>")
+        );
+        assert_eq!(budget.used(), held, "a declared size reserves nothing");
+        second.feed(&[b'y'; 150], now);
+        assert!(budget.used() >= held + 150, "{}", budget.used());
 
         drop(transaction);
-        assert_eq!(budget.used(), 0);
-        let actions = second.feed(b"DATA\r\n", now);
-        assert_eq!(replies(&actions), ["354 End data with <CR><LF>.<CR><LF>"]);
-        assert_eq!(budget.used(), 200);
+        assert!((150..=200).contains(&budget.used()), "{}", budget.used());
         assert!(held > 0);
         drop(second);
         assert_eq!(
