@@ -543,6 +543,82 @@ fn bundle_round_trip_and_tampered_artifact_is_refused() {
     }
 }
 
+/// Issue 16 (offline bundle upload): a tar extension entry (GNU long name, PAX header) is read
+/// only up to 64 KiB; a larger one is refused before its data is read into memory, a small one
+/// is ignored.
+#[test]
+fn tar_extension_entries_in_a_bundle_are_size_capped() {
+    let f = Fixture::new();
+    let node = Node::default();
+    let mut judge = |m: &[u8], s: &[u8]| {
+        policy::check_release(
+            m,
+            s,
+            &f.keys,
+            &Facts {
+                product: PRODUCT,
+                compatible: DEFAULT_COMPATIBLE,
+                floor: node.floor.as_ref(),
+                running: &node.running,
+                now: node.now,
+            },
+        )
+    };
+    // `extension` writes what comes before the release's files.
+    let bundle_with = |name: &str, extension: &dyn Fn(&mut tar::Builder<Vec<u8>>)| {
+        let mut builder = tar::Builder::new(Vec::new());
+        extension(&mut builder);
+        for file in [
+            MANIFEST_FILE,
+            SIGNATURE_FILE,
+            "root.erofs",
+            "vmlinuz",
+            "initrd.img",
+        ] {
+            let bytes = fs::read(f.release_dir().join(file)).expect("release file");
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            builder
+                .append_data(&mut header, file, &bytes[..])
+                .expect("append");
+        }
+        let bytes = builder.into_inner().expect("tar");
+        let into = f.path(name);
+        fs::create_dir_all(&into).expect("dir");
+        (bytes, into)
+    };
+
+    let (small, into) = bundle_with("small-pax", &|b| {
+        // One PAX record, "<length> comment=...\n", its length counting its own digits.
+        let rest = " comment=made by hand\n";
+        let record = format!("{}{rest}", rest.len() + 2);
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(tar::EntryType::XHeader);
+        header.set_size(record.len() as u64);
+        header.set_mode(0o644);
+        b.append_data(&mut header, "PaxHeaders/manifest.json", record.as_bytes())
+            .expect("pax");
+    });
+    release::read_bundle(&mut &small[..], &into, &mut judge, &mut |_| {})
+        .expect("a small PAX header is ignored");
+
+    let (large, into) = bundle_with("large-long-name", &|b| {
+        let long = "a".repeat(1 << 20);
+        let mut header = tar::Header::new_gnu();
+        header.set_size(1);
+        header.set_mode(0o644);
+        b.append_data(&mut header, &long, &b"x"[..])
+            .expect("long name");
+    });
+    match release::read_bundle(&mut &large[..], &into, &mut judge, &mut |_| {}) {
+        Err(BundleError::Invalid(why)) => {
+            assert!(why.contains("tar extension entry"), "{why}")
+        }
+        other => panic!("expected an invalid bundle, got {other:?}"),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The installer on plain files.
 

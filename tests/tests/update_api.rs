@@ -7,6 +7,7 @@
 use std::fs;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use base64::Engine as _;
 use mxnode_tests::{ApiClient, Node, NodeConfig, Releases, StaticServer, TestCa, mxnode_bin};
@@ -456,4 +457,201 @@ fn without_auto_apply_a_check_only_stages_and_apply_requests() {
     assert_eq!(looped.status, 422, "{}", looped.body);
     assert_eq!(looped.error_code(), "rolled_back_before", "{}", looped.body);
     assert!(!spool.join("request.json").exists(), "not requested again");
+}
+
+/// A node serving the API over plain HTTP on loopback, with an admin key and `[update]` on
+/// `spool` (and `state` beside it), trusting `releases`' key.
+fn upload_node(releases: &Releases, spool: &Path, state: &Path) -> Node {
+    Node::start(
+        &NodeConfig::new()
+            .http_plain()
+            .api_key("admin", &["admin"])
+            .extra_toml(&format!(
+                "[update]\nkeys = {:?}\nstate_dir = {:?}\nspool_dir = {:?}\n",
+                path_str(&releases.keys_file()),
+                path_str(state),
+                path_str(spool),
+            )),
+    )
+}
+
+/// The `upload-*` spool files left in `spool`.
+fn spooled_uploads(spool: &Path) -> Vec<String> {
+    fs::read_dir(spool)
+        .expect("spool")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("upload-"))
+        .collect()
+}
+
+/// Sends `POST /api/v1/update/upload` with `body` over plain HTTP: `chunks` pieces with `pause`
+/// after each, then reads the answer; returns (status, body). With `stop_after` it stops
+/// sending after that many chunks (the connection stays open) and waits for the answer.
+fn slow_upload(
+    addr: std::net::SocketAddr,
+    key: &str,
+    body: &[u8],
+    chunks: usize,
+    pause: Duration,
+    stop_after: Option<usize>,
+) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(180)))
+        .expect("timeout");
+    let head = format!(
+        "POST /api/v1/update/upload HTTP/1.1\r\nHost: node.test\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/x-tar\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("head");
+    for (i, chunk) in body.chunks(body.len().div_ceil(chunks)).enumerate() {
+        if stop_after == Some(i) {
+            break;
+        }
+        if stream.write_all(chunk).is_err() {
+            break;
+        }
+        std::thread::sleep(pause);
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Issue 16 (offline bundle upload): a bundle that takes longer than the 60 s request timeout
+/// to arrive, but keeps moving, is taken (no late 503), and its spool file is gone after.
+#[test]
+fn a_slow_bundle_upload_is_taken_as_long_as_it_keeps_moving() {
+    let releases = Releases::new();
+    let dirs = tempfile::tempdir().expect("temp dir");
+    let (spool, state) = (dirs.path().join("spool"), dirs.path().join("state"));
+    let node = upload_node(&releases, &spool, &state);
+    let body = bundle(&releases, &releases.sign("slow", "9.3.0"));
+    let started = std::time::Instant::now();
+    let (status, answer) = slow_upload(
+        node.http_addr(),
+        node.api_key("admin"),
+        &body,
+        35,
+        Duration::from_secs(2),
+        None,
+    );
+    assert!(
+        started.elapsed() > Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("\"available\":\"9.3.0\""), "{answer}");
+    assert!(
+        spooled_uploads(&spool).is_empty(),
+        "{:?}",
+        spooled_uploads(&spool)
+    );
+}
+
+/// Issue 16 (offline bundle upload): an upload that stops sending is cut after 60 s of silence
+/// with `408 upload_stalled`, and leaves no spool file behind.
+#[test]
+fn a_stalled_bundle_upload_is_cut_and_leaves_no_spool_file() {
+    let releases = Releases::new();
+    let dirs = tempfile::tempdir().expect("temp dir");
+    let (spool, state) = (dirs.path().join("spool"), dirs.path().join("state"));
+    let node = upload_node(&releases, &spool, &state);
+    let body = bundle(&releases, &releases.sign("stalled", "9.3.1"));
+    let (status, answer) = slow_upload(
+        node.http_addr(),
+        node.api_key("admin"),
+        &body,
+        4,
+        Duration::ZERO,
+        Some(2),
+    );
+    assert_eq!(status, 408, "{answer}");
+    assert!(answer.contains("upload_stalled"), "{answer}");
+    assert!(
+        spooled_uploads(&spool).is_empty(),
+        "{:?}",
+        spooled_uploads(&spool)
+    );
+}
+
+/// Issue 16 (offline bundle upload): spool files a crash or stop left behind are swept at start.
+#[test]
+fn stale_upload_spool_files_are_removed_at_start() {
+    let releases = Releases::new();
+    let dirs = tempfile::tempdir().expect("temp dir");
+    let (spool, state) = (dirs.path().join("spool"), dirs.path().join("state"));
+    fs::create_dir_all(&spool).expect("spool");
+    fs::write(spool.join("upload-4242-0.tar"), vec![0u8; 4096]).expect("stale upload");
+    fs::write(spool.join("keep.txt"), b"not an upload").expect("other file");
+    let _node = upload_node(&releases, &spool, &state);
+    assert!(
+        spooled_uploads(&spool).is_empty(),
+        "{:?}",
+        spooled_uploads(&spool)
+    );
+    assert!(
+        spool.join("keep.txt").exists(),
+        "only upload spool files are swept"
+    );
+}
+
+/// Unmounts a tmpfs when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Issue 16 (offline bundle upload): on a spool filesystem that cannot hold the bundle, its
+/// unpacked artifacts and the 256 MiB margin, an upload is refused with `507 no_space` before a
+/// byte is spooled (the test mounts a 64 MiB tmpfs as the spool: it runs as root, as CI does).
+#[test]
+fn an_upload_the_spool_cannot_hold_is_refused_before_it_is_spooled() {
+    let releases = Releases::new();
+    let dirs = tempfile::tempdir().expect("temp dir");
+    let (spool, state) = (dirs.path().join("spool"), dirs.path().join("state"));
+    fs::create_dir_all(&spool).expect("spool");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "mxnode-test-spool"])
+        .arg(&spool)
+        .status()
+        .expect("run mount");
+    assert!(
+        mounted.success(),
+        "mounting a tmpfs needs root (CI runs as root)"
+    );
+    let _tmpfs = Tmpfs(spool.clone());
+    let node = upload_node(&releases, &spool, &state);
+    let body = bundle(&releases, &releases.sign("big", "9.3.2"));
+    let (status, answer) = slow_upload(
+        node.http_addr(),
+        node.api_key("admin"),
+        &body,
+        1,
+        Duration::ZERO,
+        None,
+    );
+    assert_eq!(status, 507, "{answer}");
+    assert!(answer.contains("no_space"), "{answer}");
+    assert!(
+        spooled_uploads(&spool).is_empty(),
+        "{:?}",
+        spooled_uploads(&spool)
+    );
 }

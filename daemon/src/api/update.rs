@@ -67,10 +67,22 @@ impl Api {
         outcome(record_outcome(&audit, "upload", result), updater)
     }
 
-    /// Where the HTTP layer spools an upload, after checking the caller may upload.
-    pub fn update_upload_path(&self, caller: &Caller) -> Result<std::path::PathBuf, ApiError> {
+    /// Where the HTTP layer spools an upload of `declared` bytes (when the client said), after
+    /// checking the caller may upload and that the spool filesystem can hold it (`507
+    /// no_space` before a byte is spooled).
+    pub fn update_upload_path(
+        &self,
+        caller: &Caller,
+        declared: Option<u64>,
+    ) -> Result<std::path::PathBuf, ApiError> {
         self.authenticate(caller, Scope::UpdateWrite)?;
-        Ok(self.updater()?.upload_path())
+        let updater = self.updater()?;
+        updater
+            .upload_spool(declared)
+            .map_err(|e| match outcome(Err(e), updater) {
+                Err(e) => e,
+                Ok(_) => ApiError::internal(),
+            })
     }
 }
 
@@ -86,6 +98,9 @@ fn outcome(
                 UpdateError::Refused(_) => 422,
                 UpdateError::Busy | UpdateError::NoChannel | UpdateError::NothingStaged => 409,
                 UpdateError::InvalidBundle(_) => 400,
+                UpdateError::Failed {
+                    code: "no_space", ..
+                } => 507,
                 UpdateError::Failed { code, .. } if code.starts_with("channel") => 502,
                 UpdateError::Failed { .. } => 500,
             };

@@ -39,6 +39,24 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// instead of being read into memory.
 pub const UPDATE_UPLOAD_PATH: &str = "/api/v1/update/upload";
 
+/// An upload that sends nothing for this long is cut (`408 upload_stalled`); it has no other
+/// deadline, so a slow link only has to keep moving.
+pub const UPLOAD_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// While an upload is spooled, the free space is looked at again after every this many bytes;
+/// below the update margin the upload stops with `507 no_space`.
+const UPLOAD_SPACE_CHECK_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Removes an upload's spool file when dropped: however the upload ends (refused, cut,
+/// the client gone, the node stopping), nothing is left on the data volume (issue 16).
+struct SpoolGuard(std::path::PathBuf);
+
+impl Drop for SpoolGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// The state every handler sees.
 pub type State = Arc<Api>;
 
@@ -95,6 +113,12 @@ pub fn app(api: Arc<Api>) -> App {
 }
 
 impl super::server::App for App {
+    /// The bundle upload is cut when it stalls ([`UPLOAD_IDLE_TIMEOUT`]), not after a fixed
+    /// time: a large bundle over a slow link takes as long as it takes (issue 16).
+    fn paces_itself(&self, request: &hyper::Request<Incoming>) -> bool {
+        request.method() == hyper::Method::POST && request.uri().path() == UPDATE_UPLOAD_PATH
+    }
+
     async fn respond(&self, request: hyper::Request<Incoming>, peer: SocketAddr) -> Response {
         let (head, body) = request.into_parts();
         let mut request = Request::new(head, peer);
@@ -554,10 +578,6 @@ async fn update_upload(api: State, mut req: Request) -> Response {
     let caller = caller(&req);
     let check = caller.clone();
     let close = |e: ApiError| closing(error_response(&e));
-    let path = match call(&api, move |api| api.update_upload_path(&check)).await {
-        Ok(path) => path,
-        Err(e) => return close(e),
-    };
     let Some(mut body) = req.stream.take() else {
         return close(unreadable_body());
     };
@@ -569,9 +589,14 @@ async fn update_upload(api: State, mut req: Request) -> Response {
             format!("the bundle exceeds {limit} bytes"),
         )
     };
+    let declared = body.size_hint().exact();
     if body.size_hint().lower() > limit {
         return close(too_large());
     }
+    let path = match call(&api, move |api| api.update_upload_path(&check, declared)).await {
+        Ok(path) => path,
+        Err(e) => return close(e),
+    };
     let file = match smol::unblock({
         let path = path.clone();
         move || std::fs::File::create(path)
@@ -584,40 +609,69 @@ async fn update_upload(api: State, mut req: Request) -> Response {
             return close(ApiError::internal());
         }
     };
+    let guard = SpoolGuard(path.clone());
     let mut sink = smol::Unblock::new(file);
-    // The bytes written, or `None` when the body could not be read or the file written.
-    let copied = async {
+    let copied: Result<u64, ApiError> = async {
         let mut written = 0u64;
-        while let Some(frame) = body.frame().await {
-            let Ok(data) = frame.ok()?.into_data() else {
+        let mut checked = 0u64;
+        loop {
+            // `None`: nothing arrived for UPLOAD_IDLE_TIMEOUT.
+            let next = smol::future::FutureExt::or(async { Some(body.frame().await) }, async {
+                smol::Timer::after(UPLOAD_IDLE_TIMEOUT).await;
+                None
+            })
+            .await;
+            let frame = match next {
+                None => {
+                    return Err(ApiError::new(
+                        408,
+                        "upload_stalled",
+                        format!(
+                            "the upload sent nothing for {} s",
+                            UPLOAD_IDLE_TIMEOUT.as_secs()
+                        ),
+                    ));
+                }
+                Some(None) => break,
+                Some(Some(Ok(frame))) => frame,
+                Some(Some(Err(_))) => return Err(unreadable_body()),
+            };
+            let Ok(data) = frame.into_data() else {
                 continue;
             };
             written += data.len() as u64;
             if written > limit {
-                break;
+                return Err(too_large());
             }
-            sink.write_all(&data).await.ok()?;
+            sink.write_all(&data).await.map_err(|_| unreadable_body())?;
+            if written - checked >= UPLOAD_SPACE_CHECK_BYTES {
+                checked = written;
+                let file = path.clone();
+                let free = smol::unblock(move || crate::update::agent::spool_free(&file)).await;
+                if free.is_ok_and(|free| free < crate::update::policy::SPACE_MARGIN_BYTES) {
+                    return Err(ApiError::new(
+                        507,
+                        "no_space",
+                        "the spool filesystem is nearly full: the upload stopped before it \
+                         filled the data volume",
+                    ));
+                }
+            }
         }
-        sink.flush().await.ok()?;
-        Some(written)
+        sink.flush().await.map_err(|_| unreadable_body())?;
+        Ok(written)
     }
     .await;
     drop(sink);
-    match copied {
-        Some(n) if n <= limit => {}
-        Some(_) => {
-            let _ = std::fs::remove_file(&path);
-            return close(too_large());
-        }
-        None => {
-            let _ = std::fs::remove_file(&path);
-            return close(unreadable_body());
-        }
+    if let Err(e) = copied {
+        return close(e);
     }
-    json(
+    let answer = json(
         StatusCode::OK,
         call(&api, move |api| api.update_upload(&caller, &path)).await,
-    )
+    );
+    drop(guard);
+    answer
 }
 
 /// Reads a JSON body, but only for a caller whose key holds `scope`: 401 and 403 come before

@@ -100,6 +100,13 @@ pub trait App: Send + Sync + 'static {
         request: hyper::Request<Incoming>,
         peer: SocketAddr,
     ) -> impl Future<Output = Response> + Send;
+
+    /// Whether `request` bounds its own time by its progress (a large upload over a slow link,
+    /// cut only when it stalls): then neither [`REQUEST_TIMEOUT`] nor the connection's
+    /// lifetime cuts it while it runs. Shutdown still does.
+    fn paces_itself(&self, _request: &hyper::Request<Incoming>) -> bool {
+        false
+    }
 }
 
 /// Binds the listener (so the caller knows the real address before serving).
@@ -267,14 +274,23 @@ async fn serve<S, A>(
     serving.store(true, Ordering::Release);
     // Set when an answer said `Connection: close`: the request's body may be unread.
     let closes = Arc::new(AtomicBool::new(false));
+    // Set while a request that paces itself (`App::paces_itself`) is answered.
+    let pacing = Arc::new(AtomicBool::new(false));
     let service = {
-        let closes = closes.clone();
+        let (closes, pacing) = (closes.clone(), pacing.clone());
         service_fn(move |request: hyper::Request<Incoming>| {
-            let (app, closes) = (app.clone(), closes.clone());
+            let (app, closes, pacing) = (app.clone(), closes.clone(), pacing.clone());
             // Boxed: hyper needs an `Unpin` future to hand the connection back at its end.
             let answering: Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>> =
                 Box::pin(async move {
-                    let response = answer(&*app, request, peer).await;
+                    let paces = app.paces_itself(&request);
+                    pacing.store(paces, Ordering::Release);
+                    let response = if paces {
+                        respond_unless_malformed(&*app, request, peer).await
+                    } else {
+                        answer(&*app, request, peer).await
+                    };
+                    pacing.store(false, Ordering::Release);
                     let close = response.headers().get(CONNECTION);
                     if close.is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close")) {
                         closes.store(true, Ordering::Release);
@@ -297,6 +313,10 @@ async fn serve<S, A>(
     }
     .or(async {
         Timer::after(CONNECTION_LIFETIME).await;
+        // A request that paces itself ends by its own rules, not by the connection's age.
+        while pacing.load(Ordering::Acquire) {
+            Timer::after(Duration::from_secs(1)).await;
+        }
     });
     let ended =
         async { Some(smol::future::poll_fn(|cx| connection.poll_without_shutdown(cx)).await) }
@@ -341,10 +361,7 @@ async fn serve<S, A>(
 /// `app`'s answer to `request`, or the server's own when the request must not be served or
 /// the answer takes longer than [`REQUEST_TIMEOUT`].
 async fn answer<A: App>(app: &A, request: hyper::Request<Incoming>, peer: SocketAddr) -> Response {
-    if let Some(refusal) = malformed(&request) {
-        return refusal;
-    }
-    app.respond(request, peer)
+    respond_unless_malformed(app, request, peer)
         .or(async {
             Timer::after(REQUEST_TIMEOUT).await;
             closing(error_response(
@@ -354,6 +371,18 @@ async fn answer<A: App>(app: &A, request: hyper::Request<Incoming>, peer: Socket
             ))
         })
         .await
+}
+
+/// `app`'s answer to `request`, or the 400 of a request that must not be served; no deadline.
+async fn respond_unless_malformed<A: App>(
+    app: &A,
+    request: hyper::Request<Incoming>,
+    peer: SocketAddr,
+) -> Response {
+    if let Some(refusal) = malformed(&request) {
+        return refusal;
+    }
+    app.respond(request, peer).await
 }
 
 /// A request hyper parsed but we do not serve: a head over [`MAX_HEAD_BYTES`], or not exactly

@@ -45,6 +45,32 @@ const INSTALLER_POLL_INTERVAL: Duration = Duration::from_secs(5);
 pub const MAX_BUNDLE_BYTES: u64 = 8 * 1024 * 1024 * 1024;
 /// Uploads are spooled inside `spool_dir` under this prefix before they are read.
 const UPLOAD_PREFIX: &str = "upload-";
+
+/// Removes the spool files of uploads that a stop or crash left behind (issue 16): each upload
+/// removes its own when it ends, so any found at start belong to no one.
+fn sweep_uploads(spool_dir: &Path) {
+    let Ok(entries) = fs::read_dir(spool_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with(UPLOAD_PREFIX) && name.ends_with(".tar") {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => log::info!("update: removed a stale upload spool file ({name})"),
+                Err(e) => log::warn!("update: cannot remove the stale upload {name}: {e}"),
+            }
+        }
+    }
+}
+
+/// Free bytes on the filesystem that holds `path`'s directory (the spool), for an upload that
+/// is being written and must stop before it fills the data volume.
+pub fn spool_free(path: &Path) -> std::io::Result<u64> {
+    let dir = path.parent().unwrap_or(path);
+    let stat = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
+    Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
+}
 /// A bundle is unpacked here, then renamed to `staged/`.
 const INCOMING_DIR: &str = "incoming";
 
@@ -173,6 +199,7 @@ impl Updater {
             Some(_) => Some(channel_client(config.channel_ca.as_deref())?),
             None => None,
         };
+        sweep_uploads(&config.spool_dir);
         // Refusals the installer recorded before this start were audited by the node then.
         let audited = StateDir(config.state_dir.clone()).status().map(|s| s.at);
         Ok(Updater {
@@ -544,6 +571,29 @@ impl Updater {
             UpdateError::failed("spool", format!("cannot stat the spool directory: {e}"))
         })?;
         Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
+    }
+
+    /// A fresh spool path for one upload of `declared` bytes (when the client said), or
+    /// `no_space` when the spool filesystem cannot hold the bundle and its unpacked artifacts
+    /// (about twice its size) plus the margin: an upload that cannot fit is refused before a
+    /// byte is spooled (issue 16).
+    pub fn upload_spool(&self, declared: Option<u64>) -> Result<PathBuf, UpdateError> {
+        if let Some(declared) = declared {
+            let needed = declared
+                .saturating_mul(2)
+                .saturating_add(policy::SPACE_MARGIN_BYTES);
+            let available = self.available_space()?;
+            if available < needed {
+                return Err(UpdateError::failed(
+                    "no_space",
+                    format!(
+                        "the spool filesystem has {available} bytes free; this bundle needs {needed} \
+                         (the bundle, its unpacked artifacts and a margin)"
+                    ),
+                ));
+            }
+        }
+        Ok(self.upload_path())
     }
 
     /// A fresh spool path for one upload (concurrent uploads never share a file; the second

@@ -209,6 +209,10 @@ pub fn bundle(dir: &Path, out: &Path) -> Result<(), ReleaseError> {
         .map_err(|e| io_error("write", out, e))
 }
 
+/// Largest tar extension entry (GNU long name or link, PAX header) a bundle may carry; it is
+/// read and ignored. A real one is a few hundred bytes.
+pub const MAX_TAR_EXTENSION_BYTES: u64 = 64 * 1024;
+
 /// The policy a bundle reader applies to the manifest and signature before reading further.
 pub type Judge<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<Manifest, Refusal>;
 
@@ -234,9 +238,13 @@ pub fn read_bundle(
     progress: &mut dyn FnMut(u64),
 ) -> Result<(Manifest, Vec<u8>, Vec<u8>), BundleError> {
     let mut archive = tar::Archive::new(reader);
+    // Raw: the tar crate would read a GNU long-name or PAX extension entry whole into memory,
+    // however large its header says it is. Here each is bounded and then ignored (a bundle's
+    // names fit the plain header; `bundle` never writes extensions).
     let entries = archive
         .entries()
-        .map_err(|e| BundleError::Invalid(format!("not a tar archive: {e}")))?;
+        .map_err(|e| BundleError::Invalid(format!("not a tar archive: {e}")))?
+        .raw(true);
     let mut manifest_bytes: Option<Vec<u8>> = None;
     let mut signature: Option<Vec<u8>> = None;
     let mut manifest: Option<Manifest> = None;
@@ -245,7 +253,23 @@ pub fn read_bundle(
     for entry in entries {
         let mut entry =
             entry.map_err(|e| BundleError::Invalid(format!("not a tar archive: {e}")))?;
-        if entry.header().entry_type() != tar::EntryType::Regular {
+        let kind = entry.header().entry_type();
+        if kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+            || kind.is_pax_local_extensions()
+            || kind.is_pax_global_extensions()
+        {
+            let size = entry.header().entry_size().unwrap_or(u64::MAX);
+            if size > MAX_TAR_EXTENSION_BYTES {
+                return Err(BundleError::Invalid(format!(
+                    "a tar extension entry (long name or PAX header) of {size} bytes: at most \
+                     {MAX_TAR_EXTENSION_BYTES} are read"
+                )));
+            }
+            io::copy(&mut entry, &mut io::sink()).map_err(BundleError::Io)?;
+            continue;
+        }
+        if kind != tar::EntryType::Regular {
             return Err(BundleError::Invalid(
                 "the bundle holds something other than plain files".into(),
             ));
