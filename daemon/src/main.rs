@@ -144,7 +144,8 @@ enum UpdateCommand {
         #[arg(long)]
         current_slot: String,
     },
-    /// Print the installer's state (status, pending install, floor, history) as JSON.
+    /// Print the installer's state (status, pending install, floor, history) and whether
+    /// update.keys trusts the development key, as JSON.
     Status {
         #[arg(long)]
         config: PathBuf,
@@ -489,6 +490,8 @@ fn update(command: UpdateCommand) -> anyhow::Result<()> {
                 "status": state.status(),
                 "pending": state.pending(),
                 "history": state.history(),
+                // Whether update.keys trusts the development key (issue 16).
+                "development_keys": mxnode::update::agent::development_keys(&u.keys),
             });
             println!("{}", serde_json::to_string_pretty(&view)?);
             Ok(())

@@ -80,6 +80,10 @@ pub struct ImageInfo {
     /// The partitions in disk order (none for a `--release-only` build).
     #[serde(default)]
     pub partitions: Vec<Partition>,
+    /// Whether the image trusts the development release key (issue 16).
+    pub development_keys: bool,
+    /// os-release's `VARIANT_ID`: `development` or `production`.
+    pub variant_id: String,
 }
 
 /// What to build: `./build.sh image` options.
@@ -151,6 +155,11 @@ impl Image {
             info,
             build_time,
         }
+    }
+
+    /// The image's `/usr/lib/os-release`, as the build copied it next to the disk images.
+    pub fn os_release(&self) -> String {
+        fs::read_to_string(self.dir.path().join("os-release")).expect("read os-release")
     }
 
     /// `mxnode.raw`.

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::Command;
 
 use base64::Engine as _;
-use mxnode_tests::{ApiClient, Node, NodeConfig, Releases, StaticServer, TestCa, mxnode_bin};
+use mxnode_tests::{
+    ApiClient, Node, NodeConfig, Releases, StaticServer, TestCa, mxnode_bin, workspace_dir,
+};
 use serde_json::Value;
 
 fn path_str(path: &Path) -> String {
@@ -456,4 +458,86 @@ fn without_auto_apply_a_check_only_stages_and_apply_requests() {
     assert_eq!(looped.status, 422, "{}", looped.body);
     assert_eq!(looped.error_code(), "rolled_back_before", "{}", looped.body);
     assert!(!spool.join("request.json").exists(), "not requested again");
+}
+
+/// A node trusting the release keys in `keys_file`, with an admin key; its update directories
+/// in `dirs`.
+fn node_trusting(ca: &TestCa, keys_file: &Path, dirs: &Path) -> Node {
+    Node::start(
+        &NodeConfig::new()
+            .http(ca)
+            .api_key("admin", &["admin"])
+            .extra_toml(&format!(
+                "[update]\nkeys = {:?}\nstate_dir = {:?}\nspool_dir = {:?}\n",
+                path_str(keys_file),
+                path_str(&dirs.join("state")),
+                path_str(&dirs.join("spool")),
+            )),
+    )
+}
+
+/// `development_keys` of `GET /api/v1/status` and the `mxnode_update_development_keys` gauge.
+fn development_keys(node: &Node, ca: &TestCa) -> (Value, String) {
+    let api = ApiClient::new(node, ca);
+    let admin = node.api_key("admin");
+    let status = api.get("/api/v1/status", Some(admin));
+    assert_eq!(status.status, 200, "{}", status.body);
+    let metrics = api.get("/metrics", Some(admin));
+    assert_eq!(metrics.status, 200, "{}", metrics.body);
+    let gauge = metrics
+        .body
+        .lines()
+        .find(|l| l.starts_with("mxnode_update_development_keys "))
+        .unwrap_or_else(|| panic!("no development-keys gauge in /metrics:\n{}", metrics.body))
+        .to_string();
+    (status.json()["development_keys"].clone(), gauge)
+}
+
+/// Issue 16: a node whose trusted release keys include the development key (whose private
+/// half is in the repository) says so in its status and metrics, judged by comparing the keys
+/// it really trusts: the repository's default keys file and a file listing the development key
+/// beside another answer true; a freshly generated key alone answers false.
+#[test]
+fn status_and_metrics_report_development_keys_only_when_the_development_key_is_trusted() {
+    let ca = TestCa::new();
+    let releases = Releases::new();
+    let dirs = tempfile::tempdir().expect("temp dir");
+
+    let default_keys = workspace_dir().join("firmware-config/update-keys.txt");
+    let node = node_trusting(&ca, &default_keys, &dirs.path().join("default"));
+    let (development, gauge) = development_keys(&node, &ca);
+    assert_eq!(
+        development,
+        Value::Bool(true),
+        "the repository's default keys"
+    );
+    assert_eq!(gauge, "mxnode_update_development_keys 1");
+    let log = node.log();
+    assert!(
+        log.contains("trusts the development release key"),
+        "the node warns at start: {log}"
+    );
+    drop(node);
+
+    // The development key among others is still the development key.
+    let mixed = dirs.path().join("mixed-keys.txt");
+    fs::write(
+        &mixed,
+        format!(
+            "# a production key and the development key\n{}{}",
+            fs::read_to_string(releases.keys_file()).expect("fresh key"),
+            fs::read_to_string(workspace_dir().join("firmware-config/update-dev-key.pub"))
+                .expect("development public key"),
+        ),
+    )
+    .expect("write the keys file");
+    let node = node_trusting(&ca, &mixed, &dirs.path().join("mixed"));
+    assert_eq!(development_keys(&node, &ca).0, Value::Bool(true));
+    drop(node);
+
+    let node = node_trusting(&ca, &releases.keys_file(), &dirs.path().join("fresh"));
+    let (development, gauge) = development_keys(&node, &ca);
+    assert_eq!(development, Value::Bool(false), "a freshly generated key");
+    assert_eq!(gauge, "mxnode_update_development_keys 0");
+    assert!(!node.log().contains("trusts the development release key"));
 }

@@ -195,6 +195,13 @@ impl Updater {
         &self.config
     }
 
+    /// Whether the keys this node trusts for releases (`update.keys`, read now, as a check
+    /// reads it) include the development key: then anyone can sign a release it installs
+    /// (issue 16). A keys file that does not load trusts no key, so it answers false.
+    pub fn development_keys(&self) -> bool {
+        development_keys(&self.config.keys)
+    }
+
     fn set(&self, now: SystemTime, f: impl FnOnce(&mut NodeState)) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut state);
@@ -609,6 +616,11 @@ impl Updater {
         *audited = Some(status.at);
         status.error.map(|e| (status.state, e))
     }
+}
+
+/// Whether the keys file at `path` trusts the development key (see [`Updater::development_keys`]).
+pub fn development_keys(path: &Path) -> bool {
+    TrustedKeys::load(path).is_ok_and(|keys| keys.trusts_development_key())
 }
 
 /// The channel's HTTPS client: system roots plus `channel_ca`, HTTP/1.1.
