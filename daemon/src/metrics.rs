@@ -110,6 +110,8 @@ pub struct Metrics {
     store_size_bytes: Gauge,
     /// 1 when the trusted release keys include the development key (issue 16).
     development_keys: Gauge,
+    /// 1 when the last update check found the channel's verified manifest expired (issue 16).
+    channel_stale: Gauge,
 }
 
 impl Default for Metrics {
@@ -192,6 +194,12 @@ impl Metrics {
             "1 when the release keys this node trusts include the development key (anyone can sign a release), else 0",
             development_keys.clone(),
         );
+        let channel_stale = Gauge::default();
+        registry.register(
+            "update_channel_stale",
+            "1 when the last update check found the channel's signed manifest expired (the channel may be withholding updates), else 0",
+            channel_stale.clone(),
+        );
         Metrics {
             registry,
             sessions_active,
@@ -203,6 +211,7 @@ impl Metrics {
             in_flight_bytes,
             store_size_bytes,
             development_keys,
+            channel_stale,
         }
     }
 
@@ -275,6 +284,11 @@ impl Metrics {
     /// Whether the trusted release keys include the development key.
     pub fn set_development_keys(&self, development: bool) {
         self.development_keys.set(i64::from(development));
+    }
+
+    /// Whether the update channel's verified manifest was found expired.
+    pub fn set_channel_stale(&self, stale: bool) {
+        self.channel_stale.set(i64::from(stale));
     }
 
     /// Every metric in Prometheus text format 0.0.4.

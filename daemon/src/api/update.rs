@@ -86,6 +86,7 @@ fn outcome(
                 UpdateError::Refused(_) => 422,
                 UpdateError::Busy | UpdateError::NoChannel | UpdateError::NothingStaged => 409,
                 UpdateError::InvalidBundle(_) => 400,
+                UpdateError::ChannelStale { .. } => 502,
                 UpdateError::Failed { code, .. } if code.starts_with("channel") => 502,
                 UpdateError::Failed { .. } => 500,
             };
@@ -119,6 +120,7 @@ fn static_code(code: &str) -> &'static str {
         "invalid_bundle",
         "channel_unreachable",
         "channel_error",
+        "channel_stale",
         "keys_file",
         "spool",
     ];

@@ -534,6 +534,7 @@ const UPDATE_STATES = {
   requested: "install requested: waiting for the installer to write the other slot",
   refused: "refused (see the last error)",
   failed: "failed (see the last error)",
+  channel_stale: "channel stale: its signed manifest has expired; the channel or a mirror may be withholding updates (see the last error)",
   installing: "installing into the other slot…",
   installed: "installed",
   "reboot-pending": "installed; waiting for the reboot",
