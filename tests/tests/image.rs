@@ -12,7 +12,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mxnode_tests::vm::{DataStorage, HOST_FROM_GUEST, Image, Machine, Running, StateFiles};
+use mxnode_tests::vm::{
+    DataStorage, HOST_FROM_GUEST, Image, ImageOptions, Machine, Running, StateFiles,
+};
 use mxnode_tests::{
     Receiver, SmtpClient, TestCa, new_webhook_secret, output_with_timeout, release_cli,
     workspace_dir,
@@ -449,5 +451,43 @@ fn production_image_build_refuses_without_both_keys_naming_the_missing_variables
     assert!(
         stderr.contains("MXNODE_RELEASE_KEY") && stderr.contains("is the development key"),
         "{stderr}"
+    );
+}
+
+/// Issue 16: `./build.sh image --production` with keys of its own builds (release-only: the
+/// slot artifacts and the signed release, seconds once the base and the release binary are
+/// cached by the other image tests), and the image is not marked development: os-release
+/// `VARIANT_ID=production`, `image.json` `development_keys: false`, the release signed with the
+/// given key.
+#[test]
+fn production_image_build_with_its_own_keys_is_marked_production() {
+    if skip() {
+        return;
+    }
+    let keys = tempfile::tempdir().expect("temp dir");
+    let key_id = release_cli(&["keygen", "--out", &keys.path().to_string_lossy()]);
+    let image = Image::build_with(&ImageOptions {
+        release_only: true,
+        production: true,
+        release_key: Some(keys.path().join("release-key.pk8")),
+        update_keys: Some(keys.path().join("release-key.pub")),
+        ..ImageOptions::default()
+    });
+    assert!(!image.info.development_keys, "image.json: development_keys");
+    assert_eq!(image.info.variant_id, "production");
+    let os_release = image.os_release();
+    assert!(
+        os_release.lines().any(|l| l == "VARIANT_ID=production"),
+        "{os_release}"
+    );
+    assert!(!os_release.contains("development"), "{os_release}");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(image.release_dir().join("manifest.json")).expect("manifest"),
+    )
+    .expect("manifest json");
+    assert_eq!(
+        manifest["key_id"],
+        key_id.trim(),
+        "signed with the given key"
     );
 }

@@ -577,7 +577,7 @@ function updateFacts(v) {
     h("dt", {}, "Channel"), h("dd", { id: "update-channel", class: "mono" }, v.channel === null ? "none configured (upload bundles below)" : v.channel),
     h("dt", {}, "Last check"), h("dd", { id: "update-last-check" }, v.last_check === null ? "never" : v.last_check),
     h("dt", {}, "Available release"), h("dd", { id: "update-available" }, v.available === null ? "none" : v.available),
-    h("dt", {}, "State"), h("dd", { id: "update-state", "data-state": v.state }, UPDATE_STATES[v.state] || v.state),
+    h("dt", {}, "State"), h("dd", { id: "update-state", "data-state": v.state, class: v.state === "channel_stale" ? "error" : "" }, UPDATE_STATES[v.state] || v.state),
     h("dt", {}, "Progress"), h("dd", { id: "update-progress" }, p.total === 0 ? "nothing in progress" : [
       h("progress", { max: p.total, value: p.done }),
       ` ${mib(p.done)} of ${mib(p.total)} (${Math.floor(100 * p.done / p.total)} %)`]),
