@@ -8,10 +8,12 @@
 #                      loopback, and MIME-to-payload MB/s; results in out/bench/
 #                      (root; `./build.sh bench --quick` for a short development
 #                      sweep)
-#   ./build.sh image [--version V] [--overlay DIR] [--release-only]
+#   ./build.sh image [--production] [--version V] [--overlay DIR] [--release-only]
 #                      the appliance disk image (DESIGN §8) in out/image/
 #                      (raw, qcow2, sizes, sha256) and its signed release in
-#                      out/image/release/ (DESIGN §9); needs root
+#                      out/image/release/ (DESIGN §9); needs root. Without
+#                      --production it trusts the development key (marked);
+#                      --production needs MXNODE_RELEASE_KEY, MXNODE_UPDATE_KEYS
 #   ./build.sh vm      boot that image in qemu (TCG), SMTP and HTTPS
 #                      forwarded to 127.0.0.1 (--fresh: forget the VM's disk)
 #   ./build.sh fuzz [TARGET] [SECONDS]
@@ -28,7 +30,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/mxnode-target}"
 
 usage() {
-    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 }
 
 log() {
@@ -289,10 +291,24 @@ ensure_playwright() {
 # Where `image` puts its output and `vm` boots from (git-ignored).
 IMAGE_OUT="${MXNODE_IMAGE_OUT:-out/image}"
 
-# Options (see image/build-image.sh): --version V, --overlay DIR (test releases only),
-# --release-only. MXNODE_RELEASE_KEY signs the release (default: the development key in
-# firmware-config/), MXNODE_UPDATE_KEYS lists the keys the image trusts.
+# Options (see image/build-image.sh): --production, --version V, --overlay DIR (test releases
+# only), --release-only. MXNODE_RELEASE_KEY signs the release (default: the development key in
+# firmware-config/), MXNODE_UPDATE_KEYS lists the keys the image trusts (default: the
+# development key). --production refuses to start unless both are set to keys of your own
+# (image/keys.sh), before anything is installed or built; a build that trusts the development
+# key says so loudly and is marked (VARIANT_ID=development, issue 16).
 cmd_image() {
+    local repo=$PWD arg production=""
+    # shellcheck source=image/keys.sh
+    . image/keys.sh
+    for arg in "$@"; do
+        if [ "$arg" = --production ]; then production=1; fi
+    done
+    if [ -n "$production" ]; then
+        check_production_keys "build.sh image"
+    elif trusts_development_key "${MXNODE_UPDATE_KEYS:-firmware-config/update-keys.txt}" 2>/dev/null; then
+        development_keys_warning
+    fi
     install_packages image
     log "cargo build -p mxnode --release"
     cargo build -p mxnode --release

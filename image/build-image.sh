@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# image/build-image.sh --binary MXNODE --out DIR [--version V] [--overlay DIR] [--release-only]
+# image/build-image.sh --binary MXNODE --out DIR [--production] [--version V] [--overlay DIR]
+#                      [--release-only]
 # — the appliance disk image (DESIGN §8) and its signed release (DESIGN §9).
 #
 # Stage 1 (image/base.sh, cached by its inputs): the Debian bookworm base root file system.
@@ -12,12 +13,15 @@
 #   mxnode.raw, mxnode.qcow2     the disk image (raw for dd onto a disk, qcow2 for hypervisors)
 #   root.erofs, vmlinuz, initrd.img
 #                                the slot artifacts an update writes (DESIGN §9)
-#   SHA256SUMS, image.json       sizes, hashes, partition offsets, versions
+#   SHA256SUMS, image.json       sizes, hashes, partition offsets, versions, development_keys
+#   os-release                   the image's /usr/lib/os-release (IMAGE_VERSION, VARIANT_ID)
 #   release/                     the signed release of the same artifacts: manifest.json,
 #                                manifest.json.sig, root.erofs, vmlinuz, initrd.img (what an
 #                                update channel serves; `mxnode release sign`)
 #
 # Options:
+#   --production     refuse to run unless MXNODE_RELEASE_KEY and MXNODE_UPDATE_KEYS are both set
+#                    to keys of your own, not the development key (image/keys.sh, issue 16)
 #   --version V      the release version (IMAGE_VERSION in os-release, the boot entries, the
 #                    manifest); default: the mxnode binary's version
 #   --overlay DIR    copied over the root file system last. For building test releases (e.g. a
@@ -26,6 +30,12 @@
 #                    what an update needs, in a fraction of the time
 #
 # Nothing here needs loop devices, device-mapper or mounting: it runs in a container.
+#
+# Release keys: MXNODE_UPDATE_KEYS (default firmware-config/update-keys.txt, the development
+# key) is installed as the image's trusted keys; MXNODE_RELEASE_KEY (default the development
+# private key) signs the release. An image that trusts the development key is marked
+# VARIANT="Development keys" VARIANT_ID=development in os-release (else VARIANT_ID=production)
+# and "development_keys": true in image.json, and the build warns at its start and end.
 #
 # Environment: MXNODE_IMAGE_CACHE (default /var/tmp/mxnode-image-cache) holds both stages by
 # input hash, so a rebuild with unchanged inputs only copies the result; MXNODE_IMAGE_REFRESH=1
@@ -39,8 +49,11 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
 
-usage="usage: build-image.sh --binary MXNODE --out DIR [--version V] [--overlay DIR] [--release-only]"
+usage="usage: build-image.sh --binary MXNODE --out DIR [--production] [--version V] [--overlay DIR] [--release-only]"
+# shellcheck source=keys.sh
+. "$here/keys.sh"
 binary=""
+production=""
 out=""
 version=""
 overlay=""
@@ -52,9 +65,13 @@ while [ $# -gt 0 ]; do
         --version) version=${2:?$usage}; shift 2 ;;
         --overlay) overlay=${2:?$usage}; shift 2 ;;
         --release-only) release_only=1; shift ;;
+        --production) production=1; shift ;;
         *) echo "$usage" >&2; exit 64 ;;
     esac
 done
+if [ -n "$production" ]; then
+    check_production_keys build-image.sh
+fi
 [ -x "$binary" ] || { echo "build-image.sh: --binary must name the mxnode executable" >&2; exit 64; }
 [ -n "$out" ] || { echo "build-image.sh: --out is required" >&2; exit 64; }
 if [ -n "$overlay" ]; then
@@ -72,6 +89,13 @@ release_key=${MXNODE_RELEASE_KEY:-$repo/firmware-config/update-dev-key.pk8}
 [ -f "$update_keys" ] || { echo "build-image.sh: MXNODE_UPDATE_KEYS: no file $update_keys" >&2; exit 64; }
 [ -f "$release_key" ] || { echo "build-image.sh: MXNODE_RELEASE_KEY: no file $release_key" >&2; exit 64; }
 [ "$(id -u)" -eq 0 ] || { echo "build-image.sh: must run as root (mmdebstrap chroot, file ownership)" >&2; exit 1; }
+# Whether the image trusts the development key (issue 16): it is then marked, and said loudly.
+if trusts_development_key "$update_keys"; then
+    development_keys=true variant='Development keys' variant_id=development
+    development_keys_warning
+else
+    development_keys=false variant='Production keys' variant_id=production
+fi
 
 cache=${MXNODE_IMAGE_CACHE:-/var/tmp/mxnode-image-cache}
 # Cache entries kept of each stage; older ones are deleted after a build.
@@ -111,7 +135,7 @@ image_key=$( {
     sha256sum <"$binary"
     sha256sum <"$update_keys"
     if [ -n "$overlay" ]; then echo "overlay $(sha256_of_tree "$overlay")"; fi
-    sha256_of_files image/build-image.sh image/layout.env image/esp image/rootfs systemd firmware-config
+    sha256_of_files image/build-image.sh image/keys.sh image/layout.env image/esp image/rootfs systemd firmware-config
 } | sha256sum | cut -c1-16)
 
 exec 9>"$cache/lock"
@@ -205,8 +229,10 @@ FSTAB
     ln -sfn ../run/mxnode-console/issue "$rootfs/etc/issue"
     rm -f "$rootfs/etc/issue.net" "$rootfs/etc/motd"
     # os-release names the image and its version (read by the banner, the status line, updates).
-    sed -i '/^IMAGE_ID=/d; /^IMAGE_VERSION=/d' "$rootfs/usr/lib/os-release"
-    printf 'IMAGE_ID=mxnode\nIMAGE_VERSION=%s\n' "$version" >>"$rootfs/usr/lib/os-release"
+    # VARIANT_ID says whether the image trusts the development release key (issue 16).
+    sed -i '/^IMAGE_ID=/d; /^IMAGE_VERSION=/d; /^VARIANT=/d; /^VARIANT_ID=/d' "$rootfs/usr/lib/os-release"
+    printf 'IMAGE_ID=mxnode\nIMAGE_VERSION=%s\nVARIANT="%s"\nVARIANT_ID=%s\n' "$version" "$variant" "$variant_id" \
+        >>"$rootfs/usr/lib/os-release"
     # The kernel and initrd go to the ESP, not the root.
     cp "$rootfs/boot/vmlinuz-$kernel_version" "$work/vmlinuz"
     cp "$rootfs/boot/initrd.img-$kernel_version" "$work/initrd.img"
@@ -227,6 +253,7 @@ FSTAB
     [ "$root_bytes" -le $((SLOT_SIZE_MIB * 1024 * 1024)) ] || { echo "root image ($root_bytes bytes) does not fit a ${SLOT_SIZE_MIB} MiB slot" >&2; exit 1; }
 
     cp "$rootfs/usr/share/mxnode/packages.txt" "$work/packages.txt"
+    cp "$rootfs/usr/lib/os-release" "$work/os-release"
     (cd "$work" && sha256sum root.erofs vmlinuz initrd.img >SHA256SUMS)
     sum() { awk -v f="$1" '$2 == f { print $1 }' "$work/SHA256SUMS"; }
     file_json() { printf '"%s": {"size": %s, "sha256": "%s"}' "$1" "$(stat -c %s "$work/$1")" "$(sum "$1")"; }
@@ -318,6 +345,8 @@ TABLE
   "debian": "bookworm",
   "kernel_cmdline": "$cmdline",
   "root_file_system_bytes": $root_fs_bytes,
+  "variant_id": "$variant_id",
+  "development_keys": $development_keys,
   "files": {
     $(file_json mxnode.raw),
     $(file_json mxnode.qcow2),
@@ -342,6 +371,8 @@ JSON
   "debian": "bookworm",
   "kernel_cmdline": "$cmdline",
   "root_file_system_bytes": $root_fs_bytes,
+  "variant_id": "$variant_id",
+  "development_keys": $development_keys,
   "files": {
     $(file_json root.erofs),
     $(file_json vmlinuz),
@@ -368,7 +399,7 @@ prune "$KEEP_BASES" 'base-*'
 prune "$KEEP_IMAGES" 'image-*'
 
 mkdir -p "$out"
-files=(root.erofs vmlinuz initrd.img SHA256SUMS image.json packages.txt)
+files=(root.erofs vmlinuz initrd.img SHA256SUMS image.json packages.txt os-release)
 if [ -z "$release_only" ]; then
     files=(mxnode.raw mxnode.qcow2 "${files[@]}")
 fi
@@ -384,8 +415,23 @@ rm -rf "$out/release" "$out/release.tmp"
 "$binary" release sign --key "$release_key" --version "$version" \
     --root "$image_dir/root.erofs" --kernel "$image_dir/vmlinuz" --initrd "$image_dir/initrd.img" \
     --out "$out/release.tmp" >&2
+# The image must accept its own release: the signing key's id among the trusted keys'.
+signed_by=$(sed -n 's/.*"key_id": *"\([0-9a-f]*\)".*/\1/p' "$out/release.tmp/manifest.json")
+trusted_ids=$(listed_keys "$update_keys" | while read -r key; do
+    printf '%s' "$key" | base64 -d 2>/dev/null | sha256sum | cut -c1-16
+done || true)
+if ! grep -Fxq -- "$signed_by" <<<"$trusted_ids"; then
+    echo "build-image.sh: the release is signed with key $signed_by ($(basename "$release_key")), which the image does not trust (MXNODE_UPDATE_KEYS): it would refuse its own release" >&2
+    if [ -n "$production" ]; then
+        rm -rf "$out/release.tmp"
+        exit 1
+    fi
+fi
 mv "$out/release.tmp" "$out/release"
 log "done: $out ($version, cache key $image_key)"
 (cd "$out" && while read -r hash file; do
     printf '    %-14s %10s bytes  sha256 %s\n' "$file" "$(stat -c %s "$file")" "$hash"
 done <SHA256SUMS) >&2
+if [ "$development_keys" = true ]; then
+    development_keys_warning
+fi

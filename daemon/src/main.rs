@@ -156,7 +156,8 @@ enum UpdateCommand {
         #[arg(long, value_parser = ["service", "probe"])]
         cause: String,
     },
-    /// Print the installer's state (status, pending install, floor, history) as JSON.
+    /// Print the installer's state (status, pending install, floor, history) and whether
+    /// update.keys trusts the development key, as JSON.
     Status {
         #[arg(long)]
         config: PathBuf,
@@ -528,6 +529,8 @@ fn update(command: UpdateCommand) -> anyhow::Result<()> {
                 "status": state.status(),
                 "pending": state.pending(),
                 "history": state.history(),
+                // Whether update.keys trusts the development key (issue 16).
+                "development_keys": mxnode::update::agent::development_keys(&u.keys),
             });
             println!("{}", serde_json::to_string_pretty(&view)?);
             Ok(())

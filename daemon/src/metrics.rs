@@ -108,6 +108,10 @@ pub struct Metrics {
     in_flight_bytes: Gauge,
     /// Approximate bytes the metadata store takes on disk.
     store_size_bytes: Gauge,
+    /// 1 when the trusted release keys include the development key (issue 16).
+    development_keys: Gauge,
+    /// 1 when the last update check found the channel's verified manifest expired (issue 16).
+    channel_stale: Gauge,
 }
 
 impl Default for Metrics {
@@ -184,6 +188,18 @@ impl Metrics {
             Unit::Bytes,
             store_size_bytes.clone(),
         );
+        let development_keys = Gauge::default();
+        registry.register(
+            "update_development_keys",
+            "1 when the release keys this node trusts include the development key (anyone can sign a release), else 0",
+            development_keys.clone(),
+        );
+        let channel_stale = Gauge::default();
+        registry.register(
+            "update_channel_stale",
+            "1 when the last update check found the channel's signed manifest expired (the channel may be withholding updates), else 0",
+            channel_stale.clone(),
+        );
         Metrics {
             registry,
             sessions_active,
@@ -194,6 +210,8 @@ impl Metrics {
             s3_latency,
             in_flight_bytes,
             store_size_bytes,
+            development_keys,
+            channel_stale,
         }
     }
 
@@ -261,6 +279,16 @@ impl Metrics {
     /// The store's size on disk (sampled at each scrape by the API).
     pub fn set_store_size(&self, bytes: u64) {
         self.store_size_bytes.set(gauge_value(bytes));
+    }
+
+    /// Whether the trusted release keys include the development key.
+    pub fn set_development_keys(&self, development: bool) {
+        self.development_keys.set(i64::from(development));
+    }
+
+    /// Whether the update channel's verified manifest was found expired.
+    pub fn set_channel_stale(&self, stale: bool) {
+        self.channel_stale.set(i64::from(stale));
     }
 
     /// Every metric in Prometheus text format 0.0.4.

@@ -360,6 +360,7 @@ fn prepare_http(
     updater: Option<Arc<crate::update::agent::Updater>>,
 ) -> Result<HttpService, StartError> {
     let api = Arc::new(crate::api::Api::new(store, metrics, settings));
+    api.set_update_keys(config.update.keys.clone());
     if let Some(updater) = updater {
         api.set_updater(updater);
     }
@@ -500,6 +501,16 @@ async fn serve(raw: RawConfig, config: Config, store: Arc<dyn Store>) -> Result<
         server: server.clone(),
         retention: retention.clone(),
     });
+    // Issue 16: a node that would install releases signed with the public development key
+    // says so at every start (and in its status, console and metrics).
+    if crate::update::agent::development_keys(&config.update.keys) {
+        log::warn!(
+            "update: {} trusts the development release key, whose private half is in the \
+             repository: anyone can sign a release this node installs (a production image is \
+             built with ./build.sh image --production)",
+            config.update.keys.display()
+        );
+    }
     // The update agent: a node that cannot run it still serves mail (the API says why).
     let updater = match crate::update::agent::Updater::new(config.update.clone()) {
         Ok(updater) => Some(Arc::new(updater)),

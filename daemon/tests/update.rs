@@ -332,6 +332,38 @@ fn each_refusal_of_the_policy_with_real_signatures() {
         &late,
         Err("expired"),
     );
+    // Issue 16: validity is judged before the version. An expired manifest naming the running
+    // version (a replayed or stale channel) is `expired`, never `not_newer` ("up to date").
+    let running_and_late = Node {
+        running: Version::new(1, 2, 3),
+        floor: None,
+        now: created() + 31 * DAY,
+        ..Node::default()
+    };
+    check(
+        "running version, a month later",
+        &manifest,
+        &sig,
+        &f.keys,
+        &running_and_late,
+        Err("expired"),
+    );
+    // And the signature is judged before anything else: a forged signature on a manifest
+    // naming the running version is `bad_signature`.
+    let mut forged = sig.clone();
+    forged[0] ^= 0x01;
+    check(
+        "running version, forged signature",
+        &manifest,
+        &forged,
+        &f.keys,
+        &Node {
+            running: Version::new(1, 2, 3),
+            floor: None,
+            ..Node::default()
+        },
+        Err("bad_signature"),
+    );
     let early = Node {
         now: created() - DAY,
         ..Node::default()

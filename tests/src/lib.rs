@@ -49,6 +49,7 @@ pub use fault_proxy::FaultProxy;
 pub use files::{corpus_dir, crlf, scan_for_marker, workspace_dir};
 pub use node::{Node, NodeConfig, RouteConfig, mxnode_bin, parse_http_listening};
 pub use postfix::Postfix;
+pub use process::output_with_timeout;
 pub use receiver::{Received, Receiver, new_webhook_secret, webhook_signature};
 pub use release::{RELEASE_FILES, Releases, release_cli};
 pub use s3::{S3Connection, S3Server, TlsFront, s3s_fs_bin};

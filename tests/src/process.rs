@@ -18,7 +18,7 @@ pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Runs `command` to completion with its output captured; kills it and
 /// panics (naming `what`) if it takes longer than `timeout`.
-pub(crate) fn output_with_timeout(command: &mut Command, what: &str, timeout: Duration) -> Output {
+pub fn output_with_timeout(command: &mut Command, what: &str, timeout: Duration) -> Output {
     use std::process::Stdio;
     let child = command
         .stdin(Stdio::null())

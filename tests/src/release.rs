@@ -74,9 +74,17 @@ impl Releases {
 
     /// Signs `version` into `name/` and returns that directory.
     pub fn sign(&self, name: &str, version: &str) -> PathBuf {
+        self.sign_valid_for(name, version, "30d")
+    }
+
+    /// Signs `version` into `name/`, installable for `valid_for` (e.g. "1s": expired a moment
+    /// later), and returns that directory.
+    pub fn sign_valid_for(&self, name: &str, version: &str, valid_for: &str) -> PathBuf {
         let out = self.path(name);
         release_cli(&[
             "sign",
+            "--valid-for",
+            valid_for,
             "--key",
             &text(&self.path("key/release-key.pk8")),
             "--version",

@@ -80,6 +80,10 @@ pub struct ImageInfo {
     /// The partitions in disk order (none for a `--release-only` build).
     #[serde(default)]
     pub partitions: Vec<Partition>,
+    /// Whether the image trusts the development release key (issue 16).
+    pub development_keys: bool,
+    /// os-release's `VARIANT_ID`: `development` or `production`.
+    pub variant_id: String,
 }
 
 /// What to build: `./build.sh image` options.
@@ -91,6 +95,14 @@ pub struct ImageOptions {
     pub overlay: Option<PathBuf>,
     /// `--release-only`: only the slot artifacts and the signed release, no disk images.
     pub release_only: bool,
+    /// `--production`: needs `release_key` and `update_keys` (issue 16).
+    pub production: bool,
+    /// `MXNODE_RELEASE_KEY`: the private key that signs the release (default: unset, the
+    /// development key).
+    pub release_key: Option<PathBuf>,
+    /// `MXNODE_UPDATE_KEYS`: the keys file the image trusts (default: unset, the development
+    /// key).
+    pub update_keys: Option<PathBuf>,
 }
 
 /// A built appliance image: `mxnode.raw` and its `image.json` in a temp directory.
@@ -131,6 +143,15 @@ impl Image {
         if options.release_only {
             command.arg("--release-only");
         }
+        if options.production {
+            command.arg("--production");
+        }
+        if let Some(key) = &options.release_key {
+            command.env("MXNODE_RELEASE_KEY", key);
+        }
+        if let Some(keys) = &options.update_keys {
+            command.env("MXNODE_UPDATE_KEYS", keys);
+        }
         let output = output_with_timeout(&mut command, "./build.sh image", IMAGE_BUILD_TIMEOUT);
         let build_time = started.elapsed();
         assert!(
@@ -151,6 +172,11 @@ impl Image {
             info,
             build_time,
         }
+    }
+
+    /// The image's `/usr/lib/os-release`, as the build copied it next to the disk images.
+    pub fn os_release(&self) -> String {
+        fs::read_to_string(self.dir.path().join("os-release")).expect("read os-release")
     }
 
     /// `mxnode.raw`.

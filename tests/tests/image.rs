@@ -8,11 +8,17 @@
 //! on the state partition (`config/mxnode.toml`: the baked-in defaults plus one `[[route]]`),
 //! the way automation pre-seeds a box.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mxnode_tests::vm::{DataStorage, HOST_FROM_GUEST, Image, Machine, Running, StateFiles};
-use mxnode_tests::{Receiver, SmtpClient, TestCa, new_webhook_secret, workspace_dir};
+use mxnode_tests::vm::{
+    DataStorage, HOST_FROM_GUEST, Image, ImageOptions, Machine, Running, StateFiles,
+};
+use mxnode_tests::{
+    Receiver, SmtpClient, TestCa, new_webhook_secret, output_with_timeout, release_cli,
+    workspace_dir,
+};
 
 /// First boot under TCG: UEFI, kernel, LUKS2 format and TPM enrollment, certificate, node.
 const FIRST_BOOT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
@@ -176,6 +182,14 @@ fn appliance_boots_delivers_mail_keeps_state_across_reboot_and_unlocks_by_tpm() 
         "image {} built in {:?}",
         image.info.version, image.build_time
     );
+    // Issue 16: a default build trusts the development key, and the image says so.
+    assert!(image.info.development_keys, "image.json: development_keys");
+    assert_eq!(image.info.variant_id, "development");
+    let os_release = image.os_release();
+    assert!(
+        os_release.lines().any(|l| l == "VARIANT_ID=development"),
+        "os-release marks the development keys:\n{os_release}"
+    );
 
     let ca = ca_for_guest();
     let receiver = Receiver::start(&ca, &new_webhook_secret());
@@ -201,6 +215,11 @@ fn appliance_boots_delivers_mail_keeps_state_across_reboot_and_unlocks_by_tpm() 
     assert_eq!(field(&status, "unlock"), "tpm2", "the TPM2 was enrolled");
     assert_eq!(field(&status, "data_boots"), "1");
     assert_eq!(field(&status, "node"), "active");
+    assert_eq!(
+        field(&status, "development_keys"),
+        "yes",
+        "the node trusts the development key, and the status line says so (issue 16)"
+    );
     assert_eq!(
         field(&status, "health"),
         "active",
@@ -253,6 +272,10 @@ fn appliance_boots_delivers_mail_keeps_state_across_reboot_and_unlocks_by_tpm() 
     assert!(
         vm.console().contains("Setup page:"),
         "the console banner shows the setup URL"
+    );
+    assert!(
+        vm.console().contains("Development keys: yes."),
+        "the console banner warns of the development keys (issue 16)"
     );
 
     // Power off (ACPI button, orderly shutdown) and on again: the same data volume opens by
@@ -336,4 +359,135 @@ fn without_a_tpm_the_data_volume_fills_the_boot_disk_opens_with_the_key_file_and
     );
     mail_reaches_the_host_receiver(&machine, &receiver, "appliance-without-tpm");
     vm.power_down();
+}
+
+/// `./build.sh image ARGS` with the release-key variables as given (None: unset); its exit
+/// code and stderr. Only for builds that must refuse before building anything.
+fn refused_image_build(release_key: Option<&Path>, update_keys: Option<&Path>) -> (i32, String) {
+    let out = tempfile::tempdir().expect("temp dir");
+    let mut command = Command::new(workspace_dir().join("build.sh"));
+    command
+        .args(["image", "--production"])
+        .current_dir(workspace_dir())
+        .env("MXNODE_IMAGE_OUT", out.path())
+        .env_remove("MXNODE_RELEASE_KEY")
+        .env_remove("MXNODE_UPDATE_KEYS");
+    if let Some(key) = release_key {
+        command.env("MXNODE_RELEASE_KEY", key);
+    }
+    if let Some(keys) = update_keys {
+        command.env("MXNODE_UPDATE_KEYS", keys);
+    }
+    let output = output_with_timeout(
+        &mut command,
+        "./build.sh image --production",
+        REFUSAL_TIMEOUT,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !stderr.contains("cargo build") && !stderr.contains("==> image ["),
+        "the refusal comes before anything is built:\n{stderr}"
+    );
+    assert!(
+        std::fs::read_dir(out.path())
+            .expect("read the out dir")
+            .next()
+            .is_none(),
+        "nothing was written"
+    );
+    (output.status.code().unwrap_or(-1), stderr)
+}
+
+/// A refusal comes before any package, compilation or image step: this is generous.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Issue 16: `./build.sh image --production` refuses to start unless both MXNODE_RELEASE_KEY
+/// and MXNODE_UPDATE_KEYS are set, naming each one missing, and refuses the development key
+/// in either; all before building anything (so this costs no image build).
+#[test]
+fn production_image_build_refuses_without_both_keys_naming_the_missing_variables() {
+    let keys = tempfile::tempdir().expect("temp dir");
+    release_cli(&["keygen", "--out", &keys.path().to_string_lossy()]);
+    let private = keys.path().join("release-key.pk8");
+    let public = keys.path().join("release-key.pub");
+
+    let (code, stderr) = refused_image_build(None, None);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("not set: MXNODE_RELEASE_KEY MXNODE_UPDATE_KEYS"),
+        "both named: {stderr}"
+    );
+
+    let (code, stderr) = refused_image_build(Some(&private), None);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("not set: MXNODE_UPDATE_KEYS."), "{stderr}");
+    assert!(!stderr.contains("MXNODE_RELEASE_KEY MXNODE"), "{stderr}");
+
+    let (code, stderr) = refused_image_build(None, Some(&public));
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("not set: MXNODE_RELEASE_KEY."), "{stderr}");
+
+    // Both set, but to the development key (trusted beside another key, and signing).
+    let mixed = keys.path().join("mixed-keys.txt");
+    let development = workspace_dir().join("firmware-config/update-dev-key.pub");
+    std::fs::write(
+        &mixed,
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&public).expect("public key"),
+            std::fs::read_to_string(&development).expect("development public key")
+        ),
+    )
+    .expect("write the keys file");
+    let (code, stderr) = refused_image_build(
+        Some(&workspace_dir().join("firmware-config/update-dev-key.pk8")),
+        Some(&mixed),
+    );
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("MXNODE_UPDATE_KEYS") && stderr.contains("lists the development key"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("MXNODE_RELEASE_KEY") && stderr.contains("is the development key"),
+        "{stderr}"
+    );
+}
+
+/// Issue 16: `./build.sh image --production` with keys of its own builds (release-only: the
+/// slot artifacts and the signed release, seconds once the base and the release binary are
+/// cached by the other image tests), and the image is not marked development: os-release
+/// `VARIANT_ID=production`, `image.json` `development_keys: false`, the release signed with the
+/// given key.
+#[test]
+fn production_image_build_with_its_own_keys_is_marked_production() {
+    if skip() {
+        return;
+    }
+    let keys = tempfile::tempdir().expect("temp dir");
+    let key_id = release_cli(&["keygen", "--out", &keys.path().to_string_lossy()]);
+    let image = Image::build_with(&ImageOptions {
+        release_only: true,
+        production: true,
+        release_key: Some(keys.path().join("release-key.pk8")),
+        update_keys: Some(keys.path().join("release-key.pub")),
+        ..ImageOptions::default()
+    });
+    assert!(!image.info.development_keys, "image.json: development_keys");
+    assert_eq!(image.info.variant_id, "production");
+    let os_release = image.os_release();
+    assert!(
+        os_release.lines().any(|l| l == "VARIANT_ID=production"),
+        "{os_release}"
+    );
+    assert!(!os_release.contains("development"), "{os_release}");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(image.release_dir().join("manifest.json")).expect("manifest"),
+    )
+    .expect("manifest json");
+    assert_eq!(
+        manifest["key_id"],
+        key_id.trim(),
+        "signed with the given key"
+    );
 }

@@ -10,7 +10,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine as _;
-use mxnode_tests::{ApiClient, Node, NodeConfig, Releases, StaticServer, TestCa, mxnode_bin};
+use mxnode_tests::{
+    ApiClient, Node, NodeConfig, Releases, StaticServer, TestCa, mxnode_bin, workspace_dir,
+};
 use serde_json::Value;
 
 fn path_str(path: &Path) -> String {
@@ -457,6 +459,228 @@ fn without_auto_apply_a_check_only_stages_and_apply_requests() {
     assert_eq!(looped.status, 422, "{}", looped.body);
     assert_eq!(looped.error_code(), "rolled_back_before", "{}", looped.body);
     assert!(!spool.join("request.json").exists(), "not requested again");
+}
+
+/// A node trusting the release keys in `keys_file`, with an admin key; its update directories
+/// in `dirs`.
+fn node_trusting(ca: &TestCa, keys_file: &Path, dirs: &Path) -> Node {
+    Node::start(
+        &NodeConfig::new()
+            .http(ca)
+            .api_key("admin", &["admin"])
+            .extra_toml(&format!(
+                "[update]\nkeys = {:?}\nstate_dir = {:?}\nspool_dir = {:?}\n",
+                path_str(keys_file),
+                path_str(&dirs.join("state")),
+                path_str(&dirs.join("spool")),
+            )),
+    )
+}
+
+/// `development_keys` of `GET /api/v1/status` and the `mxnode_update_development_keys` gauge.
+fn development_keys(node: &Node, ca: &TestCa) -> (Value, String) {
+    let api = ApiClient::new(node, ca);
+    let admin = node.api_key("admin");
+    let status = api.get("/api/v1/status", Some(admin));
+    assert_eq!(status.status, 200, "{}", status.body);
+    let metrics = api.get("/metrics", Some(admin));
+    assert_eq!(metrics.status, 200, "{}", metrics.body);
+    let gauge = metrics
+        .body
+        .lines()
+        .find(|l| l.starts_with("mxnode_update_development_keys "))
+        .unwrap_or_else(|| panic!("no development-keys gauge in /metrics:\n{}", metrics.body))
+        .to_string();
+    (status.json()["development_keys"].clone(), gauge)
+}
+
+/// Issue 16: a node whose trusted release keys include the development key (whose private
+/// half is in the repository) says so in its status and metrics, judged by comparing the keys
+/// it really trusts: the repository's default keys file and a file listing the development key
+/// beside another answer true; a freshly generated key alone answers false.
+#[test]
+fn status_and_metrics_report_development_keys_only_when_the_development_key_is_trusted() {
+    let ca = TestCa::new();
+    let releases = Releases::new();
+    let dirs = tempfile::tempdir().expect("temp dir");
+
+    let default_keys = workspace_dir().join("firmware-config/update-keys.txt");
+    let node = node_trusting(&ca, &default_keys, &dirs.path().join("default"));
+    let (development, gauge) = development_keys(&node, &ca);
+    assert_eq!(
+        development,
+        Value::Bool(true),
+        "the repository's default keys"
+    );
+    assert_eq!(gauge, "mxnode_update_development_keys 1");
+    let log = node.log();
+    assert!(
+        log.contains("trusts the development release key"),
+        "the node warns at start: {log}"
+    );
+    drop(node);
+
+    // The development key among others is still the development key.
+    let mixed = dirs.path().join("mixed-keys.txt");
+    fs::write(
+        &mixed,
+        format!(
+            "# a production key and the development key\n{}{}",
+            fs::read_to_string(releases.keys_file()).expect("fresh key"),
+            fs::read_to_string(workspace_dir().join("firmware-config/update-dev-key.pub"))
+                .expect("development public key"),
+        ),
+    )
+    .expect("write the keys file");
+    let node = node_trusting(&ca, &mixed, &dirs.path().join("mixed"));
+    assert_eq!(development_keys(&node, &ca).0, Value::Bool(true));
+    drop(node);
+
+    let node = node_trusting(&ca, &releases.keys_file(), &dirs.path().join("fresh"));
+    let (development, gauge) = development_keys(&node, &ca);
+    assert_eq!(development, Value::Bool(false), "a freshly generated key");
+    assert_eq!(gauge, "mxnode_update_development_keys 0");
+    assert!(!node.log().contains("trusts the development release key"));
+}
+
+/// The `mxnode_update_channel_stale` gauge.
+fn channel_stale_gauge(api: &ApiClient, key: &str) -> String {
+    let metrics = api.get("/metrics", Some(key));
+    assert_eq!(metrics.status, 200, "{}", metrics.body);
+    metrics
+        .body
+        .lines()
+        .find(|l| l.starts_with("mxnode_update_channel_stale "))
+        .unwrap_or_else(|| panic!("no channel-stale gauge in /metrics:\n{}", metrics.body))
+        .to_string()
+}
+
+/// Issue 16 (update freeze): the node verifies the channel's manifest before anything else. A
+/// manifest naming the running version is "up to date" only when its signature verifies under
+/// a trusted key and it has not expired: forged, empty or foreign signatures are refused
+/// (audited), and a correctly signed but expired manifest — a channel or mirror that is not
+/// refreshed, or an old manifest replayed — is `channel_stale` (502, audited, a gauge, the
+/// update state), whatever version it names; never "up to date".
+#[test]
+fn channel_check_verifies_first_and_an_expired_channel_is_stale_never_up_to_date() {
+    let running = env!("CARGO_PKG_VERSION");
+    let ca = TestCa::new();
+    let releases = Releases::new();
+    let served = tempfile::tempdir().expect("temp dir");
+    let channel_dir = served.path().join("stable");
+    let server = StaticServer::start(&ca, served.path());
+    let node_dirs = tempfile::tempdir().expect("temp dir");
+    let node = Node::start(
+        &NodeConfig::new()
+            .http(&ca)
+            .api_key("admin", &["admin"])
+            .extra_toml(&format!(
+                "[update]\nkeys = {:?}\nchannel = {:?}\nchannel_ca = {:?}\n\
+                 check_interval = \"1h\"\nstate_dir = {:?}\nspool_dir = {:?}\n",
+                path_str(&releases.keys_file()),
+                server.url("/stable/"),
+                path_str(&ca.ca_pem),
+                path_str(&node_dirs.path().join("state")),
+                path_str(&node_dirs.path().join("spool")),
+            )),
+    );
+    let api = ApiClient::new(&node, &ca);
+    let admin = node.api_key("admin");
+    let check = || api.post("/api/v1/update/check", Some(admin), &Value::Null);
+    let state = || api.get("/api/v1/update", Some(admin)).json();
+
+    // The running version, correctly signed and valid: up to date (the control).
+    let current = releases.sign("current", running);
+    releases.publish(&current, &channel_dir);
+    let answer = check();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.json()["state"], "idle", "{}", answer.body);
+
+    // The same manifest with a signature of another manifest, then an empty signature.
+    let other = releases.sign("other", "9.0.0");
+    fs::copy(
+        other.join("manifest.json.sig"),
+        channel_dir.join("manifest.json.sig"),
+    )
+    .expect("forge the signature");
+    let answer = check();
+    assert_eq!(
+        answer.status, 422,
+        "a forged signature is no 'up to date': {}",
+        answer.body
+    );
+    assert_eq!(answer.error_code(), "bad_signature");
+    assert_eq!(state()["state"], "refused");
+    fs::write(channel_dir.join("manifest.json.sig"), b"").expect("empty signature");
+    let answer = check();
+    assert_eq!(
+        answer.status, 422,
+        "an unsigned manifest is no 'up to date': {}",
+        answer.body
+    );
+    assert_eq!(answer.error_code(), "bad_signature");
+
+    // The running version signed by a key this node does not trust.
+    let foreign = Releases::new();
+    let foreign_current = foreign.sign("current", running);
+    foreign.publish(&foreign_current, &channel_dir);
+    let answer = check();
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    assert_eq!(answer.error_code(), "unknown_key");
+    assert_eq!(audit(&api, admin, "update.refused").len(), 3);
+    assert_eq!(
+        channel_stale_gauge(&api, admin),
+        "mxnode_update_channel_stale 0",
+        "refusals are not a stale channel"
+    );
+
+    // Correctly signed, naming the running version, but expired: the channel is stale.
+    let stale = releases.sign_valid_for("stale", running, "1s");
+    let newer_stale = releases.sign_valid_for("newer-stale", "9.0.1", "1s");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    releases.publish(&stale, &channel_dir);
+    let answer = check();
+    assert_eq!(
+        answer.status, 502,
+        "an expired manifest is no 'up to date': {}",
+        answer.body
+    );
+    assert_eq!(answer.error_code(), "channel_stale");
+    let view = state();
+    assert_eq!(view["state"], "channel_stale", "{view}");
+    assert_eq!(view["last_error"]["code"], "channel_stale", "{view}");
+    assert!(
+        view["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("expired") && m.contains(running)),
+        "{view}"
+    );
+    assert_eq!(
+        channel_stale_gauge(&api, admin),
+        "mxnode_update_channel_stale 1"
+    );
+    let events = audit(&api, admin, "update.channel_stale");
+    assert_eq!(events.len(), 1, "{events:?}");
+
+    // An expired manifest of a newer version is the same stale channel, not a mere refusal.
+    releases.publish(&newer_stale, &channel_dir);
+    let answer = check();
+    assert_eq!(answer.error_code(), "channel_stale", "{}", answer.body);
+    assert_eq!(audit(&api, admin, "update.channel_stale").len(), 2);
+    assert!(
+        !node_dirs.path().join("spool/staged/root.erofs").exists(),
+        "nothing of an expired release is staged"
+    );
+
+    // A fresh, valid manifest again: up to date, no longer stale.
+    releases.publish(&current, &channel_dir);
+    let answer = check();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.json()["state"], "idle");
+    assert_eq!(
+        channel_stale_gauge(&api, admin),
+        "mxnode_update_channel_stale 0"
+    );
 }
 
 /// A node serving the API over plain HTTP on loopback, with an admin key and `[update]` on

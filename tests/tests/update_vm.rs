@@ -140,6 +140,7 @@ fn test_release(version: &str, overlay: Option<&std::path::Path>) -> Image {
         version: Some(version.to_string()),
         overlay: overlay.map(std::path::Path::to_path_buf),
         release_only: true,
+        ..ImageOptions::default()
     });
     assert_eq!(release.info.version, version);
     assert!(

@@ -108,6 +108,9 @@ page.on("console", (msg) => {
   await page.waitForSelector("#certificate dd.mono");
   check(/used of .* available to the node/.test(await page.textContent("#disk")), "disk use of data_dir");
   check((await page.textContent("#volume")) === "unknown (not an appliance image)", "volume state off the appliance");
+  // Issue 16: the node trusts only the test's freshly generated release key.
+  check((await page.textContent("#development-keys")).startsWith("no:"), "development keys: no");
+  check((await page.$("#development-keys-warning")) === null, "no development-key warning");
   check(/\(in \d+ days\)/.test(await page.textContent("#cert-expiry")), "certificate expiry");
   await snap(page, "status");
 
@@ -258,6 +261,7 @@ page.on("console", (msg) => {
   await page.click("nav a[href='#compliance']");
   await page.waitForSelector("#retention-metadata:text-is('48h')");
   check((await page.textContent("#luks")) === "unknown (not an appliance image)", "LUKS state off the appliance");
+  check((await page.textContent("#compliance-development-keys")).startsWith("no:"), "compliance: development keys no");
   await snap(page, "compliance");
   await page.emulateMedia({ media: "print" });
   await snap(page, "compliance-print");

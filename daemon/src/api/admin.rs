@@ -217,6 +217,8 @@ pub(crate) struct AdminState {
     tls_cert: Mutex<Option<PathBuf>>,
     /// `node.data_dir`, for the status page's disk use (set by the node at start).
     data_dir: Mutex<Option<PathBuf>>,
+    /// `update.keys`, for the status page's `development_keys` (set by the node at start).
+    update_keys: Mutex<Option<PathBuf>>,
     /// The node's TLS listeners, for the certificate page (set by the node at start).
     certificates: Mutex<Option<std::sync::Arc<dyn super::tls::CertificateBackend>>>,
 }
@@ -234,6 +236,7 @@ impl Default for AdminState {
             tls_cert: Mutex::new(None),
             certificates: Mutex::new(None),
             data_dir: Mutex::new(None),
+            update_keys: Mutex::new(None),
             iterations: AtomicU32::new(PBKDF2_ITERATIONS),
             setup: Mutex::new(None),
             sessions: Mutex::new(HashMap::new()),
@@ -305,6 +308,9 @@ pub struct NodeStatus {
     pub disk: Option<crate::volume::DiskUse>,
     /// The appliance's data volume (encryption, unlock method); `null` off the appliance.
     pub volume: Option<crate::volume::VolumeState>,
+    /// Whether the release keys this node trusts (`update.keys`) include the development key,
+    /// whose private half is public: then anyone can sign a release it installs (issue 16).
+    pub development_keys: bool,
 }
 
 /// The SHA-256 fingerprint of the first certificate of a PEM file, `AB:CD:…`.
@@ -418,6 +424,20 @@ impl Api {
         lock(&self.admin.data_dir).clone()
     }
 
+    /// Names the `update.keys` file the status page and metrics judge (issue 16).
+    pub fn set_update_keys(&self, path: PathBuf) {
+        *lock(&self.admin.update_keys) = Some(path);
+    }
+
+    /// Whether the trusted release keys include the development key: the keys file is read
+    /// now and its keys compared, never a build flag (see ARCHITECTURE.md). False when no
+    /// keys file was named or it does not load (then no release is trusted at all).
+    pub(crate) fn development_keys(&self) -> bool {
+        lock(&self.admin.update_keys)
+            .clone()
+            .is_some_and(|path| crate::update::agent::development_keys(&path))
+    }
+
     /// Hands the controller the node's TLS listeners (the certificate page).
     pub fn set_certificates(&self, backend: std::sync::Arc<dyn super::tls::CertificateBackend>) {
         *lock(&self.admin.certificates) = Some(backend);
@@ -448,6 +468,7 @@ impl Api {
                 .data_dir()
                 .and_then(|dir| crate::volume::disk_use(&dir)),
             volume: crate::volume::volume_state(Path::new(crate::volume::VOLUME_STATE_FILE)),
+            development_keys: self.development_keys(),
         })
     }
 

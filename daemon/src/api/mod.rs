@@ -341,6 +341,12 @@ impl Api {
     pub fn metrics(&self, caller: &Caller, format: Format) -> Result<String, ApiError> {
         self.authenticate(caller, Scope::MetricsRead)?;
         self.metrics.set_store_size(self.store.size_bytes());
+        self.metrics.set_development_keys(self.development_keys());
+        self.metrics.set_channel_stale(
+            self.updater
+                .get()
+                .is_some_and(|updater| updater.channel_stale()),
+        );
         Ok(self.metrics.render_as(format))
     }
 

@@ -101,6 +101,7 @@ fn outcome(
                 UpdateError::Failed {
                     code: "no_space", ..
                 } => 507,
+                UpdateError::ChannelStale { .. } => 502,
                 UpdateError::Failed { code, .. } if code.starts_with("channel") => 502,
                 UpdateError::Failed { .. } => 500,
             };
@@ -134,6 +135,7 @@ fn static_code(code: &str) -> &'static str {
         "invalid_bundle",
         "channel_unreachable",
         "channel_error",
+        "channel_stale",
         "keys_file",
         "spool",
     ];

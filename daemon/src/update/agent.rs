@@ -89,6 +89,10 @@ pub enum UpdateError {
     NothingStaged,
     /// The upload is not a bundle.
     InvalidBundle(String),
+    /// The channel serves a correctly signed manifest whose validity has ended: the channel
+    /// (or a mirror, or someone replaying an old manifest) is not being refreshed, and may be
+    /// withholding a release. Never "up to date" (issue 16); audited as `update.channel_stale`.
+    ChannelStale { version: String, expires: String },
 }
 
 impl UpdateError {
@@ -110,6 +114,13 @@ impl UpdateError {
                 "no release is staged: check the channel or upload a bundle first".into(),
             ),
             UpdateError::InvalidBundle(why) => ("invalid_bundle", why.clone()),
+            UpdateError::ChannelStale { version, expires } => (
+                "channel_stale",
+                format!(
+                    "the channel's signed manifest (version {version}) expired at {expires}: the \
+                     channel or a mirror is not being refreshed and may be withholding updates"
+                ),
+            ),
         };
         ErrorView {
             code: code.to_string(),
@@ -138,6 +149,9 @@ struct NodeState {
     progress: Progress,
     last_error: Option<ErrorView>,
     changed: SystemTime,
+    /// The last check found a verified but expired manifest (cleared by a check that verified
+    /// an unexpired one): the `mxnode_update_channel_stale` gauge.
+    channel_stale: bool,
 }
 
 /// `GET /api/v1/update`.
@@ -154,8 +168,9 @@ pub struct UpdateView {
     pub last_check: Option<String>,
     /// The version staged or offered by the channel, when newer than the running one.
     pub available: Option<String>,
-    /// `idle`, `checking`, `downloading`, `staged`, `requested`, `refused`, `failed`, or the
-    /// installer's `installing`, `installed`, `reboot-pending`, `rolled-back`.
+    /// `idle`, `checking`, `downloading`, `staged`, `requested`, `refused`, `failed`,
+    /// `channel_stale`, or the installer's `installing`, `installed`, `reboot-pending`,
+    /// `rolled-back`.
     pub state: String,
     pub progress: Progress,
     pub last_error: Option<ErrorView>,
@@ -211,6 +226,7 @@ impl Updater {
                 progress: Progress::default(),
                 last_error: None,
                 changed: SystemTime::UNIX_EPOCH,
+                channel_stale: false,
             }),
             busy: Mutex::new(()),
             audited_installer: Mutex::new(audited),
@@ -220,6 +236,13 @@ impl Updater {
 
     pub fn config(&self) -> &UpdateConfig {
         &self.config
+    }
+
+    /// Whether the keys this node trusts for releases (`update.keys`, read now, as a check
+    /// reads it) include the development key: then anyone can sign a release it installs
+    /// (issue 16). A keys file that does not load trusts no key, so it answers false.
+    pub fn development_keys(&self) -> bool {
+        development_keys(&self.config.keys)
     }
 
     fn set(&self, now: SystemTime, f: impl FnOnce(&mut NodeState)) {
@@ -296,6 +319,7 @@ impl Updater {
                 s.state = match standing {
                     Some(word) => word,
                     None if matches!(e, UpdateError::Refused(_)) => "refused",
+                    None if matches!(e, UpdateError::ChannelStale { .. }) => "channel_stale",
                     None => "failed",
                 };
                 if standing.is_none() {
@@ -320,11 +344,15 @@ impl Updater {
 
     /// Polls the channel once: judges its release, downloads and stages it, and requests the
     /// install when `auto_apply` is set.
+    ///
+    /// The manifest is always verified first (signature, then validity): only a verified,
+    /// unexpired manifest naming the running version is "up to date"; a verified but expired
+    /// one is [`UpdateError::ChannelStale`], whatever version it names (issue 16).
     pub fn check(&self, now: SystemTime) -> Result<Outcome, UpdateError> {
         let (Some(channel), Some(client)) = (&self.config.channel, &self.client) else {
             return Err(UpdateError::NoChannel);
         };
-        self.exclusive(now, || {
+        let result = self.exclusive(now, || {
             self.set(now, |s| {
                 s.state = "checking";
                 s.last_check = Some(now);
@@ -339,14 +367,27 @@ impl Updater {
                 &format!("{channel}{SIGNATURE_FILE}"),
                 SIGNATURE_BYTES,
             )?;
-            if let Ok(m) = Manifest::parse(&manifest_bytes)
-                && m.version == install::running_version()
-            {
-                return Ok(Outcome::UpToDate {
-                    version: m.version.to_string(),
-                });
-            }
-            let manifest = self.judge(&manifest_bytes, &signature, now)?;
+            let manifest = match self.judge(&manifest_bytes, &signature, now) {
+                Ok(manifest) => manifest,
+                // Verified and valid, and the running version: nothing to do.
+                Err(UpdateError::Refused(Refusal::NotNewer { version, .. }))
+                    if version == install::running_version() =>
+                {
+                    return Ok(Outcome::UpToDate {
+                        version: version.to_string(),
+                    });
+                }
+                // Verified (expiry is judged only after the signature), but expired.
+                Err(UpdateError::Refused(Refusal::Expired { expires })) => {
+                    return Err(UpdateError::ChannelStale {
+                        version: Manifest::parse(&manifest_bytes)
+                            .map(|m| m.version.to_string())
+                            .unwrap_or_default(),
+                        expires,
+                    });
+                }
+                Err(e) => return Err(e),
+            };
             let history = StateDir(self.config.state_dir.clone()).history();
             policy::check_not_rolled_back(
                 &manifest,
@@ -408,7 +449,23 @@ impl Updater {
                 done += copied.size;
             }
             self.staged(&manifest, &manifest_bytes, &signature, now, true)
-        })
+        });
+        // Only the outcome of a verified manifest says whether the channel is stale; a failed
+        // fetch or a refusal leaves the last word standing.
+        match &result {
+            Ok(_) => self.set(now, |s| s.channel_stale = false),
+            Err(UpdateError::ChannelStale { .. }) => self.set(now, |s| s.channel_stale = true),
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Whether the last check found the channel's verified manifest expired (issue 16).
+    pub fn channel_stale(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .channel_stale
     }
 
     /// Takes an uploaded bundle (already spooled at `path` inside the spool directory).
@@ -666,6 +723,11 @@ impl Updater {
     }
 }
 
+/// Whether the keys file at `path` trusts the development key (see [`Updater::development_keys`]).
+pub fn development_keys(path: &Path) -> bool {
+    TrustedKeys::load(path).is_ok_and(|keys| keys.trusts_development_key())
+}
+
 /// The channel's HTTPS client: system roots plus `channel_ca`, HTTP/1.1.
 fn channel_client(channel_ca: Option<&Path>) -> Result<net::Client, String> {
     let tls = net::client_config(channel_ca, net::Protocols::Http1).map_err(|e| {
@@ -837,6 +899,14 @@ pub fn record_outcome(
             audit(
                 "update.refused",
                 format!("update refused: {r} ({})", r.code()),
+            );
+        }
+        Err(e @ UpdateError::ChannelStale { .. }) => {
+            let view = e.view();
+            log::warn!("update: {what}: {} ({})", view.message, view.code);
+            audit(
+                "update.channel_stale",
+                format!("{what}: {} ({})", view.message, view.code),
             );
         }
         Err(UpdateError::Busy) => {}

@@ -292,6 +292,27 @@ impl TrustedKeys {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
+
+    /// Whether the development key ([`DEVELOPMENT_PUBLIC_KEY`]) is among these keys: then anyone
+    /// with a clone of the repository can sign a release this node accepts (issue 16).
+    pub fn trusts_development_key(&self) -> bool {
+        let development = development_public_key();
+        self.keys.iter().any(|(_, key)| *key == development)
+    }
+}
+
+/// The public half of the development release key (`firmware-config/update-dev-key.pub`, one
+/// base64 line), compiled in: the node compares the keys it really trusts with it, so neither
+/// a build flag nor an edited `os-release` decides whether it reports development keys. The
+/// private half is `firmware-config/update-dev-key.pk8`, committed for test releases.
+pub const DEVELOPMENT_PUBLIC_KEY: &str =
+    include_str!("../../../firmware-config/update-dev-key.pub");
+
+/// [`DEVELOPMENT_PUBLIC_KEY`] decoded (32 bytes; a unit test pins that it decodes).
+pub fn development_public_key() -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(DEVELOPMENT_PUBLIC_KEY.trim())
+        .unwrap_or_default()
 }
 
 /// Whether `signature` is a valid Ed25519 signature of `message` by `public_key`.
@@ -300,4 +321,41 @@ pub fn verify(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
         && UnparsedPublicKey::new(&ED25519, public_key)
             .verify(message, signature)
             .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use ring::signature::KeyPair as _;
+
+    use super::*;
+
+    fn firmware_config(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../firmware-config")
+            .join(name)
+    }
+
+    #[test]
+    fn the_compiled_in_development_key_is_the_public_half_of_the_committed_private_key() {
+        // Issue 16: the node recognises the development key by this constant; it must be the
+        // key whose private half anyone can read in firmware-config/.
+        let pair = super::super::release::load_key(&firmware_config("update-dev-key.pk8"))
+            .expect("the development private key loads");
+        assert_eq!(development_public_key(), pair.public_key().as_ref());
+        assert_eq!(development_public_key().len(), PUBLIC_KEY_BYTES);
+    }
+
+    #[test]
+    fn trusted_keys_say_whether_they_include_the_development_key() {
+        // The default keys file of a build without MXNODE_UPDATE_KEYS trusts it (issue 16).
+        let default = TrustedKeys::load(&firmware_config("update-keys.txt")).expect("loads");
+        assert!(default.trusts_development_key());
+        let other = base64::engine::general_purpose::STANDARD.encode([7u8; PUBLIC_KEY_BYTES]);
+        let production = TrustedKeys::parse(&format!("# production\n{other}\n")).expect("parses");
+        assert!(!production.trusts_development_key());
+        let both =
+            TrustedKeys::parse(&format!("{other}\n{DEVELOPMENT_PUBLIC_KEY}")).expect("parses");
+        assert!(both.trusts_development_key());
+        assert!(!TrustedKeys::default().trusts_development_key());
+    }
 }

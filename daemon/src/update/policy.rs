@@ -191,6 +191,11 @@ pub struct Facts<'a> {
 
 /// Verifies `manifest_bytes` and `signature` against `keys`, then every rule of the release
 /// itself against `facts`. Returns the trusted manifest.
+///
+/// The order is part of the contract (issue 16): nothing is judged before the signature
+/// verified, and the manifest's validity (clock, expiry) is judged before its version, so an
+/// expired manifest naming the running version is `expired` — a stale or replayed channel —
+/// never `not_newer`, which the node reads as "up to date".
 pub fn check_release(
     manifest_bytes: &[u8],
     signature: &[u8],
@@ -226,16 +231,6 @@ pub fn check_release(
             floor: manifest.security_floor,
         });
     }
-    let floor = facts
-        .floor
-        .filter(|f| *f > facts.running)
-        .unwrap_or(facts.running);
-    if manifest.version <= *floor {
-        return Err(Refusal::NotNewer {
-            version: manifest.version,
-            floor: floor.clone(),
-        });
-    }
     if facts.now < manifest.created {
         return Err(Refusal::ClockBeforeCreated {
             created: humantime::format_rfc3339_seconds(manifest.created).to_string(),
@@ -244,6 +239,16 @@ pub fn check_release(
     if facts.now > manifest.expires {
         return Err(Refusal::Expired {
             expires: humantime::format_rfc3339_seconds(manifest.expires).to_string(),
+        });
+    }
+    let floor = facts
+        .floor
+        .filter(|f| *f > facts.running)
+        .unwrap_or(facts.running);
+    if manifest.version <= *floor {
+        return Err(Refusal::NotNewer {
+            version: manifest.version,
+            floor: floor.clone(),
         });
     }
     Ok(manifest)

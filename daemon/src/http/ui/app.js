@@ -142,8 +142,12 @@ async function statusView() {
   const tls = status.tls;
   show(
     h("h1", {}, "Node status"),
+    status.development_keys ? h("p", { class: "error", role: "alert", id: "development-keys-warning" },
+      "This node trusts the development release key, whose private half is public: anyone can sign a release it installs. Use an image built with ./build.sh image --production.") : null,
     h("section", { class: "card" }, h("dl", { class: "facts" },
       h("dt", {}, "Version"), h("dd", { id: "version" }, status.version),
+      h("dt", {}, "Development keys"), h("dd", { id: "development-keys", class: status.development_keys ? "error" : "" },
+        developmentKeysText(status.development_keys)),
       h("dt", {}, "Uptime"), h("dd", {}, duration(status.uptime_seconds)),
       h("dt", {}, "Metadata store on disk"), h("dd", {}, `${(status.store_size_bytes / 1048576).toFixed(1)} MiB`),
       h("dt", {}, "Data file system"), h("dd", { id: "disk" }, status.disk === null ? "unknown" :
@@ -464,6 +468,13 @@ async function auditView() {
   );
 }
 
+/** `development_keys` of the status, in words (issue 16). */
+function developmentKeysText(development) {
+  return development
+    ? "yes: the development release key is trusted; anyone can sign a release this node installs"
+    : "no: only the release keys this image was built with are trusted";
+}
+
 async function complianceView() {
   const [settings, health, status] = await Promise.all([api("GET", "/api/v1/settings"), api("GET", "/healthz"), api("GET", "/api/v1/status")]);
   const v = status.volume;
@@ -504,6 +515,11 @@ async function complianceView() {
         h("dt", {}, "At rest"), h("dd", {}, "every stored value AES-256-GCM under per-hour/per-day keys wrapped by the node master key; expired keys are destroyed (crypto-shredding)."),
         h("dt", {}, "Disk encryption (LUKS)"), h("dd", { id: "luks" }, v === null ? "unknown (not an appliance image)" : `${v.format}: the data volume holding the store is encrypted`),
         h("dt", {}, "TPM sealing"), h("dd", { id: "tpm" }, v === null ? "unknown (not an appliance image)" : volumeText(v)))),
+    h("section", { class: "card" }, h("h2", {}, "Software updates"),
+      h("dl", { class: "facts" },
+        h("dt", {}, "Releases accepted"), h("dd", {}, "only signed (Ed25519) by a trusted release key, verified by the node and again by the installer; never older than the installed version."),
+        h("dt", {}, "Development keys"), h("dd", { id: "compliance-development-keys", class: status.development_keys ? "error" : "" },
+          developmentKeysText(status.development_keys)))),
   );
 }
 
@@ -518,6 +534,7 @@ const UPDATE_STATES = {
   requested: "install requested: waiting for the installer to write the other slot",
   refused: "refused (see the last error)",
   failed: "failed (see the last error)",
+  channel_stale: "channel stale: its signed manifest has expired; the channel or a mirror may be withholding updates (see the last error)",
   installing: "installing into the other slot…",
   installed: "installed",
   "reboot-pending": "installed; waiting for the reboot",
@@ -560,7 +577,7 @@ function updateFacts(v) {
     h("dt", {}, "Channel"), h("dd", { id: "update-channel", class: "mono" }, v.channel === null ? "none configured (upload bundles below)" : v.channel),
     h("dt", {}, "Last check"), h("dd", { id: "update-last-check" }, v.last_check === null ? "never" : v.last_check),
     h("dt", {}, "Available release"), h("dd", { id: "update-available" }, v.available === null ? "none" : v.available),
-    h("dt", {}, "State"), h("dd", { id: "update-state", "data-state": v.state }, UPDATE_STATES[v.state] || v.state),
+    h("dt", {}, "State"), h("dd", { id: "update-state", "data-state": v.state, class: v.state === "channel_stale" ? "error" : "" }, UPDATE_STATES[v.state] || v.state),
     h("dt", {}, "Progress"), h("dd", { id: "update-progress" }, p.total === 0 ? "nothing in progress" : [
       h("progress", { max: p.total, value: p.done }),
       ` ${mib(p.done)} of ${mib(p.total)} (${Math.floor(100 * p.done / p.total)} %)`]),
