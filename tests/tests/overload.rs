@@ -498,7 +498,7 @@ fn costly_shapes(
             .as_bytes(),
         );
         let body_line = "\u{1}\"\\".repeat(300) + "\r\n";
-        while parts.len() < (i + 1) * (size - 100) / 990 {
+        while parts.len() + body_line.len() < (i + 1) * (size - 1000) / 990 {
             parts.extend_from_slice(body_line.as_bytes());
         }
     }
@@ -583,6 +583,14 @@ fn peak_rss_stays_within_four_budgets_under_the_costliest_message_shapes_issue_1
     let addr = node.smtp_addr();
     let baseline_kib = node.peak_rss_kib();
     let shapes = Arc::new(costly_shapes(SIZE, &routes));
+    for (name, data, _) in shapes.iter() {
+        // At the limit, not past it: a 552 below is the budget's, never the size limit's.
+        assert!(
+            data.len() <= SIZE && data.len() > SIZE * 9 / 10,
+            "{name}: {} bytes",
+            data.len()
+        );
+    }
     let mut outcomes = Vec::new();
     for index in 0..shapes.len() {
         let senders: Vec<_> = (0..SENDERS)
