@@ -29,6 +29,8 @@ pub const DEFAULT_MAX_SESSIONS: usize = 1000;
 pub const DEFAULT_MAX_SESSIONS_PER_IP: usize = 20;
 /// Default recipients per transaction (RFC 5321 §4.5.3.1.8 asks for at least 100).
 pub const DEFAULT_MAX_RECIPIENTS: usize = 100;
+/// Smallest `smtp.max_header_line`: RFC 5322 §2.1.1's 998 octets, rounded up.
+pub const MIN_HEADER_LINE: usize = 1000;
 /// Default message bytes held in memory across all sessions.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 512 * 1024 * 1024;
 /// RFC 5321 §4.5.3.2.7: the server waits at least 5 minutes for the next command.
@@ -161,6 +163,10 @@ pub struct RawSmtp {
     pub max_recipients: Option<usize>,
     pub max_in_flight: Option<SizeValue>,
     pub max_in_flight_per_ip: Option<SizeValue>,
+    pub max_header_line: Option<SizeValue>,
+    pub max_header_field: Option<SizeValue>,
+    pub max_header_section: Option<SizeValue>,
+    pub max_addresses: Option<usize>,
     pub command_timeout: Option<String>,
     pub data_timeout: Option<String>,
     pub data_total_timeout: Option<String>,
@@ -387,6 +393,14 @@ pub struct SmtpConfig {
     pub max_in_flight: usize,
     /// The part of `max_in_flight` the sessions of one client address may hold together.
     pub max_in_flight_per_ip: usize,
+    /// Longest physical header line, in octets without CRLF; `554 5.6.0` past it (issue 16).
+    pub max_header_line: usize,
+    /// Largest header field, its folded lines together; `554 5.6.0` past it.
+    pub max_header_field: usize,
+    /// Largest header block (the message's or a MIME part's); `554 5.6.0` past it.
+    pub max_header_section: usize,
+    /// Most addresses in From, To, Cc and Reply-To together; `554 5.6.0` past it.
+    pub max_addresses: usize,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
     /// The whole of one message's data, from `354` to its end.
@@ -787,6 +801,26 @@ impl Config {
                 &raw.smtp.max_in_flight,
                 DEFAULT_MAX_IN_FLIGHT,
             ),
+            max_header_line: v.size(
+                "smtp.max_header_line",
+                &raw.smtp.max_header_line,
+                crate::message::MAX_HEADER_LINE,
+            ),
+            max_header_field: v.size(
+                "smtp.max_header_field",
+                &raw.smtp.max_header_field,
+                crate::message::MAX_HEADER_FIELD,
+            ),
+            max_header_section: v.size(
+                "smtp.max_header_section",
+                &raw.smtp.max_header_section,
+                crate::message::MAX_HEADER_SECTION,
+            ),
+            max_addresses: v.count(
+                "smtp.max_addresses",
+                raw.smtp.max_addresses,
+                crate::message::MAX_ADDRESSES,
+            ),
             command_timeout: v.duration(
                 "smtp.command_timeout",
                 &raw.smtp.command_timeout,
@@ -809,6 +843,24 @@ impl Config {
             &raw.smtp.max_in_flight_per_ip,
             default_max_in_flight_per_ip(smtp.max_in_flight, smtp.max_message_size),
         );
+        if smtp.max_header_line < MIN_HEADER_LINE {
+            v.error(
+                "smtp.max_header_line",
+                format!("must be at least {MIN_HEADER_LINE} octets (RFC 5322 allows 998 per line)"),
+            );
+        }
+        if smtp.max_header_field < smtp.max_header_line {
+            v.error(
+                "smtp.max_header_field",
+                "must be at least smtp.max_header_line, or no field of the longest line would fit",
+            );
+        }
+        if smtp.max_header_section < smtp.max_header_field {
+            v.error(
+                "smtp.max_header_section",
+                "must be at least smtp.max_header_field, or no block with the largest field would fit",
+            );
+        }
         if smtp.max_in_flight < smtp.max_message_size {
             v.error(
                 "smtp.max_in_flight",
@@ -1395,6 +1447,53 @@ webhook_secret = "{SECRET}"
                 .any(|e| e
                     .starts_with("smtp.data_total_timeout: must be at least smtp.data_timeout")),
             "{errs:?}"
+        );
+    }
+
+    /// Issue 16: the header and address bounds default, parse, and name their key when wrong.
+    #[test]
+    fn header_limits_default_validate_and_name_their_key_issue_16() {
+        let config =
+            Config::from_raw(RawConfig::parse(&minimal()).expect("parses")).expect("valid");
+        assert_eq!(config.smtp.max_header_line, crate::message::MAX_HEADER_LINE);
+        assert_eq!(
+            config.smtp.max_header_field,
+            crate::message::MAX_HEADER_FIELD
+        );
+        assert_eq!(
+            config.smtp.max_header_section,
+            crate::message::MAX_HEADER_SECTION
+        );
+        assert_eq!(config.smtp.max_addresses, crate::message::MAX_ADDRESSES);
+
+        let set = |keys: &str| minimal().replace("[smtp]\n", &format!("[smtp]\n{keys}\n"));
+        let text = set(
+            "max_header_line = \"4KiB\"\nmax_header_field = \"8KiB\"\nmax_header_section = \"64KiB\"\nmax_addresses = 50",
+        );
+        let config = Config::from_raw(RawConfig::parse(&text).expect("parses")).expect("valid");
+        assert_eq!(config.smtp.max_header_line, 4096);
+        assert_eq!(config.smtp.max_header_field, 8192);
+        assert_eq!(config.smtp.max_header_section, 65536);
+        assert_eq!(config.smtp.max_addresses, 50);
+
+        assert_eq!(
+            errors(&set(
+                "max_header_line = 500\nmax_header_section = 0\nmax_addresses = 0"
+            )),
+            [
+                "smtp.max_header_section: must be greater than zero",
+                "smtp.max_addresses: must be greater than zero",
+                "smtp.max_header_line: must be at least 1000 octets (RFC 5322 allows 998 per line)",
+            ]
+        );
+        assert_eq!(
+            errors(&set(
+                "max_header_line = \"64KiB\"\nmax_header_field = \"32KiB\"\nmax_header_section = \"16KiB\""
+            )),
+            [
+                "smtp.max_header_field: must be at least smtp.max_header_line, or no field of the longest line would fit",
+                "smtp.max_header_section: must be at least smtp.max_header_field, or no block with the largest field would fit",
+            ]
         );
     }
 

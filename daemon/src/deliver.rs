@@ -23,6 +23,8 @@ use crate::webhook::{WebhookClient, WebhookError, WebhookOutcome};
 #[derive(Debug)]
 pub struct Router {
     routes: Vec<RouteRuntime>,
+    /// MIME and header bounds of every parse (`[smtp]` limits, issue 16).
+    limits: ParseLimits,
 }
 
 /// Uploads of one route's delivery that run at the same time; the rest wait for a free slot.
@@ -38,6 +40,14 @@ const RAW_MESSAGE_CONTENT_TYPE: &str = "message/rfc822";
 /// and is too short to hold up the other sessions sharing the executor. Larger ones go to the
 /// pool, where a 25 MiB parse cannot stall anyone's I/O.
 const INLINE_WORK_MAX_BYTES: usize = 64 * 1024;
+/// Bytes a message may hold in memory per byte it is charged in the in-flight budget. A
+/// message is held as received, as parsed and as one JSON payload per route; the budget
+/// counted the received bytes only, so a message of control characters (six bytes each in
+/// JSON) or one delivered to many routes held many times its charge (issue 16). Once parsed,
+/// a message is charged `held / HELD_PER_CHARGED_BYTE` when that is more than its size: up to
+/// three bytes held per byte received are what `max_in_flight` plans for (README,
+/// "Performance"); anything beyond is charged.
+pub const HELD_PER_CHARGED_BYTE: usize = 3;
 
 /// A route with its ready client.
 #[derive(Debug)]
@@ -122,7 +132,14 @@ impl Router {
                 dmarc: route.dmarc,
             });
         }
-        Ok(Router { routes })
+        let limits = ParseLimits {
+            max_header_line: config.smtp.max_header_line,
+            max_header_field: config.smtp.max_header_field,
+            max_header_section: config.smtp.max_header_section,
+            max_addresses: config.smtp.max_addresses,
+            ..ParseLimits::default()
+        };
+        Ok(Router { routes, limits })
     }
 
     fn route_of(&self, address: &str) -> Option<usize> {
@@ -172,6 +189,12 @@ pub enum Outcome {
     AuthRejected,
     /// An enforcing route could not authenticate the message for now (DMARC `temperror`).
     AuthTempFailed,
+    /// Parsed and rendered, the message would hold more memory than the in-flight budget has
+    /// free now (issue 16): the sender retries.
+    OverBudget,
+    /// Parsed and rendered, the message would hold more memory than the whole in-flight budget
+    /// (`smtp.max_in_flight`) allows: a retry would meet the same bound.
+    ExpandsPastBudget,
 }
 
 impl Outcome {
@@ -204,11 +227,26 @@ impl Outcome {
                 format!(
                     "5.6.0 Message refused: {}",
                     match limit {
-                        LimitExceeded::MimeDepth => "MIME nesting too deep",
-                        LimitExceeded::MimeParts => "too many MIME parts",
-                        LimitExceeded::Headers => "too many header fields",
+                        LimitExceeded::MimeDepth => "MIME nesting too deep".to_string(),
+                        LimitExceeded::MimeParts => "too many MIME parts".to_string(),
+                        LimitExceeded::Headers => "too many header fields".to_string(),
+                        LimitExceeded::HeaderLine(limit) =>
+                            format!("header line longer than {limit} octets"),
+                        LimitExceeded::HeaderField(limit) =>
+                            format!("header field larger than {limit} octets"),
+                        LimitExceeded::HeaderSection(limit) =>
+                            format!("header section larger than {limit} octets"),
+                        LimitExceeded::Addresses(limit) =>
+                            format!("more than {limit} addresses in From, To, Cc and Reply-To"),
                     }
                 ),
+            ),
+            Outcome::OverBudget => {
+                Reply::new(451, "4.3.1 Insufficient system resources, try again later")
+            }
+            Outcome::ExpandsPastBudget => Reply::new(
+                552,
+                "5.3.4 Message refused: decoded, it needs more memory than this node allows",
             ),
         }
     }
@@ -231,7 +269,7 @@ pub async fn deliver(
         mail_from,
         rcpt_to,
         data,
-        reservation: _reservation,
+        mut reservation,
         ..
     } = tx;
     let started = Instant::now();
@@ -280,10 +318,11 @@ pub async fn deliver(
             (key, route.name.clone(), recipients.clone())
         })
         .collect();
+    let limits = router.limits;
     let (parsed, ids) = {
         let data = data.clone();
         cpu_work(data.len(), move || {
-            let parsed = message::parse(&data, &ParseLimits::default());
+            let parsed = message::parse(&data, &limits);
             let ids: Vec<String> = id_keys
                 .iter()
                 .map(|(key, name, recipients)| key.delivery_id(name, recipients, &data))
@@ -305,9 +344,39 @@ pub async fn deliver(
             size: a.data.len() as u64,
         })
         .collect();
-    if let Some(limit) = parsed.limit_exceeded {
-        log::warn!("delivery refused: message past the MIME limit {limit:?}");
-        report.outcome = Outcome::TooComplex(limit);
+    // The envelope of each route's payload, and what the payloads will hold.
+    let envelopes: Vec<Envelope> = groups
+        .iter()
+        .map(|(_, rcpt_to)| Envelope {
+            mail_from: mail_from.clone(),
+            rcpt_to: rcpt_to.clone(),
+            helo: helo.clone(),
+            remote_ip: peer.remote_ip.clone(),
+            tls: peer.tls.clone(),
+        })
+        .collect();
+    let charge_outcome = match parsed.limit_exceeded {
+        Some(limit) => {
+            log::warn!("delivery refused: message past the parse limit {limit:?}");
+            Some(Outcome::TooComplex(limit))
+        }
+        None => {
+            let payloads: usize = groups
+                .iter()
+                .zip(&envelopes)
+                .map(|((route_index, _), envelope)| {
+                    let inline = router.routes[*route_index]
+                        .storage
+                        .as_ref()
+                        .is_none_or(|storage| !storage.attachments);
+                    payload::bound(&parsed, envelope, inline)
+                })
+                .sum();
+            charge(&mut reservation, data.len(), parsed.held_bytes(), payloads)
+        }
+    };
+    if let Some(outcome) = charge_outcome {
+        report.outcome = outcome;
         report.routes = groups
             .into_iter()
             .zip(ids)
@@ -334,15 +403,8 @@ pub async fn deliver(
     report.auth = verdict.as_deref().map(AuthVerdict::results);
 
     // One payload per route (each carries only its own recipients), posted concurrently.
-    let posts: Vec<_> = groups.into_iter().zip(ids).map(|((route_index, rcpt_to), id)| {
+    let posts: Vec<_> = groups.into_iter().zip(ids).zip(envelopes).map(|(((route_index, _), id), envelope)| {
         let route = &router.routes[route_index];
-        let envelope = Envelope {
-            mail_from: mail_from.clone(),
-            rcpt_to,
-            helo: helo.clone(),
-            remote_ip: peer.remote_ip.clone(),
-            tls: peer.tls.clone(),
-        };
         let parsed = parsed.clone();
         let received_at = received_at.clone();
         let size = data.len();
@@ -536,7 +598,9 @@ impl DeliveryReport {
             .iter()
             .map(|route| {
                 let (status, webhook_status) = match (&self.outcome, &route.webhook) {
-                    (Outcome::TooComplex(_), _) => (Status::Failed, None),
+                    (Outcome::TooComplex(_) | Outcome::ExpandsPastBudget, _) => {
+                        (Status::Failed, None)
+                    }
                     (_, None) if route.refused_by_auth == Some(Enforcement::Reject) => {
                         (Status::Rejected, None)
                     }
@@ -653,6 +717,35 @@ impl AsRef<[u8]> for AttachmentBytes {
     }
 }
 
+/// Charges `reservation` (which holds the message's `size` received bytes) for what the message
+/// holds once parsed (`parsed` bytes) and rendered (`payloads` bytes, every route's), at
+/// [`HELD_PER_CHARGED_BYTE`]. `None` when the charge is held; else the outcome: the budget is
+/// full for now, or the message could never fit it.
+fn charge(
+    reservation: &mut crate::smtp::budget::Reservation,
+    size: usize,
+    parsed: usize,
+    payloads: usize,
+) -> Option<Outcome> {
+    let held = size.saturating_add(parsed).saturating_add(payloads);
+    let needed = held.div_ceil(HELD_PER_CHARGED_BYTE);
+    let more = needed.saturating_sub(reservation.bytes());
+    if more == 0 || reservation.try_grow(more) {
+        return None;
+    }
+    if needed > reservation.budget_limit() {
+        log::warn!(
+            "delivery refused: the message would hold {held} bytes in memory, more than the in-flight budget allows"
+        );
+        Some(Outcome::ExpandsPastBudget)
+    } else {
+        log::warn!(
+            "delivery tempfailed: the message would hold {held} bytes in memory, more than the in-flight budget has free"
+        );
+        Some(Outcome::OverBudget)
+    }
+}
+
 fn outcome_label(outcome: &Outcome) -> &'static str {
     match outcome {
         Outcome::Delivered { .. } => "delivered",
@@ -661,6 +754,8 @@ fn outcome_label(outcome: &Outcome) -> &'static str {
         Outcome::TooComplex(_) => "rejected",
         Outcome::AuthRejected => "rejected by DMARC",
         Outcome::AuthTempFailed => "tempfailed by DMARC",
+        Outcome::OverBudget => "tempfailed",
+        Outcome::ExpandsPastBudget => "rejected",
     }
 }
 

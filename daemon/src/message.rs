@@ -64,6 +64,24 @@ pub const MAX_HEADERS_PER_PART: usize = 1000;
 /// Distinct warnings kept per message, so a pathological message cannot grow the payload
 /// through its warnings.
 pub const MAX_WARNINGS: usize = 32;
+/// Default bound on one physical line of a header block, in octets without its line ending
+/// (`smtp.max_header_line`). RFC 5322 §2.1.1 allows 998; Postfix rewraps lines past 2048.
+/// 32 KiB is 32 times the RFC's limit, far beyond what broken senders write, and keeps the
+/// decoding temporaries of one line small.
+pub const MAX_HEADER_LINE: usize = 32 * 1024;
+/// Default bound on one header field, all of its folded lines together with their line
+/// endings (`smtp.max_header_field`): Postfix's `header_size_limit` (102400), where Postfix
+/// truncates. A field is decoded as a whole, and mailparse's tokens of a hostile value take up
+/// to about thirty times its size while it is decoded: this bound keeps that per message small.
+pub const MAX_HEADER_FIELD: usize = 100 * 1024;
+/// Default bound on one header block (the message's, or a MIME part's), its empty line
+/// included (`smtp.max_header_section`). Postfix keeps at most 100 KiB of one header
+/// (`header_size_limit`), sendmail 32 KiB of all of them (`MaxHeadersLength`); real header
+/// sections are a few KiB, long Received chains and DKIM/ARC sets some tens.
+pub const MAX_HEADER_SECTION: usize = 1024 * 1024;
+/// Default bound on the addresses of the From, To, Cc and Reply-To headers together
+/// (`smtp.max_addresses`), counted before they are parsed (see [`ParseLimits::max_addresses`]).
+pub const MAX_ADDRESSES: usize = 1000;
 
 /// Base64 is decoded this many (whitespace-free) input characters at a time, a multiple of 4:
 /// small enough that a chunk's input and its decoded bytes are still in the CPU cache when the
@@ -85,6 +103,20 @@ pub struct ParseLimits {
     pub max_depth: usize,
     /// Most MIME parts (multipart containers and leaves, the top-level part included) walked.
     pub max_parts: usize,
+    /// Longest physical line of any header block, in octets without the line ending. A block
+    /// with a longer line is not decoded at all.
+    pub max_header_line: usize,
+    /// Largest header field (its folded lines and their line endings). A block with a larger
+    /// field is not decoded at all.
+    pub max_header_field: usize,
+    /// Largest header block (top-level or of a MIME part), in octets up to and including the
+    /// empty line that ends it. A larger block is not decoded at all.
+    pub max_header_section: usize,
+    /// Most addresses in the top-level From, To, Cc and Reply-To headers together. They are
+    /// counted before parsing as one per header plus one per comma (an upper bound: a comma
+    /// inside a quoted display name counts too), so a hostile list costs a byte scan, not a
+    /// parsed address per two bytes of input.
+    pub max_addresses: usize,
 }
 
 impl Default for ParseLimits {
@@ -92,6 +124,10 @@ impl Default for ParseLimits {
         ParseLimits {
             max_depth: MAX_MIME_DEPTH,
             max_parts: MAX_MIME_PARTS,
+            max_header_line: MAX_HEADER_LINE,
+            max_header_field: MAX_HEADER_FIELD,
+            max_header_section: MAX_HEADER_SECTION,
+            max_addresses: MAX_ADDRESSES,
         }
     }
 }
@@ -106,6 +142,14 @@ pub enum LimitExceeded {
     MimeParts,
     /// A header block with more than [`MAX_HEADERS_PER_PART`] headers.
     Headers,
+    /// A header line longer than [`ParseLimits::max_header_line`] (the limit).
+    HeaderLine(usize),
+    /// A header field larger than [`ParseLimits::max_header_field`] (the limit).
+    HeaderField(usize),
+    /// A header block larger than [`ParseLimits::max_header_section`] (the limit).
+    HeaderSection(usize),
+    /// More addresses than [`ParseLimits::max_addresses`] (the limit).
+    Addresses(usize),
 }
 
 /// One address of a From/To/Cc/Reply-To header; groups are flattened into their members.
@@ -179,6 +223,53 @@ pub struct ParsedMessage {
     pub limit_exceeded: Option<LimitExceeded>,
 }
 
+impl ParsedMessage {
+    /// Bytes this reading holds on the heap, about: every string and attachment, plus a fixed
+    /// allowance per item for its struct and allocation. What the in-flight budget is charged
+    /// for a parsed message (issue 16; `deliver`).
+    pub fn held_bytes(&self) -> usize {
+        const ITEM: usize = 64;
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, |s| s.capacity() + ITEM);
+        let mailboxes = |list: &[Mailbox]| -> usize {
+            list.iter()
+                .map(|m| opt(&m.name) + m.address.capacity() + ITEM)
+                .sum()
+        };
+        opt(&self.message_id)
+            + opt(&self.subject)
+            + opt(&self.date)
+            + mailboxes(&self.from)
+            + mailboxes(&self.to)
+            + mailboxes(&self.cc)
+            + mailboxes(&self.reply_to)
+            + self
+                .headers
+                .iter()
+                .map(|h| h.name.capacity() + h.value.capacity() + ITEM)
+                .sum::<usize>()
+            + opt(&self.text)
+            + opt(&self.html)
+            + self
+                .attachments
+                .iter()
+                .map(|a| {
+                    opt(&a.filename)
+                        + a.content_type.capacity()
+                        + a.disposition.capacity()
+                        + opt(&a.content_id)
+                        + a.data.capacity()
+                        + a.sha256.capacity()
+                        + 4 * ITEM
+                })
+                .sum::<usize>()
+            + self
+                .warnings
+                .iter()
+                .map(|w| w.capacity() + ITEM)
+                .sum::<usize>()
+    }
+}
+
 /// Parses one message. Never panics and never fails: problems become [`ParsedMessage::warnings`].
 ///
 /// The input is the message as received after DATA (CRLF line endings, dot-unstuffed); LF-only
@@ -200,7 +291,7 @@ fn parse_unguarded(raw: &[u8], limits: &ParseLimits) -> ParsedMessage {
     let mut walker = Walker {
         limits: ParseLimits {
             max_depth: limits.max_depth.min(MIME_DEPTH_CEILING),
-            max_parts: limits.max_parts,
+            ..*limits
         },
         parts_seen: 0,
         text_parts: 0,
@@ -291,7 +382,28 @@ impl Walker {
     /// Splits an entity into headers and body. Unlike `mailparse::parse_headers`, which refuses
     /// the whole block, a line that cannot start a header (a continuation line with nothing to
     /// continue, a line without a field name, a lone CR) is skipped with a warning.
+    ///
+    /// A block past [`ParseLimits::max_header_line`] or [`ParseLimits::max_header_section`]
+    /// is not decoded at all: the entity comes back empty and the limit is recorded.
     fn read_entity<'a>(&mut self, raw: &'a [u8], default: DefaultType) -> Entity<'a> {
+        if let Err(limit) = check_header_block(raw, &self.limits) {
+            self.exceed(
+                limit,
+                match limit {
+                    LimitExceeded::HeaderLine(_) => "header line too long; the part was not read",
+                    LimitExceeded::HeaderField(_) => {
+                        "header field too large; the part was not read"
+                    }
+                    _ => "header section too large; the part was not read",
+                },
+            );
+            return Entity {
+                raw: &[],
+                headers: Vec::new(),
+                body: &[],
+                ctype: default_ctype(default),
+            };
+        }
         let mut headers = Vec::new();
         let mut ix = 0;
         while let Some(rest) = raw.get(ix..).filter(|rest| !rest.is_empty()) {
@@ -417,6 +529,20 @@ impl Walker {
             if message.date.is_none() {
                 self.warn("Date header could not be read");
             }
+        }
+        // Addresses are counted before any is parsed: mailparse allocates a parsed address (and
+        // this module a `Mailbox`) per two bytes of `@,@,@,…`, a hundredfold the input.
+        let addresses: usize = ["From", "To", "Cc", "Reply-To"]
+            .into_iter()
+            .flat_map(|name| named(name))
+            .map(|i| 1 + memchr::memchr_iter(b',', headers[i].get_value_raw()).count())
+            .sum();
+        if addresses > self.limits.max_addresses {
+            self.exceed(
+                LimitExceeded::Addresses(self.limits.max_addresses),
+                "too many addresses; the address lists were not read",
+            );
+            return;
         }
         for (name, warning) in [
             ("From", "From header: address list could not be read"),
@@ -717,6 +843,37 @@ fn default_ctype(default: DefaultType) -> ParsedContentType {
 fn is_field_name(raw: &[u8]) -> bool {
     let name = raw.trim_ascii();
     !name.is_empty() && name.iter().all(|b| (33..=126).contains(b))
+}
+
+/// Checks a header block against the line, field and section bounds before anything in it is
+/// decoded: one pass over its bytes, line by line (an empty line ends the block; a lone CR is no
+/// line ending, so it counts towards the line; a line starting with a space or tab continues
+/// the field before it).
+fn check_header_block(raw: &[u8], limits: &ParseLimits) -> Result<(), LimitExceeded> {
+    let mut start = 0;
+    let mut field_start = 0;
+    for end in memchr::memchr_iter(b'\n', raw).chain(std::iter::once(raw.len())) {
+        let line = &raw[start..end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.len() > limits.max_header_line {
+            return Err(LimitExceeded::HeaderLine(limits.max_header_line));
+        }
+        if !matches!(line.first(), Some(b' ' | b'\t')) {
+            field_start = start;
+        }
+        if (end + 1).min(raw.len()) - field_start > limits.max_header_field {
+            return Err(LimitExceeded::HeaderField(limits.max_header_field));
+        }
+        let block_len = (end + 1).min(raw.len());
+        if block_len > limits.max_header_section {
+            return Err(LimitExceeded::HeaderSection(limits.max_header_section));
+        }
+        if line.is_empty() {
+            break;
+        }
+        start = end + 1;
+    }
+    Ok(())
 }
 
 /// Length of the first line of `bytes`, its LF included.
@@ -1644,6 +1801,121 @@ mod tests {
         assert_eq!(parsed.limit_exceeded, Some(LimitExceeded::Headers));
     }
 
+    /// Issue 16: a header line past the bound is refused, and its block is never decoded.
+    #[test]
+    fn header_line_past_the_bound_is_a_limit_issue_16() {
+        let limits = ParseLimits {
+            max_header_line: 1000,
+            ..ParseLimits::default()
+        };
+        let at_limit = format!("X-A: {}\r\nSubject: s\r\n\r\nbody", "x".repeat(995));
+        let parsed = parse(at_limit.as_bytes(), &limits);
+        assert_eq!(parsed.limit_exceeded, None);
+        assert_eq!(parsed.subject.as_deref(), Some("s"));
+
+        let over = format!("X-A: {}\r\nSubject: s\r\n\r\nbody", "x=?".repeat(400));
+        let parsed = parse(over.as_bytes(), &limits);
+        assert_eq!(parsed.limit_exceeded, Some(LimitExceeded::HeaderLine(1000)));
+        assert!(parsed.headers.is_empty() && parsed.subject.is_none());
+
+        // The same in a MIME part's header block, and a long body line is no header line.
+        let part = format!(
+            "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\n{}\r\n\
+             --b\r\nContent-Type: text/plain; name=\"{}\"\r\n\r\nx\r\n--b--\r\n",
+            "y".repeat(5000),
+            "=?".repeat(1000)
+        );
+        let parsed = parse(part.as_bytes(), &limits);
+        assert_eq!(parsed.limit_exceeded, Some(LimitExceeded::HeaderLine(1000)));
+    }
+
+    /// Issue 16: a header block past the bound (many short lines) is refused undecoded.
+    #[test]
+    fn header_section_past_the_bound_is_a_limit_issue_16() {
+        let limits = ParseLimits {
+            max_header_section: 64 * 1024,
+            ..ParseLimits::default()
+        };
+        let folded = format!("Subject: {}\r\n\r\nbody", "=?a?q?b?=\r\n ".repeat(6000));
+        let parsed = parse(folded.as_bytes(), &limits);
+        assert_eq!(
+            parsed.limit_exceeded,
+            Some(LimitExceeded::HeaderSection(64 * 1024))
+        );
+        assert!(parsed.subject.is_none());
+        let small = format!("Subject: {}\r\n\r\nbody", "=?a?q?b?=\r\n ".repeat(100));
+        assert_eq!(parse(small.as_bytes(), &limits).limit_exceeded, None);
+    }
+
+    /// Issue 16: one field past the bound (folded, every line short) is refused undecoded;
+    /// as many bytes spread over several fields are not.
+    #[test]
+    fn header_field_past_the_bound_is_a_limit_issue_16() {
+        let limits = ParseLimits {
+            max_header_field: 8192,
+            ..ParseLimits::default()
+        };
+        let value = "x=?x=?x=?\r\n ".repeat(700);
+        let one = format!("X-A: {value}\r\nSubject: s\r\n\r\nbody");
+        let parsed = parse(one.as_bytes(), &limits);
+        assert_eq!(
+            parsed.limit_exceeded,
+            Some(LimitExceeded::HeaderField(8192))
+        );
+        assert!(parsed.subject.is_none());
+        let half = "x=?x=?x=?\r\n ".repeat(350);
+        let two = format!("X-A: {half}\r\nX-B: {half}\r\nSubject: s\r\n\r\nbody");
+        let parsed = parse(two.as_bytes(), &limits);
+        assert_eq!(parsed.limit_exceeded, None);
+        assert_eq!(parsed.subject.as_deref(), Some("s"));
+    }
+
+    /// Issue 16: `To: @,@,@,…` is counted, not parsed into a hundredfold of its size.
+    #[test]
+    fn addresses_past_the_bound_are_a_limit_issue_16() {
+        let limits = ParseLimits {
+            max_addresses: 10,
+            ..ParseLimits::default()
+        };
+        let ten = format!("From: a@x\r\nTo: {}\r\n\r\nbody", ["b@x"; 9].join(", "));
+        let parsed = parse(ten.as_bytes(), &limits);
+        assert_eq!(parsed.limit_exceeded, None);
+        assert_eq!(parsed.from.len() + parsed.to.len(), 10);
+
+        let folded = "@,".repeat(500) + "\r\n ";
+        let flood = format!("To: {}@\r\n\r\nbody", folded.repeat(80));
+        let parsed = parse(flood.as_bytes(), &limits);
+        assert_eq!(parsed.limit_exceeded, Some(LimitExceeded::Addresses(10)));
+        assert!(parsed.to.is_empty());
+        // Split over several headers, the addresses still add up.
+        let split = format!("Cc: {}\r\n", ["c@x"; 6].join(",")).repeat(2) + "\r\nbody";
+        let parsed = parse(split.as_bytes(), &limits);
+        assert_eq!(parsed.limit_exceeded, Some(LimitExceeded::Addresses(10)));
+    }
+
+    /// Issue 16 (deterministic, not timed): a maximal header section of each quadratic shape
+    /// is decoded, and every one of its values comes out whole. Upstream mailparse needed
+    /// hours of CPU for one such header at the message size limit.
+    #[test]
+    fn header_sections_of_the_worst_shapes_at_the_bound_are_decoded_issue_16() {
+        let limits = ParseLimits::default();
+        for unit in ["x=?", "=?", " =?", "=?a?q?b?= ", "\u{e9}=?"] {
+            let line = unit.repeat((MAX_HEADER_LINE - 8) / unit.len());
+            let mut raw = String::new();
+            while raw.len() + line.len() + 16 < MAX_HEADER_SECTION {
+                raw.push_str(&format!("X-A: {line}\r\n"));
+            }
+            raw.push_str("\r\nbody");
+            let parsed = parse(raw.as_bytes(), &limits);
+            assert_eq!(parsed.limit_exceeded, None, "{unit:?}");
+            assert!(parsed.headers.len() > 30, "{unit:?}");
+            assert_eq!(parsed.text.as_deref(), Some("body"), "{unit:?}");
+        }
+        let params: String = (0..2500).map(|i| format!(";\r\n a{i}*0*=x")).collect();
+        let raw = format!("Content-Type: text/plain{params}\r\n\r\nbody");
+        assert_eq!(parse(raw.as_bytes(), &limits).text.as_deref(), Some("body"));
+    }
+
     #[test]
     fn malformed_header_lines_are_skipped() {
         check(
@@ -1747,6 +2019,7 @@ mod tests {
         let unbounded = ParseLimits {
             max_depth: usize::MAX,
             max_parts: usize::MAX,
+            ..ParseLimits::default()
         };
         let parsed = parse(&deeply_nested(MIME_DEPTH_CEILING * 10), &unbounded);
         assert_eq!(parsed.limit_exceeded, Some(LimitExceeded::MimeDepth));

@@ -149,19 +149,99 @@ impl serde_json::ser::Formatter for PayloadFormatter {
 /// ids, field names, the JSON punctuation of headers and attachments.
 const PAYLOAD_OVERHEAD_BYTES: usize = 4096;
 
-/// About the size of the rendered payload, so its buffer is allocated once instead of doubling
-/// its way up (which copies the payload several times and, at the last step, holds it twice).
-/// JSON escapes lengthen text (a line break takes two bytes more): an eighth is added for them.
-fn estimated_size(message: &ParsedMessage, inline: impl Iterator<Item = usize>) -> usize {
-    let text = message.text.as_ref().map_or(0, String::len)
-        + message.html.as_ref().map_or(0, String::len)
+/// Allowance for the sender-authentication object (`auth`), whose size this module does not
+/// know in advance: a few results with domains and selectors.
+const AUTH_ALLOWANCE_BYTES: usize = 16 * 1024;
+/// Allowance per attachment for its fields besides the content and the strings counted, and
+/// for an `s3` location (bucket, key and URL).
+const ATTACHMENT_OVERHEAD_BYTES: usize = 1024;
+/// Allowance per header, address and warning for its JSON punctuation and field names.
+const ITEM_OVERHEAD_BYTES: usize = 48;
+
+/// Length of `s` as a JSON string, quotes included, escaped as serde_json escapes it: `"` and
+/// `\` and the short escapes take two bytes, other control characters six (`\u0001`).
+fn json_string_len(s: &str) -> usize {
+    2 + s.len()
+        + s.bytes()
+            .map(|b| match b {
+                b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+                0..0x20 => 5,
+                _ => 0,
+            })
+            .sum::<usize>()
+}
+
+fn json_option_len(s: Option<&str>) -> usize {
+    s.map_or(4, json_string_len)
+}
+
+/// An upper bound on the size of the payload [`render_stored`] writes for `message` and
+/// `envelope`, with the attachments inlined (`inline`) or as S3 locations. Every string is
+/// measured as JSON escapes it (a control character takes six bytes), so the bound holds for
+/// any input; it is the payload buffer's capacity, allocated once, and what the in-flight
+/// budget is charged for the route's payload (issue 16).
+pub fn bound(message: &ParsedMessage, envelope: &Envelope, inline: bool) -> usize {
+    let mailboxes = |list: &[Mailbox]| -> usize {
+        list.iter()
+            .map(|m| {
+                json_option_len(m.name.as_deref())
+                    + json_string_len(&m.address)
+                    + ITEM_OVERHEAD_BYTES
+            })
+            .sum()
+    };
+    let envelope_len = json_string_len(&envelope.mail_from)
+        + envelope
+            .rcpt_to
+            .iter()
+            .map(|r| json_string_len(r) + 1)
+            .sum::<usize>()
+        + json_string_len(&envelope.helo)
+        + json_string_len(&envelope.remote_ip)
+        + envelope.tls.as_ref().map_or(0, |tls| {
+            json_string_len(&tls.version) + json_string_len(&tls.cipher)
+        });
+    let attachments: usize = message
+        .attachments
+        .iter()
+        .map(|a| {
+            let content = if inline {
+                a.data.len().div_ceil(3) * 4
+            } else {
+                0
+            };
+            content
+                + json_option_len(a.filename.as_deref())
+                + json_string_len(&a.content_type)
+                + json_string_len(&a.disposition)
+                + json_option_len(a.content_id.as_deref())
+                + json_string_len(&a.sha256)
+                + ATTACHMENT_OVERHEAD_BYTES
+        })
+        .sum();
+    PAYLOAD_OVERHEAD_BYTES
+        + AUTH_ALLOWANCE_BYTES
+        + envelope_len
+        + json_option_len(message.message_id.as_deref())
+        + json_option_len(message.subject.as_deref())
+        + json_option_len(message.date.as_deref())
+        + mailboxes(&message.from)
+        + mailboxes(&message.to)
+        + mailboxes(&message.cc)
+        + mailboxes(&message.reply_to)
         + message
             .headers
             .iter()
-            .map(|h| h.name.len() + h.value.len() + 32)
-            .sum::<usize>();
-    let attachments: usize = inline.map(|len| len.div_ceil(3) * 4 + 256).sum();
-    PAYLOAD_OVERHEAD_BYTES + text + text / 8 + attachments
+            .map(|h| json_string_len(&h.name) + json_string_len(&h.value) + ITEM_OVERHEAD_BYTES)
+            .sum::<usize>()
+        + json_option_len(message.text.as_deref())
+        + json_option_len(message.html.as_deref())
+        + attachments
+        + message
+            .warnings
+            .iter()
+            .map(|w| json_string_len(w) + ITEM_OVERHEAD_BYTES)
+            .sum::<usize>()
 }
 
 /// Renders the JSON body for one route that inlines its attachments.
@@ -229,13 +309,10 @@ pub fn render_stored(
         raw: stored.raw.as_ref().map(|s3| RawOut { s3, size }),
         warnings: &message.warnings,
     };
-    let inline = message
-        .attachments
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| locations.get(*i).is_none())
-        .map(|(_, a)| a.data.len());
-    let mut out = Vec::with_capacity(estimated_size(message, inline));
+    // A route stores all of its attachments or none (and inlines any without a location, which
+    // the inline bound covers).
+    let inline = locations.len() < message.attachments.len();
+    let mut out = Vec::with_capacity(bound(message, envelope, inline));
     // Serialising plain structs of strings and numbers into a Vec cannot fail.
     let written = payload.serialize(&mut serde_json::Serializer::with_formatter(
         &mut out,
@@ -276,6 +353,69 @@ fn stored_attachment<'a>(a: &'a Attachment, location: &'a S3Ref) -> AttachmentOu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 16: the bound the budget is charged for holds for the costliest strings (control
+    /// characters are six bytes in JSON) and is not far above what is written.
+    #[test]
+    fn bound_covers_the_rendered_payload_of_escaping_heavy_messages_issue_16() {
+        let controls: String = (0u8..0x20).map(char::from).collect::<String>() + "\"\\\u{7f}é";
+        let nasty = controls.repeat(2000);
+        let mailbox = Mailbox {
+            name: Some(nasty.clone()),
+            address: nasty.clone(),
+        };
+        let message = ParsedMessage {
+            message_id: Some(nasty.clone()),
+            subject: Some(nasty.clone()),
+            date: Some(nasty.clone()),
+            from: vec![mailbox.clone(); 3],
+            to: vec![mailbox.clone(); 3],
+            cc: vec![mailbox.clone(); 3],
+            reply_to: vec![mailbox; 3],
+            headers: vec![
+                Header {
+                    name: nasty.clone(),
+                    value: nasty.clone(),
+                };
+                5
+            ],
+            text: Some(nasty.clone()),
+            html: Some(nasty.clone()),
+            attachments: vec![
+                Attachment {
+                    filename: Some(nasty.clone()),
+                    content_type: nasty.clone(),
+                    disposition: nasty.clone(),
+                    content_id: Some(nasty.clone()),
+                    data: nasty.as_bytes().to_vec(),
+                    sha256: "00".repeat(32),
+                };
+                2
+            ],
+            warnings: vec![nasty.clone(); 3],
+            limit_exceeded: None,
+        };
+        let envelope = Envelope {
+            mail_from: nasty.clone(),
+            rcpt_to: vec![nasty.clone(); 4],
+            helo: nasty.clone(),
+            remote_ip: nasty.clone(),
+            tls: Some(TlsInfo {
+                version: nasty.clone(),
+                cipher: nasty.clone(),
+            }),
+        };
+        let rendered = render("msg_1", "2026-01-01T00:00:00Z", &envelope, &message, 42);
+        let bound = bound(&message, &envelope, true);
+        assert!(rendered.len() <= bound, "{} > {bound}", rendered.len());
+        assert!(
+            bound - rendered.len() < 64 * 1024,
+            "{bound} for {}",
+            rendered.len()
+        );
+        // Five bytes of six in the text are escape overhead: the bound knows.
+        assert!(rendered.len() > 30 * nasty.len());
+    }
 
     #[test]
     fn payload_has_every_contract_field() {

@@ -100,6 +100,10 @@ pub struct NodeConfig {
     max_recipients: Option<u64>,
     /// `[smtp] max_in_flight`, e.g. `"256MiB"`.
     max_in_flight: Option<String>,
+    /// `[smtp] max_header_line`, `max_header_field`, `max_header_section`, e.g. `"2KiB"`.
+    header_bounds: [Option<String>; 3],
+    /// `[smtp] max_addresses`.
+    max_addresses: Option<u64>,
     /// `[smtp] command_timeout`, e.g. `"5m"`.
     command_timeout: Option<String>,
     /// `[smtp] data_timeout`, e.g. `"3m"`.
@@ -149,6 +153,8 @@ impl NodeConfig {
             max_sessions_per_ip: None,
             max_recipients: None,
             max_in_flight: None,
+            header_bounds: [None, None, None],
+            max_addresses: None,
             command_timeout: None,
             data_timeout: None,
             max_in_flight_per_ip: None,
@@ -215,6 +221,19 @@ impl NodeConfig {
     /// Sets `[smtp] max_in_flight` (e.g. `"256MiB"`).
     pub fn max_in_flight(mut self, size: &str) -> Self {
         self.max_in_flight = Some(size.to_string());
+        self
+    }
+
+    /// Sets `[smtp] max_header_line`, `max_header_field` and `max_header_section` (e.g.
+    /// `"2KiB"`), issue 16.
+    pub fn header_bounds(mut self, line: &str, field: &str, section: &str) -> Self {
+        self.header_bounds = [line, field, section].map(|v| Some(v.to_string()));
+        self
+    }
+
+    /// Sets `[smtp] max_addresses` (issue 16).
+    pub fn max_addresses(mut self, addresses: u64) -> Self {
+        self.max_addresses = Some(addresses);
         self
     }
 
@@ -339,6 +358,9 @@ impl NodeConfig {
         let strings = [
             ("max_message_size", &self.max_message_size),
             ("max_in_flight", &self.max_in_flight),
+            ("max_header_line", &self.header_bounds[0]),
+            ("max_header_field", &self.header_bounds[1]),
+            ("max_header_section", &self.header_bounds[2]),
             ("command_timeout", &self.command_timeout),
             ("data_timeout", &self.data_timeout),
             ("max_in_flight_per_ip", &self.max_in_flight_per_ip),
@@ -357,6 +379,7 @@ impl NodeConfig {
             ("max_sessions", self.max_sessions),
             ("max_sessions_per_ip", self.max_sessions_per_ip),
             ("max_recipients", self.max_recipients),
+            ("max_addresses", self.max_addresses),
         ];
         for (key, value) in numbers {
             if let Some(value) = value {

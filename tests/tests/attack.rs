@@ -93,6 +93,17 @@ fn raw_message(content: Vec<u8>) -> Vec<Step> {
     vec![Step::Send(bytes)]
 }
 
+/// `value` folded (RFC 5322 §2.2.3) into lines of at most 900 characters, so a long header
+/// stays within `smtp.max_header_line` (issue 16). ASCII only.
+fn fold(value: &str) -> String {
+    value
+        .as_bytes()
+        .chunks(900)
+        .map(|chunk| std::str::from_utf8(chunk).expect("ASCII"))
+        .collect::<Vec<_>>()
+        .join("\r\n ")
+}
+
 /// Commands only (after EHLO).
 fn commands(text: &[u8]) -> Vec<Step> {
     let mut bytes = CLIENT.as_bytes().to_vec();
@@ -289,25 +300,34 @@ fn handwritten() -> Vec<(&'static str, Script, &'static str, usize)> {
             1,
         ),
         (
-            "100,000 nested comments in From",
+            "40,000 nested comments in From, folded",
             Box::new(|t| {
-                let nested = format!("{}x{}", "(".repeat(100_000), ")".repeat(100_000));
+                let nested = fold(&format!("{}x{}", "(".repeat(40_000), ")".repeat(40_000)));
                 message(t, &format!("From: {nested} <a@example.org>\r\n"), "")
             }),
             "250 2.0.0",
             1,
         ),
         (
-            "100,000 nested groups and angle brackets in To",
+            "100,000 nested comments in From, one line past max_header_line (issue 16)",
             Box::new(|t| {
-                let nested = format!(
+                let nested = format!("{}x{}", "(".repeat(100_000), ")".repeat(100_000));
+                message(t, &format!("From: {nested} <a@example.org>\r\n"), "")
+            }),
+            "554 5.6.0",
+            0,
+        ),
+        (
+            "15,000 nested groups and angle brackets in To, 90,000 quotes in Cc, folded",
+            Box::new(|t| {
+                let nested = fold(&format!(
                     "{}b@example.org{}",
-                    "g:<".repeat(100_000),
-                    ">;".repeat(100_000)
-                );
+                    "g:<".repeat(15_000),
+                    ">;".repeat(15_000)
+                ));
                 message(
                     t,
-                    &format!("To: {nested}\r\nCc: {}\r\n", "\"".repeat(100_000)),
+                    &format!("To: {nested}\r\nCc: {}\r\n", fold(&"\"".repeat(90_000))),
                     "",
                 )
             }),
@@ -315,9 +335,9 @@ fn handwritten() -> Vec<(&'static str, Script, &'static str, usize)> {
             1,
         ),
         (
-            "100,000 nested comments in Content-Type",
+            "40,000 nested comments in Content-Type, folded",
             Box::new(|t| {
-                let nested = format!("{}x{}", "(".repeat(100_000), ")".repeat(100_000));
+                let nested = fold(&format!("{}x{}", "(".repeat(40_000), ")".repeat(40_000)));
                 message(
                     t,
                     &format!("Content-Type: text/plain; {nested} charset=utf-8\r\n"),
@@ -327,8 +347,9 @@ fn handwritten() -> Vec<(&'static str, Script, &'static str, usize)> {
             "250 2.0.0",
             1,
         ),
+        // An encoded word cannot be folded: one this long is a line past max_header_line.
         (
-            "135 KB encoded word",
+            "135 KB encoded word (issue 16: refused at max_header_line)",
             Box::new(|t| {
                 let word = BASE64.encode("ä".repeat(50_000));
                 assert!(word.len() > 130_000);
@@ -340,6 +361,78 @@ fn handwritten() -> Vec<(&'static str, Script, &'static str, usize)> {
                     ),
                     "",
                 )
+            }),
+            "554 5.6.0",
+            0,
+        ),
+        // Issue 16: quadratic decoding and memory amplification through headers.
+        (
+            "issue 16: x=?x=?… header line past max_header_line",
+            Box::new(|t| message(t, &format!("X-A: {}\r\n", "x=?".repeat(100_000)), "")),
+            "554 5.6.0",
+            0,
+        ),
+        (
+            "issue 16: the quadratic encoded-word shapes filling max_header_section",
+            Box::new(|t| {
+                let mut headers = String::new();
+                for unit in ["x=?", "=?", " =?", "=?a?q?b?= ", "=?utf-8?q?=C3=A9?= x"] {
+                    let line = unit.repeat(32_000 / unit.len());
+                    for _ in 0..6 {
+                        headers.push_str(&format!("X-A: {line}\r\n"));
+                    }
+                }
+                assert!(headers.len() < 1_000_000);
+                message(t, &headers, "")
+            }),
+            "250 2.0.0",
+            1,
+        ),
+        (
+            "issue 16: header section past max_header_section",
+            Box::new(|t| {
+                let words = vec!["=?UTF-8?Q?a?="; 4_000].join("\r\n ");
+                message(t, &format!("X-Bomb: {words}\r\n").repeat(20), "")
+            }),
+            "554 5.6.0",
+            0,
+        ),
+        (
+            "issue 16: one header field past max_header_field",
+            Box::new(|t| {
+                let words = vec!["=?UTF-8?Q?a?="; 10_000].join("\r\n ");
+                message(t, &format!("X-Bomb: {words}\r\n"), "")
+            }),
+            "554 5.6.0",
+            0,
+        ),
+        (
+            "issue 16: To: @,@,@,… past max_addresses",
+            Box::new(|t| message(t, &format!("To: {}@\r\n", fold(&"@,".repeat(45_000))), "")),
+            "554 5.6.0",
+            0,
+        ),
+        (
+            "issue 16: a MIME part's header line past max_header_line",
+            Box::new(|t| {
+                message(
+                    t,
+                    "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n",
+                    &format!(
+                        "--b\r\nContent-Type: text/plain\r\n\r\ntext\r\n--b\r\n\
+                         Content-Type: application/pdf; name=\"{}\"\r\n\r\nx\r\n--b--\r\n",
+                        " =?".repeat(20_000)
+                    ),
+                )
+            }),
+            "554 5.6.0",
+            0,
+        ),
+        (
+            "issue 16: 3,000 RFC 2231 parameter continuations",
+            Box::new(|t| {
+                let params: String = (0..3000).map(|i| format!(";\r\n a{i}*0*=x")).collect();
+                message(t, &format!("Content-Type: text/plain{params}\r\n"), "")
             }),
             "250 2.0.0",
             1,

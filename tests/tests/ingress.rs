@@ -788,3 +788,138 @@ fn in_flight_budget_refuses_data_with_452_while_another_message_holds_it() {
     assert_eq!(reply.code, 250, "{reply}");
     assert_eq!(receiver.received().len(), 2);
 }
+
+/// Issue 16: each configured header bound refuses a message past it with `554 5.6.0` and a text
+/// naming the bound, before `250` and before any delivery; a message at each bound gets `250`.
+#[test]
+fn configured_header_bounds_refuse_past_them_with_554_naming_the_bound_issue_16() {
+    let ca = TestCa::new();
+    let receiver = Receiver::start(&ca, &new_webhook_secret());
+    let node = Node::start(
+        &NodeConfig::new()
+            .header_bounds("2KiB", "8KiB", "16KiB")
+            .max_addresses(5)
+            .route(RouteConfig::to_receiver(
+                "*@in.example.test",
+                &receiver,
+                "/ok",
+            )),
+    );
+    let with_headers = |headers: &str| -> Vec<u8> {
+        format!("From: a@example.org\r\n{headers}Subject: bounds\r\n\r\nbody\r\n").into_bytes()
+    };
+    // A field of `lines` continuation lines of 102 octets each (CRLF included).
+    let field = |name: &str, lines: usize| -> String {
+        format!(
+            "{name}: x\r\n{}",
+            format!(" {}\r\n", "x=?".repeat(33)).repeat(lines)
+        )
+    };
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "a line at max_header_line",
+            with_headers(&format!("X-A: {}\r\n", "x".repeat(2048 - 5))),
+            250,
+            "",
+        ),
+        (
+            "a line past max_header_line",
+            with_headers(&format!("X-A: {}\r\n", "x=?".repeat(700))),
+            554,
+            "5.6.0 Message refused: header line longer than 2048 octets",
+        ),
+        (
+            "a field within max_header_field",
+            with_headers(&field("X-A", 70)),
+            250,
+            "",
+        ),
+        (
+            "a field past max_header_field",
+            with_headers(&field("X-A", 90)),
+            554,
+            "5.6.0 Message refused: header field larger than 8192 octets",
+        ),
+        (
+            "fields past max_header_section",
+            with_headers(&(field("X-A", 60) + &field("X-B", 60) + &field("X-C", 60))),
+            554,
+            "5.6.0 Message refused: header section larger than 16384 octets",
+        ),
+        (
+            "five addresses",
+            with_headers("To: b@in.example.test, c@x.test\r\nCc: d@x.test, e@x.test\r\n"),
+            250,
+            "",
+        ),
+        (
+            "six addresses",
+            with_headers("To: b@in.example.test, c@x.test\r\nCc: d@x.test, e@x.test, f@x.test\r\n"),
+            554,
+            "5.6.0 Message refused: more than 5 addresses in From, To, Cc and Reply-To",
+        ),
+    ];
+    let mut accepted = 0;
+    for (name, data, code, text) in &cases {
+        let mut client = SmtpClient::connect(node.smtp_addr());
+        let reply = client.send_mail("a@example.org", &["bob@in.example.test"], data);
+        assert_eq!(reply.code, *code, "{name}: {reply}");
+        if *code == 250 {
+            accepted += 1;
+        } else {
+            assert_eq!(reply.text(), *text, "{name}");
+        }
+    }
+    assert_eq!(
+        receiver.received().len(),
+        accepted,
+        "nothing refused was delivered"
+    );
+}
+
+/// Issue 16: once parsed, a message is charged for what it holds. One whose parsed form and
+/// payload need more than the whole in-flight budget (control characters take six bytes each
+/// in JSON) gets `552 5.3.4` before any delivery; plain text of the same size gets `250`.
+#[test]
+fn a_message_expanding_past_the_whole_budget_gets_552_and_plain_text_of_its_size_250_issue_16() {
+    let ca = TestCa::new();
+    let receiver = Receiver::start(&ca, &new_webhook_secret());
+    let node = Node::start(
+        &NodeConfig::new()
+            .max_message_size("1MiB")
+            .max_in_flight("1MiB")
+            .route(RouteConfig::to_receiver(
+                "*@in.example.test",
+                &receiver,
+                "/ok",
+            )),
+    );
+    let body = |line: &str| line.repeat(600_000 / line.len());
+    let controls: String = (1u8..0x20)
+        .filter(|b| !matches!(b, b'\r' | b'\n'))
+        .map(char::from)
+        .collect::<String>()
+        .repeat(2)
+        + "\r\n";
+    let mut client = SmtpClient::connect(node.smtp_addr());
+    let reply = client.send_mail(
+        "a@example.org",
+        &["bob@in.example.test"],
+        &message("controls", &body(&controls)),
+    );
+    assert_eq!(
+        (reply.code, reply.text().as_str()),
+        (
+            552,
+            "5.3.4 Message refused: decoded, it needs more memory than this node allows"
+        ),
+    );
+    assert_eq!(receiver.received().len(), 0);
+    let reply = client.send_mail(
+        "a@example.org",
+        &["bob@in.example.test"],
+        &message("plain", &body(&format!("{}\r\n", "a".repeat(76)))),
+    );
+    assert_eq!(reply.code, 250, "{reply}");
+    assert_eq!(receiver.received().len(), 1);
+}

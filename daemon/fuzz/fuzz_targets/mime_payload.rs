@@ -5,8 +5,10 @@
 //! `catch_unwind` backstop, so a caught panic is still a finding), must stay within its own
 //! bounds (warnings, headers per part), must report attachment hashes that match the data, and
 //! dates in RFC 3339; the rendered payload must be JSON with version 1 and one entry per
-//! attachment. Each input is parsed with the default limits and with tight ones, so the
-//! limit paths are reached by small inputs too. It never does I/O.
+//! attachment, no larger than `payload::bound` (what the in-flight budget is charged, issue
+//! 16). Each input is parsed with the default limits and with tight ones, so the limit paths
+//! (MIME depth and parts, header line, field and section, addresses) are reached by small
+//! inputs too. It never does I/O.
 
 #![no_main]
 
@@ -18,6 +20,10 @@ fuzz_target!(|raw: &[u8]| {
     let tight = ParseLimits {
         max_depth: 2,
         max_parts: 6,
+        max_header_line: 1000,
+        max_header_field: 2000,
+        max_header_section: 4000,
+        max_addresses: 4,
     };
     for limits in [ParseLimits::default(), tight] {
         let parsed = message::parse(raw, &limits);
@@ -61,6 +67,10 @@ fn check_payload(parsed: &ParsedMessage, size: usize) {
         tls: None,
     };
     let json = payload::render("msg_fuzz", "2025-01-01T00:00:00Z", &envelope, parsed, size);
+    assert!(
+        json.len() <= payload::bound(parsed, &envelope, true),
+        "the payload is larger than its bound"
+    );
     let value: serde_json::Value =
         serde_json::from_slice(&json).expect("the payload is valid JSON");
     assert_eq!(value["version"], 1);

@@ -124,6 +124,11 @@ impl Reservation {
         self.bytes
     }
 
+    /// The limit of the budget this reservation is part of: no reservation can grow past it.
+    pub fn budget_limit(&self) -> usize {
+        self.budget.limit
+    }
+
     /// Gives back everything above `bytes` (nothing when it holds no more than that): for a
     /// buffer that grew with headroom and has since been trimmed to what it holds.
     pub fn shrink_to(&mut self, bytes: usize) {
