@@ -32,7 +32,10 @@ fuzz_target!(|input: &[u8]| {
     let [setup_byte, chunk_seed, script @ ..] = input else {
         return;
     };
-    let setup = Setup::from_byte(*setup_byte);
+    let mut setup = Setup::from_byte(*setup_byte);
+    // The chunk seed's low bit gives the client address a share of half the budget
+    // (`smtp.max_in_flight_per_ip`), so both limits are fuzzed.
+    setup.client_share = (chunk_seed & 1 == 1).then_some(setup.budget / 2);
     let segments = parse_script(script);
     let whole = run(&setup, &segments, &mut |len| vec![len]);
     let mut rng = Lcg(u64::from(*chunk_seed) + 1);
@@ -49,6 +52,8 @@ struct Setup {
     budget: usize,
     /// Answer deliveries 250, 451, 550, 554 in turn instead of always 250.
     mixed_replies: bool,
+    /// The client address's share of the budget, when bounded.
+    client_share: Option<usize>,
 }
 
 impl Setup {
@@ -62,6 +67,7 @@ impl Setup {
             max_recipients: RECIPIENTS[usize::from((b >> 3) & 3)],
             budget: BUDGETS[usize::from((b >> 5) & 3)],
             mixed_replies: b & 0x80 != 0,
+            client_share: None,
         }
     }
 
@@ -146,7 +152,11 @@ fn run(
     let budget = InFlightBudget::new(setup.budget);
     let start = Instant::now();
     let mut now = start;
+    let client = setup.client_share.map(InFlightBudget::new);
     let mut session = Session::new(setup.config(), Arc::new(routed), budget.clone(), now);
+    if let Some(client) = &client {
+        session = session.with_client_budget(client.clone());
+    }
     let mut outcome = Outcome::default();
     let greeting = session.greeting();
     check(&mut outcome, &mut session, setup, &budget, greeting, now);
@@ -184,11 +194,18 @@ fn run(
         };
         assert!(!was_closed || batch.is_empty(), "a closed session acted");
         check(&mut outcome, &mut session, setup, &budget, batch, now);
+        if let Some(client) = &client {
+            assert!(client.used() <= client.limit(), "the client's share is overdrawn");
+            assert!(client.used() <= budget.used(), "the share is part of the budget");
+        }
     }
     outcome.tls = session.is_tls();
     outcome.closed = session.is_closed();
     drop(session);
     assert_eq!(budget.used(), 0, "every reservation is released");
+    if let Some(client) = &client {
+        assert_eq!(client.used(), 0, "the client's share is released");
+    }
     outcome
 }
 
