@@ -163,6 +163,29 @@ page.on("console", (msg) => {
   await page.waitForSelector("#test-result:has-text('Test delivery accepted')");
   await snap(page, "routes-test-delivery");
 
+  step = "DMARC enforcement per route (issue 15)";
+  await Promise.all([
+    page.waitForResponse((r) => r.url().endsWith("/api/v1/settings") && r.request().method() === "PUT" && r.ok()),
+    page.selectOption("select[data-dmarc='0']", "enforce"),
+  ]);
+  // Saved through the settings API: a fresh visit of the page shows it from the node.
+  await page.click("nav a[href='#compliance']");
+  await page.waitForSelector("main:has-text('DMARC enforced')");
+  await page.click("nav a[href='#routes']");
+  await page.waitForSelector("select[data-dmarc='0']");
+  check((await page.inputValue("select[data-dmarc='0']")) === "enforce", "the route enforces DMARC");
+  await snap(page, "routes-dmarc-enforce");
+  // Back to report: the rest of the walk sends mail with no resolver that answers.
+  await Promise.all([
+    page.waitForResponse((r) => r.url().endsWith("/api/v1/settings") && r.request().method() === "PUT" && r.ok()),
+    page.selectOption("select[data-dmarc='0']", "report"),
+  ]);
+  await page.click("nav a[href='#compliance']");
+  await page.waitForSelector("main:has-text('DMARC reported only')");
+  await page.click("nav a[href='#routes']");
+  await page.waitForSelector("select[data-dmarc='0']");
+  check((await page.inputValue("select[data-dmarc='0']")) === "report", "the route reports DMARC only");
+
   step = "S3 connection";
   await page.click("nav a[href='#s3']");
   await page.waitForSelector("#s3");
