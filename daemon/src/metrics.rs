@@ -108,6 +108,9 @@ pub struct Metrics {
     in_flight_bytes: Gauge,
     /// Approximate bytes the metadata store takes on disk.
     store_size_bytes: Gauge,
+    /// 1 while the settings persisted through the API could not be loaded and all mail is
+    /// deferred with `451 4.3.0` (issue 16); 0 otherwise.
+    settings_load_failed: Gauge,
 }
 
 impl Default for Metrics {
@@ -184,6 +187,12 @@ impl Metrics {
             Unit::Bytes,
             store_size_bytes.clone(),
         );
+        let settings_load_failed = Gauge::default();
+        registry.register(
+            "settings_load_failed",
+            "1 while the persisted settings cannot be loaded and every recipient is deferred with 451",
+            settings_load_failed.clone(),
+        );
         Metrics {
             registry,
             sessions_active,
@@ -194,6 +203,7 @@ impl Metrics {
             s3_latency,
             in_flight_bytes,
             store_size_bytes,
+            settings_load_failed,
         }
     }
 
@@ -256,6 +266,11 @@ impl Metrics {
     /// Message bytes held in memory right now.
     pub fn set_in_flight(&self, bytes: u64) {
         self.in_flight_bytes.set(gauge_value(bytes));
+    }
+
+    /// Whether the persisted settings failed to load (all mail deferred).
+    pub fn set_settings_load_failed(&self, failed: bool) {
+        self.settings_load_failed.set(i64::from(failed));
     }
 
     /// The store's size on disk (sampled at each scrape by the API).
