@@ -461,6 +461,9 @@ async fn close_store(store: Arc<dyn Store>) {
 /// [`run`] once the store is open; every reference to it made here is gone when this returns,
 /// except in blocking calls still running.
 async fn serve(raw: RawConfig, config: Config, store: Arc<dyn Store>) -> Result<(), StartError> {
+    // `WatchdogSec=` of the unit: pings from the executor every half timeout until this returns
+    // (dropping the task stops it), so a stuck executor gets the node restarted.
+    let _watchdog = crate::notify::start_watchdog();
     let (raw, config, settings_problem) = with_persisted_settings(&store, raw, config);
     let router = match &settings_problem {
         Some(problem) => {
