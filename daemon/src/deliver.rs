@@ -25,6 +25,9 @@ pub struct Router {
     routes: Vec<RouteRuntime>,
     /// MIME and header bounds of every parse (`[smtp]` limits, issue 16).
     limits: ParseLimits,
+    /// Set when the node's settings could not be loaded: every recipient is deferred with
+    /// `451 4.3.0` instead of being refused for want of a route (issue 16).
+    deferred: Option<&'static str>,
 }
 
 /// Uploads of one route's delivery that run at the same time; the rest wait for a free slot.
@@ -139,7 +142,27 @@ impl Router {
             max_addresses: config.smtp.max_addresses,
             ..ParseLimits::default()
         };
-        Ok(Router { routes, limits })
+        Ok(Router {
+            routes,
+            limits,
+            deferred: None,
+        })
+    }
+
+    /// A table that routes nothing and defers every recipient with `451 4.3.0 {text}`: what a
+    /// node runs on when its persisted settings cannot be loaded, so mail waits at the sender
+    /// instead of bouncing with "no route" (issue 16).
+    pub fn deferring(text: &'static str) -> Router {
+        Router {
+            routes: Vec::new(),
+            limits: ParseLimits::default(),
+            deferred: Some(text),
+        }
+    }
+
+    /// Whether this table defers all mail (see [`Router::deferring`]).
+    pub fn is_deferring(&self) -> bool {
+        self.deferred.is_some()
     }
 
     fn route_of(&self, address: &str) -> Option<usize> {
@@ -150,6 +173,10 @@ impl Router {
 impl RecipientPolicy for Router {
     fn accepts(&self, address: &str) -> bool {
         self.route_of(address).is_some()
+    }
+
+    fn deferred(&self) -> Option<&str> {
+        self.deferred
     }
 
     /// Routes that enforce DMARC and routes that only report never share a transaction: the

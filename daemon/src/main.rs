@@ -181,6 +181,8 @@ enum ApiKeyCommand {
 }
 
 fn main() -> ExitCode {
+    // Before anything runs: a panic's message never reaches the journal (issue 16).
+    mxnode::logging::install_panic_hook();
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config, probe } => match Config::load(&config) {

@@ -112,6 +112,9 @@ pub struct Metrics {
     development_keys: Gauge,
     /// 1 when the last update check found the channel's verified manifest expired (issue 16).
     channel_stale: Gauge,
+    /// 1 while the settings persisted through the API could not be loaded and all mail is
+    /// deferred with `451 4.3.0` (issue 16); 0 otherwise.
+    settings_load_failed: Gauge,
 }
 
 impl Default for Metrics {
@@ -200,6 +203,12 @@ impl Metrics {
             "1 when the last update check found the channel's signed manifest expired (the channel may be withholding updates), else 0",
             channel_stale.clone(),
         );
+        let settings_load_failed = Gauge::default();
+        registry.register(
+            "settings_load_failed",
+            "1 while the persisted settings cannot be loaded and every recipient is deferred with 451",
+            settings_load_failed.clone(),
+        );
         Metrics {
             registry,
             sessions_active,
@@ -212,6 +221,7 @@ impl Metrics {
             store_size_bytes,
             development_keys,
             channel_stale,
+            settings_load_failed,
         }
     }
 
@@ -274,6 +284,11 @@ impl Metrics {
     /// Message bytes held in memory right now.
     pub fn set_in_flight(&self, bytes: u64) {
         self.in_flight_bytes.set(gauge_value(bytes));
+    }
+
+    /// Whether the persisted settings failed to load (all mail deferred).
+    pub fn set_settings_load_failed(&self, failed: bool) {
+        self.settings_load_failed.set(i64::from(failed));
     }
 
     /// The store's size on disk (sampled at each scrape by the API).

@@ -59,38 +59,48 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
 /// How often gauges that are not updated on events (in-flight bytes) are sampled.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Merges the settings persisted through the API over the file's. A persisted document that no
-/// longer validates (e.g. after a file change) is reported and the file's settings are used.
+/// What senders are told while the persisted settings cannot be loaded (no detail: the key
+/// and the reason are in the log, for the operator).
+const SETTINGS_UNAVAILABLE: &str =
+    "Mail deferred: this node's settings failed to load; try again later";
+
+/// Merges the settings persisted through the API over the file's.
+///
+/// When they exist but cannot be used (the store cannot be read, the document is unreadable,
+/// or it no longer validates, e.g. a `file:` secret that is gone), the node must not fall back
+/// to the file's settings: on the appliance the file has no routes, so every recipient would
+/// get `550` and mail would bounce. The third value is then the problem, and the node defers
+/// all mail with `451 4.3.0` until the settings are fixed (issue 16). The problem names the
+/// keys, never a value.
 fn with_persisted_settings(
     store: &Arc<dyn Store>,
     raw: RawConfig,
     config: Config,
-) -> (RawConfig, Config) {
+) -> (RawConfig, Config, Option<String>) {
     let persisted = match store.get_setting(SETTINGS_KEY) {
         Ok(Some(bytes)) => bytes,
-        Ok(None) => return (raw, config),
-        Err(e) => {
-            log::error!("cannot read persisted settings, using the config file's: {e}");
-            return (raw, config);
-        }
+        Ok(None) => return (raw, config, None),
+        Err(e) => return (raw, config, Some(format!("cannot be read: {e}"))),
     };
     let merged = match crate::settings::apply_persisted(&raw, &persisted) {
         Ok(merged) => merged,
-        Err(e) => {
-            log::error!("{e}; using the config file's settings");
-            return (raw, config);
-        }
+        Err(e) => return (raw, config, Some(e)),
     };
     match Config::from_raw(merged.clone()) {
         Ok(merged_config) => {
             log::info!("settings saved through the API override the config file's");
-            (merged, merged_config)
+            (merged, merged_config, None)
         }
         Err(errors) => {
-            log::error!(
-                "settings saved through the API no longer validate, using the config file's:\n{errors}"
-            );
-            (raw, config)
+            let keys: Vec<String> = crate::settings::document_errors(errors)
+                .into_iter()
+                .map(|e| format!("{}: {}", e.key, e.message))
+                .collect();
+            (
+                raw,
+                config,
+                Some(format!("do not validate: {}", keys.join("; "))),
+            )
         }
     }
 }
@@ -137,6 +147,8 @@ impl SettingsBackend for NodeSettings {
             }]
         })?;
         self.server.replace_router(Arc::new(router));
+        // Settings that load again end the deferral of a start whose settings did not.
+        self.server.metrics.set_settings_load_failed(false);
         self.server.store_subject.store(
             config.retention.store_subject,
             std::sync::atomic::Ordering::Relaxed,
@@ -450,9 +462,23 @@ async fn close_store(store: Arc<dyn Store>) {
 /// [`run`] once the store is open; every reference to it made here is gone when this returns,
 /// except in blocking calls still running.
 async fn serve(raw: RawConfig, config: Config, store: Arc<dyn Store>) -> Result<(), StartError> {
-    let (raw, config) = with_persisted_settings(&store, raw, config);
-    let router = Arc::new(Router::new(&config)?);
-    if config.routes.is_empty() {
+    // `WatchdogSec=` of the unit: pings from the executor every half timeout until this returns
+    // (dropping the task stops it), so a stuck executor gets the node restarted.
+    let _watchdog = crate::notify::start_watchdog();
+    let (raw, config, settings_problem) = with_persisted_settings(&store, raw, config);
+    let router = match &settings_problem {
+        Some(problem) => {
+            log::error!(
+                "SETTINGS NOT LOADED: the settings saved through the API (key `{SETTINGS_KEY}` \
+                 of the metadata store in {}) {problem}. ALL MAIL IS DEFERRED with 451 4.3.0 \
+                 until they are fixed with PUT /api/v1/settings (mxnode_settings_load_failed = 1)",
+                config.node.data_dir.display()
+            );
+            Arc::new(Router::deferring(SETTINGS_UNAVAILABLE))
+        }
+        None => Arc::new(Router::new(&config)?),
+    };
+    if settings_problem.is_none() && config.routes.is_empty() {
         log::warn!("no [[route]] is configured: every recipient will be refused with 550 5.1.1");
     }
     // A certificate uploaded through the console wins over the configured files.
@@ -472,6 +498,7 @@ async fn serve(raw: RawConfig, config: Config, store: Arc<dyn Store>) -> Result<
         data_total_timeout: config.smtp.data_total_timeout,
     });
     let metrics = Arc::new(Metrics::new());
+    metrics.set_settings_load_failed(settings_problem.is_some());
     let auth = Arc::new(
         crate::auth::Authenticator::new(&config.auth, &config.node.hostname)
             .map_err(StartError::Auth)?,

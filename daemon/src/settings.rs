@@ -125,8 +125,49 @@ pub fn merge(base: &RawConfig, document: &SettingsDocument) -> RawConfig {
     merged
 }
 
+/// The prefixes of a secret *reference* (`file:/path`, `env:NAME`), which only the config file
+/// may use: through the API they would make the node read any file or variable it can reach
+/// (`file:/dev/zero` never ends) and answer with whether it exists (issue 16).
+const SECRET_REFERENCE_PREFIXES: [&str; 2] = ["file:", "env:"];
+
+/// Refuses a document whose secrets are `file:`/`env:` references, naming each field, before
+/// anything is resolved: no file is opened and no variable read.
+fn refuse_secret_references(document: &SettingsDocument) -> Result<(), Vec<ConfigError>> {
+    let is_reference = |value: &Option<String>| {
+        value.as_deref().is_some_and(|v| {
+            SECRET_REFERENCE_PREFIXES
+                .iter()
+                .any(|prefix| v.trim_start().starts_with(prefix))
+        })
+    };
+    let message = "`file:` and `env:` references are allowed only in the config file; \
+                   send the secret itself (it is stored encrypted)";
+    let mut errors = Vec::new();
+    for (i, route) in document.routes.iter().flatten().enumerate() {
+        if is_reference(&route.webhook_secret) {
+            errors.push(ConfigError {
+                key: format!("routes[{i}].webhook_secret"),
+                message: message.into(),
+            });
+        }
+    }
+    for (name, connection) in document.s3.iter().flatten() {
+        if is_reference(&connection.secret_access_key) {
+            errors.push(ConfigError {
+                key: format!("s3.{name}.secret_access_key"),
+                message: message.into(),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
 /// Errors of the merged config, with `route[…]` renamed to the document's `routes[…]`.
-fn document_errors(errors: ConfigErrors) -> Vec<ConfigError> {
+pub fn document_errors(errors: ConfigErrors) -> Vec<ConfigError> {
     errors
         .0
         .into_iter()
@@ -169,6 +210,7 @@ impl LiveSettings {
         value: serde_json::Value,
     ) -> Result<(RawConfig, Config, SettingsDocument), Vec<ConfigError>> {
         let document = SettingsDocument::from_json(value)?;
+        refuse_secret_references(&document)?;
         let merged = merge(&self.effective(), &document);
         let config = Config::from_raw(merged.clone()).map_err(document_errors)?;
         let persisted = SettingsDocument {
@@ -190,8 +232,15 @@ impl LiveSettings {
 
 /// Merges a persisted document into the file's raw config, for start-up.
 pub fn apply_persisted(file: &RawConfig, persisted: &[u8]) -> Result<RawConfig, String> {
-    let document: SettingsDocument = serde_json::from_slice(persisted)
-        .map_err(|e| format!("persisted settings are unreadable: {e}"))?;
+    // serde_json's message can quote the offending value (a secret): only its place is told.
+    let document: SettingsDocument = serde_json::from_slice(persisted).map_err(|e| {
+        format!(
+            "are unreadable ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        )
+    })?;
     Ok(merge(file, &document))
 }
 
@@ -290,5 +339,57 @@ webhook_secret = "{SECRET}"
             std::time::Duration::from_secs(7200)
         );
         assert!(persisted.routes.is_none());
+    }
+
+    #[test]
+    fn issue_16_file_and_env_secret_references_are_refused_in_api_documents_without_reading_them() {
+        let dir = std::env::temp_dir().join(format!("mxnode-settings-ref-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        // A readable file holding a valid secret: the old code resolved it and accepted it.
+        let readable = dir.join("secret");
+        std::fs::write(&readable, format!("{SECRET}\n")).expect("write");
+        let missing = dir.join("no-such-file");
+        let live = LiveSettings::new(file_config());
+        for value in [
+            format!("file:{}", readable.display()),
+            format!("file:{}", missing.display()),
+            "env:HOME".to_string(),
+            " file:/dev/zero".to_string(),
+        ] {
+            let doc = serde_json::json!({
+                "routes": [{"match": "*@in.example.test", "webhook": "https://hooks.example.test/a",
+                            "webhook_secret": value}],
+                "s3": {"store": {"endpoint": "https://s3.example.test", "bucket": "b",
+                                 "region": "r", "access_key_id": "AKID",
+                                 "secret_access_key": value}}
+            });
+            let errors = live
+                .prepare(doc)
+                .expect_err("a secret reference is refused");
+            let keys: Vec<_> = errors.iter().map(|e| e.key.as_str()).collect();
+            assert_eq!(
+                keys,
+                ["routes[0].webhook_secret", "s3.store.secret_access_key"],
+                "{value}"
+            );
+            for e in &errors {
+                // Nothing was opened: no message tells whether the file exists.
+                assert!(
+                    e.message.contains("only in the config file"),
+                    "{}",
+                    e.message
+                );
+                assert!(!e.message.contains("cannot read"), "{}", e.message);
+                assert!(!e.message.contains(&value), "{}", e.message);
+            }
+        }
+        // A masked secret whose stored value is a file reference (from the config file) is
+        // kept: only references sent through the API are refused.
+        let mut raw = file_config();
+        raw.route[0].webhook_secret = Some(format!("file:{}", readable.display()));
+        let live = LiveSettings::new(raw);
+        let doc = masked_document(&live.effective());
+        live.prepare(doc).expect("the file's own reference stays");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -282,3 +282,112 @@ fn store_files_hold_neither_recipient_nor_subject_in_plaintext() {
         assert!(hits.is_empty(), "{marker} readable in {hits:?}");
     }
 }
+
+/// Issue 16: settings saved through the API that no longer load at start (here: the route's
+/// `webhook_ca` file is gone) must not fall back to the file's settings — on the appliance the
+/// file has no routes and every recipient would get 550, bouncing mail. The node defers every
+/// RCPT and DATA with `451 4.3.0`, says so in `/metrics` and loudly in the log (the store and
+/// the key named, never a secret), and a good `PUT` ends the deferral. A `file:`/`env:` secret
+/// in a settings document is refused with 400 naming the field.
+#[test]
+fn issue_16_settings_that_fail_to_load_at_start_defer_mail_instead_of_bouncing_it() {
+    let ca = TestCa::new();
+    let receiver = Receiver::start(&ca, &new_webhook_secret());
+    // Like the appliance: the config file has no routes; they come from the API.
+    let mut node = Node::start(&NodeConfig::new().http(&ca).api_key("admin", &["admin"]));
+    let key = node.api_key("admin").to_string();
+    let api = ApiClient::new(&node, &ca);
+
+    // A secret reference through the API: refused by field, nothing read.
+    let secret_file = node.temp_root().join("webhook-secret");
+    std::fs::write(&secret_file, receiver.secret()).expect("write secret file");
+    let reference = json!({"routes": [{
+        "match": "*@in.example.test", "webhook": receiver.url("/ok"),
+        "webhook_ca": receiver.ca_pem().display().to_string(),
+        "webhook_secret": format!("file:{}", secret_file.display()),
+    }]});
+    let answer = api.put("/api/v1/settings", Some(&key), &reference);
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(
+        answer.body.contains("routes[0].webhook_secret"),
+        "{}",
+        answer.body
+    );
+
+    // A route whose CA bundle is a file that will disappear.
+    let ca_copy = node.temp_root().join("webhook-ca.pem");
+    std::fs::copy(receiver.ca_pem(), &ca_copy).expect("copy CA");
+    let route = |ca: &std::path::Path| {
+        json!({"routes": [{
+            "match": "*@in.example.test", "webhook": receiver.url("/ok"),
+            "webhook_ca": ca.display().to_string(), "webhook_secret": receiver.secret(),
+        }]})
+    };
+    let answer = api.put("/api/v1/settings", Some(&key), &route(&ca_copy));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let mut client = SmtpClient::connect(node.smtp_addr());
+    let reply = client.send_mail(
+        "a@example.org",
+        &["x@in.example.test"],
+        &message("x@in.example.test", "before"),
+    );
+    assert_eq!(reply.code, 250, "{reply}");
+
+    assert!(node.terminate().success());
+    std::fs::remove_file(&ca_copy).expect("remove CA copy");
+    node.restart();
+    let api = ApiClient::new(&node, &ca);
+
+    let mut client = SmtpClient::connect(node.smtp_addr());
+    client.ehlo("client.test");
+    assert_eq!(client.command("MAIL FROM:<a@example.org>").code, 250);
+    let rcpt = client.command("RCPT TO:<x@in.example.test>");
+    assert_eq!(rcpt.code, 451, "deferred, never 550: {rcpt}");
+    assert_eq!(rcpt.enhanced_code(), Some("4.3.0"), "{rcpt}");
+    assert!(
+        rcpt.contains("settings"),
+        "the text names the problem: {rcpt}"
+    );
+    let data = client.command("DATA");
+    assert_eq!(data.code, 451, "{data}");
+    assert_eq!(data.enhanced_code(), Some("4.3.0"), "{data}");
+
+    let metrics = api.get("/metrics", Some(&key));
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.body.contains("mxnode_settings_load_failed 1"),
+        "{}",
+        metrics.body
+    );
+    let log = node.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("SETTINGS NOT LOADED"))
+        .unwrap_or_else(|| panic!("a loud log line: {log}"));
+    assert!(
+        line.contains("routes[0].webhook_ca"),
+        "names the key: {line}"
+    );
+    assert!(
+        line.contains("`settings`"),
+        "names the stored settings: {line}"
+    );
+    assert!(!log.contains(receiver.secret()), "never the secret value");
+
+    // The operator fixes the settings: mail flows again at once.
+    let answer = api.put("/api/v1/settings", Some(&key), &route(receiver.ca_pem()));
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let mut client = SmtpClient::connect(node.smtp_addr());
+    let reply = client.send_mail(
+        "a@example.org",
+        &["y@in.example.test"],
+        &message("y@in.example.test", "after"),
+    );
+    assert_eq!(reply.code, 250, "{reply}");
+    let metrics = api.get("/metrics", Some(&key));
+    assert!(
+        metrics.body.contains("mxnode_settings_load_failed 0"),
+        "{}",
+        metrics.body
+    );
+}

@@ -113,6 +113,13 @@ pub trait RecipientPolicy: Send + Sync {
     fn transaction_group(&self, _address: &str) -> u8 {
         0
     }
+
+    /// When set, no recipient can be judged now (the node's settings failed to load): every
+    /// `RCPT` and `DATA` gets `451 4.3.0` with this text, so senders retry later rather than
+    /// bounce the mail (issue 16).
+    fn deferred(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Any `Fn(&str) -> bool` is a policy, which keeps tests and simple setups short.
@@ -729,6 +736,9 @@ impl Session {
         if !address.is_ascii() && !envelope.smtputf8 {
             return Reply::new(553, "5.6.7 Non-ASCII address requires SMTPUTF8");
         }
+        if let Some(text) = self.recipients.deferred() {
+            return Reply::new(451, format!("4.3.0 {text}"));
+        }
         if envelope.rcpt_to.len() >= self.config.max_recipients {
             return Reply::new(452, "4.5.3 Too many recipients");
         }
@@ -757,6 +767,10 @@ impl Session {
         let Some(envelope) = self.envelope.take() else {
             return Reply::new(503, "5.5.1 Need MAIL before DATA");
         };
+        if let Some(text) = self.recipients.deferred() {
+            self.envelope = Some(envelope);
+            return Reply::new(451, format!("4.3.0 {text}"));
+        }
         if envelope.rcpt_to.is_empty() {
             self.envelope = Some(envelope);
             return Reply::new(554, "5.5.1 No valid recipients");

@@ -18,7 +18,7 @@ use base64::Engine as _;
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
-use super::manifest::{ArtifactKind, Manifest, TrustedKeys};
+use super::manifest::{ArtifactKind, MAX_MANIFEST_BYTES, Manifest, TrustedKeys};
 use super::policy::{self, Boot, Facts, Refusal};
 use super::{REQUEST_FILE, STAGED_DIR, copy_hashing, hash_file, sync_dir, write_atomic};
 
@@ -368,6 +368,60 @@ fn clear_request(spool_dir: &Path) {
     let _ = fs::remove_dir_all(spool_dir.join(STAGED_DIR));
 }
 
+/// The most `request.json` may hold: the manifest (at most [`MAX_MANIFEST_BYTES`]) as a JSON
+/// string, where escaping turns one byte into at most six (`\u0001`), plus the signature and
+/// the keys. The node writes it; root reads it, so a bigger one is refused unread (issue 16).
+pub const MAX_REQUEST_BYTES: u64 = 6 * MAX_MANIFEST_BYTES as u64 + 4096;
+
+/// Opens a file of the spool (which the node owns) for root to read: never through a symbolic
+/// link (`O_NOFOLLOW`), never blocking on a pipe (`O_NONBLOCK`), and only a regular file; the
+/// node could otherwise point root at any file, a device that never ends or a FIFO that
+/// never answers (issue 16). Refusals are [`std::io::ErrorKind::InvalidInput`].
+pub fn open_spooled(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(nix::libc::ELOOP) {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "is a symbolic link: refused",
+                )
+            } else {
+                e
+            }
+        })?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "is not a regular file: refused",
+        ));
+    }
+    Ok(file)
+}
+
+/// Reads a spool file opened by [`open_spooled`], refusing one longer than `max` bytes
+/// without reading past the bound.
+fn read_spooled(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let file = open_spooled(path)?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, max + 1), &mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("is larger than {max} bytes: refused unread"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Whether `e` is a refusal of [`open_spooled`]/[`read_spooled`] rather than an I/O failure.
+fn refused_spool_file(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::InvalidInput
+}
+
 /// Installs the requested release into the slot that is not running, recording every step in
 /// `status.json`; a refusal also goes into the history.
 pub fn install(ctx: &Context, layout: &Layout) -> Result<Installed, InstallError> {
@@ -381,8 +435,12 @@ pub fn install(ctx: &Context, layout: &Layout) -> Result<Installed, InstallError
         reboot_at: None,
     };
     let request_path = ctx.spool_dir.join(REQUEST_FILE);
-    let request: Request = match fs::read(&request_path) {
+    let request: Request = match read_spooled(&request_path, MAX_REQUEST_BYTES) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(InstallError::NoRequest),
+        Err(e) if refused_spool_file(&e) => {
+            let refusal = Refusal::Malformed(format!("request.json: {e}"));
+            return Err(refuse(ctx, layout, None, refusal));
+        }
         Err(e) => {
             return Err(InstallError::Failed(format!(
                 "cannot read the request: {e}"
@@ -508,7 +566,7 @@ fn write_slot(
     policy::check_slot(manifest, slot_size).map_err(SlotError::Refused)?;
     let root = &manifest.artifacts.root;
     let source = staged.join(ArtifactKind::Root.file_name());
-    let mut from = File::open(&source).map_err(io("cannot open", &source))?;
+    let mut from = open_spooled(&source).map_err(io("cannot open", &source))?;
     let copied = copy_hashing(&mut from, &mut slot, root.size, &mut |n| report(n))
         .and_then(|c| slot.sync_all().map(|()| c))
         .map_err(io("cannot write slot", device))?;
@@ -539,7 +597,7 @@ fn write_slot(
         let name = kind.file_name();
         let source = staged.join(name);
         let tmp = kernel_dir.join(format!(".{name}.tmp"));
-        let mut from = File::open(&source).map_err(io("cannot open", &source))?;
+        let mut from = open_spooled(&source).map_err(io("cannot open", &source))?;
         let mut to = File::create(&tmp).map_err(io("cannot create", &tmp))?;
         let expected = manifest.artifacts.get(kind).size;
         let copied = copy_hashing(&mut from, &mut to, expected, &mut |n| report(done + n))
@@ -922,5 +980,116 @@ mod boot_state_tests {
         check(Some("mxnode+x.conf"), true, entry("mxnode+x.conf"), true);
         check(None, true, Boot::NotAb, false);
         check(None, false, Boot::NotAb, false);
+    }
+}
+
+#[cfg(test)]
+mod spool_tests {
+    use super::*;
+
+    struct Spool {
+        dir: PathBuf,
+    }
+
+    impl Drop for Spool {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn spool(name: &str) -> Spool {
+        let dir = std::env::temp_dir().join(format!(
+            "mxnode-install-{name}-{}-{}",
+            std::process::id(),
+            now_text(SystemTime::now()).replace(':', "")
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("state")).expect("spool dir");
+        Spool { dir }
+    }
+
+    fn install_from(spool: &Spool) -> Result<Installed, InstallError> {
+        let ctx = Context {
+            spool_dir: spool.dir.clone(),
+            state: StateDir(spool.dir.join("state")),
+            keys: TrustedKeys::default(),
+            product: "mxnode".into(),
+            compatible: "x86_64".into(),
+            running: Version::new(1, 0, 0),
+            boot: Boot::NotAb,
+            now: SystemTime::now(),
+        };
+        let layout = Layout {
+            current: Slot::A,
+            esp: spool.dir.join("esp"),
+            slot_a: spool.dir.join("slot-a"),
+            slot_b: spool.dir.join("slot-b"),
+            partuuid_a: String::new(),
+            partuuid_b: String::new(),
+            cmdline: String::new(),
+        };
+        install(&ctx, &layout)
+    }
+
+    fn refusal_text(result: Result<Installed, InstallError>) -> String {
+        match result {
+            Err(InstallError::Refused(refusal)) => refusal.to_string(),
+            Err(other) => panic!("expected a refusal, got {other:?}"),
+            Ok(installed) => panic!("expected a refusal, got {installed:?}"),
+        }
+    }
+
+    /// Issue 16: root's installer reads `request.json` from the spool the node owns. A link
+    /// planted there (here to a well-formed request elsewhere, as it could be to any file of
+    /// root's) is refused without being followed, and so is a file over the bound (refused
+    /// unread: the old code read all of it and parsed it).
+    #[test]
+    fn issue_16_the_installer_refuses_a_symlinked_or_oversized_request_json() {
+        let linked = spool("link");
+        let elsewhere = linked.dir.join("elsewhere.json");
+        fs::write(&elsewhere, br#"{"manifest": "{}", "signature": ""}"#).expect("write");
+        std::os::unix::fs::symlink(&elsewhere, linked.dir.join(REQUEST_FILE)).expect("link");
+        let text = refusal_text(install_from(&linked));
+        assert!(text.contains("request.json"), "{text}");
+        assert!(text.contains("symbolic link"), "{text}");
+        assert!(
+            !linked.dir.join(REQUEST_FILE).exists(),
+            "the refused request is cleared"
+        );
+
+        let oversized = spool("big");
+        let manifest = "a".repeat(usize::try_from(MAX_REQUEST_BYTES).expect("small") + 1);
+        let body = format!(r#"{{"manifest": "{manifest}", "signature": ""}}"#);
+        fs::write(oversized.dir.join(REQUEST_FILE), body).expect("write");
+        let text = refusal_text(install_from(&oversized));
+        assert!(text.contains("request.json"), "{text}");
+        assert!(text.contains("larger than"), "{text}");
+
+        // A FIFO never blocks the installer: it is not a regular file.
+        let fifo = spool("fifo");
+        nix::unistd::mkfifo(
+            &fifo.dir.join(REQUEST_FILE),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .expect("mkfifo");
+        let text = refusal_text(install_from(&fifo));
+        assert!(text.contains("not a regular file"), "{text}");
+    }
+
+    #[test]
+    fn issue_16_open_spooled_reads_a_regular_file_and_refuses_links_to_it() {
+        let s = spool("open");
+        let file = s.dir.join("root.img");
+        fs::write(&file, b"image").expect("write");
+        let link = s.dir.join("link.img");
+        std::os::unix::fs::symlink(&file, &link).expect("link");
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut open_spooled(&file).expect("regular"), &mut bytes)
+            .expect("read");
+        assert_eq!(bytes, b"image");
+        let e = open_spooled(&link).expect_err("a link is refused");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+        let e = open_spooled(Path::new("/dev/zero")).expect_err("a device is refused");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
     }
 }
