@@ -39,6 +39,15 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(3 * 60);
 /// The whole of one message's data (see `smtp::session::DEFAULT_DATA_TOTAL_TIMEOUT`).
 pub const DEFAULT_DATA_TOTAL_TIMEOUT: Duration = crate::smtp::session::DEFAULT_DATA_TOTAL_TIMEOUT;
+/// A network in CIDR notation, or a single address.
+fn parse_network(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
+}
+
 /// Default share of `max_in_flight` one client address may hold: an eighth, so that no
 /// fewer than eight senders can fill the node, but never less than one largest message.
 pub fn default_max_in_flight_per_ip(max_in_flight: usize, max_message_size: usize) -> usize {
@@ -177,6 +186,7 @@ pub struct RawHttp {
     pub listen: Option<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
+    pub allow_from: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -422,6 +432,9 @@ pub struct HttpConfig {
     /// first start because `http.tls_cert`/`http.tls_key` are not set on a non-loopback
     /// address (the setup page must never be served in the clear).
     pub self_signed: bool,
+    /// Client networks the setup page, console and API answer (`http.allow_from`); empty:
+    /// every network. The box itself (127.0.0.1, ::1) is always let in, for its health check.
+    pub allow_from: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -894,7 +907,23 @@ impl Config {
                     }
                 }),
             tls: v.tls("http", &raw.http.tls_cert, &raw.http.tls_key),
+            allow_from: Vec::new(),
         };
+        for (i, text) in raw.http.allow_from.iter().flatten().enumerate() {
+            match parse_network(text) {
+                Some(net) => http.allow_from.push(net),
+                None => v.error(
+                    format!("http.allow_from[{i}]"),
+                    "expected an address or a network, e.g. \"10.0.0.0/8\" or \"fd00::/8\"",
+                ),
+            }
+        }
+        if raw.http.allow_from.as_ref().is_some_and(Vec::is_empty) {
+            v.error(
+                "http.allow_from",
+                "an empty list would shut every network out: leave the key out to allow all",
+            );
+        }
         // API keys and session cookies never cross a network in the clear: without configured
         // files, a non-loopback listener uses the node's own self-signed certificate.
         if let (Some(addr), None) = (http.listen, &http.tls)
@@ -1495,6 +1524,27 @@ webhook_secret = "{SECRET}"
                 "smtp.max_header_section: must be at least smtp.max_header_field, or no block with the largest field would fit",
             ]
         );
+    }
+
+    /// Issue 16: `http.allow_from` takes networks and single addresses, and names a bad entry.
+    #[test]
+    fn management_networks_parse_and_a_bad_entry_is_named() {
+        let with = |list: &str| format!("{}\n[http]\nallow_from = {list}\n", minimal());
+        let config = Config::from_raw(
+            RawConfig::parse(&with(r#"["10.0.0.0/8", "fd00::/8", "192.0.2.7"]"#)).expect("parses"),
+        )
+        .expect("valid");
+        assert_eq!(config.http.allow_from.len(), 3);
+        assert!(
+            config.http.allow_from[2].contains(&"192.0.2.7".parse::<std::net::IpAddr>().unwrap())
+        );
+        assert_eq!(
+            errors(&with(r#"["10.0.0.0/8", "10.0.0.0/33"]"#)),
+            [
+                "http.allow_from[1]: expected an address or a network, e.g. \"10.0.0.0/8\" or \"fd00::/8\""
+            ]
+        );
+        assert!(errors(&with("[]"))[0].starts_with("http.allow_from: an empty list"));
     }
 
     #[test]

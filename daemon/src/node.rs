@@ -412,7 +412,7 @@ fn prepare_http(
     }
     Ok(HttpService {
         listener,
-        app: crate::http::api::app(api),
+        app: crate::http::api::app(api).allowing_only(config.http.allow_from.clone()),
         tls,
     })
 }

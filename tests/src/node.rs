@@ -112,6 +112,8 @@ pub struct NodeConfig {
     max_in_flight_per_ip: Option<String>,
     /// `[smtp] data_total_timeout`, e.g. `"10m"`.
     data_total_timeout: Option<String>,
+    /// `[http] allow_from`.
+    allow_from: Option<Vec<String>>,
     /// The `[[route]]` tables, in order.
     routes: Vec<RouteConfig>,
     /// Verbatim TOML appended at the end (each piece must start with a table
@@ -159,6 +161,7 @@ impl NodeConfig {
             data_timeout: None,
             max_in_flight_per_ip: None,
             data_total_timeout: None,
+            allow_from: None,
             routes: Vec::new(),
             extra: Vec::new(),
             env: Vec::new(),
@@ -258,6 +261,12 @@ impl NodeConfig {
     /// Sets `[smtp] data_total_timeout` (e.g. `"10m"`).
     pub fn data_total_timeout(mut self, duration: &str) -> Self {
         self.data_total_timeout = Some(duration.to_string());
+        self
+    }
+
+    /// Sets `[http] allow_from` (networks, e.g. `["10.0.0.0/8"]`).
+    pub fn allow_from(mut self, networks: &[&str]) -> Self {
+        self.allow_from = Some(networks.iter().map(|n| n.to_string()).collect());
         self
     }
 
@@ -393,6 +402,10 @@ impl NodeConfig {
             if let Some((cert, key)) = tls {
                 let _ = writeln!(out, "tls_cert = {}", path(cert));
                 let _ = writeln!(out, "tls_key = {}", path(key));
+            }
+            if let Some(networks) = &self.allow_from {
+                let list: Vec<String> = networks.iter().map(|n| toml_string(n)).collect();
+                let _ = writeln!(out, "allow_from = [{}]", list.join(", "));
             }
         }
         for route in &self.routes {

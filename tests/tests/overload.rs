@@ -887,3 +887,28 @@ fn peak_rss_stays_within_four_budgets_under_the_costliest_message_shapes_issue_1
         "ordinary mail still gets through"
     );
 }
+
+/// Issue 16 (console on a management network): with `http.allow_from`, the setup page, console
+/// and API answer only those networks (a clear 403 elsewhere) and always the box itself.
+#[test]
+fn the_console_answers_only_its_management_networks_and_the_box_itself() {
+    let (_ca, _receiver, node) = node_with(
+        NodeConfig::new()
+            .http_plain()
+            .allow_from(&["127.0.0.3/32", "10.0.0.0/8"]),
+        "/ok",
+    );
+    let addr = node.http_addr();
+    let outside = healthz_from(addr, HOST_B).expect("an answer");
+    assert!(outside.starts_with("HTTP/1.1 403"), "{outside}");
+    assert_eq!(
+        healthz_from(addr, HOST_C).as_deref(),
+        Some("HTTP/1.1 200 OK"),
+        "a listed network is served"
+    );
+    assert_eq!(
+        healthz_from(addr, IpAddr::V4(Ipv4Addr::LOCALHOST)).as_deref(),
+        Some("HTTP/1.1 200 OK"),
+        "the box itself is always served"
+    );
+}

@@ -64,6 +64,27 @@ pub type State = Arc<Api>;
 pub struct App {
     api: State,
     router: Router<State>,
+    /// `http.allow_from`: the networks answered; empty for all (see [`App::admits`]).
+    allow_from: Vec<ipnet::IpNet>,
+}
+
+impl App {
+    /// Only answers clients on the management networks (`http.allow_from`), and always the box
+    /// itself: an MX's port 25 faces the internet, its console need not.
+    pub fn allowing_only(mut self, networks: Vec<ipnet::IpNet>) -> App {
+        self.allow_from = networks;
+        self
+    }
+
+    fn admits(&self, peer: std::net::IpAddr) -> bool {
+        let peer = match peer {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.allow_from.is_empty()
+            || crate::hardening::is_the_box_itself(peer)
+            || self.allow_from.iter().any(|net| net.contains(&peer))
+    }
 }
 
 /// The API application over `api`.
@@ -109,7 +130,11 @@ pub fn app(api: Arc<Api>) -> App {
     router.at("/api/v1/update/apply").post(update_apply);
     router.at(UPDATE_UPLOAD_PATH).post_streamed(update_upload);
     crate::http::ui::mount(&mut router);
-    App { api, router }
+    App {
+        api,
+        router,
+        allow_from: Vec::new(),
+    }
 }
 
 impl super::server::App for App {
@@ -120,6 +145,14 @@ impl super::server::App for App {
     }
 
     async fn respond(&self, request: hyper::Request<Incoming>, peer: SocketAddr) -> Response {
+        if !self.admits(peer.ip()) {
+            // Before the body is read or a route looked at: nothing here for this network.
+            return finish(closing(error_response(&ApiError::new(
+                403,
+                "not_management_network",
+                "this address is not on a management network of the node (http.allow_from)",
+            ))));
+        }
         let (head, body) = request.into_parts();
         let mut request = Request::new(head, peer);
         let routed = self.router.route(&request.method, &request.path);
