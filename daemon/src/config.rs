@@ -1536,7 +1536,8 @@ webhook_secret = "{SECRET}"
         .expect("valid");
         assert_eq!(config.http.allow_from.len(), 3);
         assert!(
-            config.http.allow_from[2].contains(&"192.0.2.7".parse::<std::net::IpAddr>().unwrap())
+            config.http.allow_from[2]
+                .contains(&"192.0.2.7".parse::<std::net::IpAddr>().expect("an address"))
         );
         assert_eq!(
             errors(&with(r#"["10.0.0.0/8", "10.0.0.0/33"]"#)),
