@@ -303,6 +303,63 @@ fn wrong_passwords_lock_the_client_out_with_a_clear_message() {
     assert!(!node.log().contains("not the password at all"));
 }
 
+/// Issue 16: a burst of parallel wrong logins from one address cannot outrun the lockout (an
+/// attempt counts from before its 600,000-iteration hash, not after it) nor run more than two
+/// hashes at once: at most five are judged (401); the rest are refused at once, 503 `busy`
+/// with `Retry-After` while both hash slots are taken, 429 once the address is locked out.
+/// Before, every one of them was hashed and answered 401.
+#[test]
+fn issue16_parallel_wrong_logins_are_counted_before_hashing_and_hashes_are_capped() {
+    const BURST: usize = 24;
+    let (ca, node) = start();
+    let api = ApiClient::new(&node, &ca);
+    let (_, _) = admin_session(&node, &api);
+    let barrier = std::sync::Barrier::new(BURST);
+    let answers: Vec<ApiAnswer> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..BURST)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    login(&api, "not the password at all")
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("a login thread"))
+            .collect()
+    });
+    let judged = answers.iter().filter(|a| a.status == 401).count();
+    assert!(
+        (1..=5).contains(&judged),
+        "{judged} of {BURST} parallel guesses were judged: {:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    for answer in &answers {
+        match answer.status {
+            401 => {}
+            503 => {
+                assert_eq!(answer.error_code(), "busy", "{}", answer.body);
+                assert!(answer.body.contains("passwords"), "{}", answer.body);
+                assert!(
+                    answer.retry_after.parse::<u64>().is_ok_and(|s| s > 0),
+                    "Retry-After: {:?}",
+                    answer.retry_after
+                );
+            }
+            429 => {
+                assert!(
+                    ["locked_out", "attempts_pending"].contains(&answer.error_code().as_str()),
+                    "{}",
+                    answer.body
+                );
+                assert!(!answer.retry_after.is_empty(), "{}", answer.body);
+            }
+            other => panic!("unexpected {other}: {}", answer.body),
+        }
+    }
+}
+
 /// A self-signed certificate for `localhost` that expired on 2021-01-01, and its key, as PEM.
 fn expired_certificate() -> (String, String) {
     let mut params =

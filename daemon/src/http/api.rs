@@ -15,8 +15,8 @@ use std::sync::Arc;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::{
-    CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue, SET_COOKIE, WWW_AUTHENTICATE,
-    X_CONTENT_TYPE_OPTIONS,
+    CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER, SET_COOKIE,
+    WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS,
 };
 use hyper::{Method, StatusCode};
 use serde::Serialize;
@@ -178,6 +178,10 @@ fn error_response(error: &ApiError) -> Response {
             WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"mxnode\""),
         );
+    }
+    if let Some(seconds) = error.retry_after {
+        res.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(seconds));
     }
     res
 }
