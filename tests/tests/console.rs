@@ -613,3 +613,160 @@ fn the_recovery_key_is_shown_until_confirmed_then_deleted() {
     assert!(audit.body.contains("recovery_key.delete"), "{}", audit.body);
     assert!(!audit.body.contains(key));
 }
+
+/// Issue 16: the admin can change the password, only with the current one, and "log out
+/// everywhere" exists; both end every other session and keep the caller's, need the CSRF
+/// token, and are audited without either password.
+#[test]
+fn issue16_password_change_and_log_out_everywhere_end_every_other_session() {
+    const NEW_PASSWORD: &str = "a much longer new passphrase";
+    let (ca, node) = start();
+    let api = ApiClient::new(&node, &ca);
+    let (cookie, csrf) = admin_session(&node, &api);
+    let origin = api_origin(&node);
+    let second = cookie_of(&login(&api, PASSWORD));
+    let works = |cookie: &str| {
+        with_session(&api, "GET", "/api/v1/session", cookie, None, None, None).status
+    };
+    assert_eq!(works(&second), 200);
+    let change = |csrf: Option<&str>, current: &str, new: &str| {
+        with_session(
+            &api,
+            "POST",
+            "/api/v1/admin/password",
+            &cookie,
+            csrf,
+            Some(&origin),
+            Some(&json!({"current_password": current, "new_password": new})),
+        )
+    };
+
+    let no_token = change(None, PASSWORD, NEW_PASSWORD);
+    assert_eq!(
+        (no_token.status, no_token.error_code().as_str()),
+        (403, "csrf")
+    );
+    let wrong = change(Some(&csrf), "not the password at all", NEW_PASSWORD);
+    assert_eq!(
+        (wrong.status, wrong.error_code().as_str()),
+        (403, "wrong_password"),
+        "{}",
+        wrong.body
+    );
+    let short = change(Some(&csrf), PASSWORD, "short");
+    assert_eq!(short.status, 400, "{}", short.body);
+    assert_eq!(short.json()["error"]["fields"][0]["key"], "new_password");
+    assert_eq!(works(&second), 200, "refused changes end nothing");
+
+    let changed = change(Some(&csrf), PASSWORD, NEW_PASSWORD);
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    assert_eq!(changed.json(), json!({"ended": 1}));
+    assert_eq!(works(&second), 401, "the other session ended");
+    assert_eq!(works(&cookie), 200, "the caller's session goes on");
+    assert_eq!(
+        login(&api, PASSWORD).status,
+        401,
+        "the old password is gone"
+    );
+    let third = cookie_of(&login(&api, NEW_PASSWORD));
+    assert_eq!(works(&third), 200);
+
+    let everywhere = |csrf: Option<&str>| {
+        with_session(
+            &api,
+            "DELETE",
+            "/api/v1/sessions",
+            &cookie,
+            csrf,
+            Some(&origin),
+            None,
+        )
+    };
+    assert_eq!(everywhere(None).error_code(), "csrf");
+    assert_eq!(works(&third), 200);
+    let ended = everywhere(Some(&csrf));
+    assert_eq!(ended.status, 200, "{}", ended.body);
+    assert_eq!(ended.json(), json!({"ended": 1}));
+    assert_eq!(
+        works(&third),
+        401,
+        "log out everywhere ended the other session"
+    );
+    assert_eq!(works(&cookie), 200, "and kept the caller's");
+
+    let audit = with_session(
+        &api,
+        "GET",
+        "/api/v1/audit?limit=100",
+        &cookie,
+        None,
+        None,
+        None,
+    );
+    for action in ["admin.password_change", "sessions.end_others"] {
+        assert!(audit.body.contains(action), "{action}: {}", audit.body);
+    }
+    assert!(
+        audit.body.contains("1 other session(s) ended"),
+        "{}",
+        audit.body
+    );
+    for secret in [PASSWORD, NEW_PASSWORD, "not the password at all"] {
+        assert!(!audit.body.contains(secret), "{}", audit.body);
+        assert!(!node.log().contains(secret), "the log holds a password");
+    }
+}
+
+/// Issue 16: a forgotten admin password is reset offline: `mxnode reset-admin` refuses while
+/// the node runs (its store is locked), and with the node stopped removes the admin, so the
+/// next start is in setup mode with a fresh one-time token; API keys survive; audited as `cli`.
+#[test]
+fn issue16_reset_admin_cli_returns_the_console_to_setup_mode() {
+    let ca = TestCa::new();
+    let mut node = Node::start(&NodeConfig::new().http(&ca).api_key("ops", &["admin"]));
+    let api = ApiClient::new(&node, &ca);
+    let (_, _) = admin_session(&node, &api);
+    let config = node.config_path().to_path_buf();
+    let reset = || {
+        std::process::Command::new(mxnode_tests::mxnode_bin())
+            .args(["reset-admin", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run mxnode reset-admin")
+    };
+    let running = reset();
+    assert!(!running.status.success());
+    assert!(
+        String::from_utf8_lossy(&running.stderr).contains("stop it first"),
+        "{}",
+        String::from_utf8_lossy(&running.stderr)
+    );
+
+    assert!(node.terminate().success());
+    let done = reset();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("removed the admin account \"admin\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("setup token"), "{stderr}");
+    node.restart();
+    let api = ApiClient::new(&node, &ca);
+    assert_eq!(
+        api.get("/api/v1/setup", None).json(),
+        json!({"setup_required": true})
+    );
+    let early = login(&api, PASSWORD);
+    assert_eq!(
+        (early.status, early.error_code().as_str()),
+        (409, "setup_required")
+    );
+    let key = node.api_key("ops").to_string();
+    let audit = api.get("/api/v1/audit?action=admin.reset", Some(&key));
+    assert_eq!(audit.status, 200, "the API key still works: {}", audit.body);
+    assert_eq!(audit.json()["items"][0]["actor"], "cli", "{}", audit.body);
+    let token = node.setup_token().expect("a fresh setup token");
+    assert_eq!(setup(&api, &token, PASSWORD).status, 201);
+    assert_eq!(login(&api, PASSWORD).status, 201);
+}

@@ -413,6 +413,20 @@ pub struct LoginRequest {
     pub password: String,
 }
 
+/// `POST /api/v1/admin/password` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChangeRequest {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+/// How many other sessions a password change or "log out everywhere" ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionsEnded {
+    pub ended: usize,
+}
+
 /// The admin created by setup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AdminView {
@@ -483,6 +497,51 @@ fn write_token_file(dir: &Path, text: &str) -> std::io::Result<PathBuf> {
         .open(&path)?;
     file.write_all(format!("{text}\n").as_bytes())?;
     Ok(path)
+}
+
+/// The problem with a new password, if any.
+fn password_problem(key: &str, password: &str) -> Option<FieldError> {
+    let length = password.chars().count();
+    if length < MIN_PASSWORD_CHARS {
+        Some(FieldError::new(
+            key,
+            format!("at least {MIN_PASSWORD_CHARS} characters"),
+        ))
+    } else if length > MAX_PASSWORD_CHARS {
+        Some(FieldError::new(
+            key,
+            format!("at most {MAX_PASSWORD_CHARS} characters"),
+        ))
+    } else {
+        None
+    }
+}
+
+/// Offline (`mxnode reset-admin`, the node stopped): deletes the admin account, so the node's
+/// next start enters setup mode with a fresh one-time setup token (journal, console banner,
+/// `<node.runtime_dir>/setup-token`). Audited as `admin.reset` by `actor`. Returns the name of
+/// the admin removed, `None` when there was none (already in setup mode).
+pub fn reset_admin(
+    store: &dyn crate::store::Store,
+    actor: &str,
+    now: std::time::SystemTime,
+) -> Result<Option<String>, StoreError> {
+    let Some(bytes) = store.get_setting(ADMIN_SETTING)? else {
+        return Ok(None);
+    };
+    let username = serde_json::from_slice::<AdminRecord>(&bytes)
+        .map(|r| r.username)
+        .unwrap_or_else(|_| "unknown".into());
+    store.delete_setting(ADMIN_SETTING)?;
+    super::audit_event(
+        store,
+        now,
+        actor,
+        "admin.reset",
+        Some(format!("admin:{username}")),
+        Some("admin account removed; setup mode at the next start".into()),
+    )?;
+    Ok(Some(username))
 }
 
 fn too_many_attempts(until_ms: u64, now: u64) -> ApiError {
@@ -705,18 +764,7 @@ impl Api {
                 format!("at most {MAX_USERNAME_CHARS} characters, no spaces or control characters"),
             ));
         }
-        let length = request.password.chars().count();
-        if length < MIN_PASSWORD_CHARS {
-            problems.push(FieldError::new(
-                "password",
-                format!("at least {MIN_PASSWORD_CHARS} characters"),
-            ));
-        } else if length > MAX_PASSWORD_CHARS {
-            problems.push(FieldError::new(
-                "password",
-                format!("at most {MAX_PASSWORD_CHARS} characters"),
-            ));
-        }
+        problems.extend(password_problem("password", &request.password));
         if !problems.is_empty() {
             return Err(ApiError::invalid(
                 "invalid_admin",
@@ -856,6 +904,106 @@ impl Api {
         }
         self.audit_best_effort(&principal.actor(), "logout", None, None);
         Ok(())
+    }
+
+    /// Ends every session but the caller's own (when the caller is a session); how many.
+    fn end_other_sessions_of(&self, caller: &Caller) -> usize {
+        // A request with `Authorization` is the key's, whatever cookie it carries.
+        let keep = caller
+            .authorization
+            .is_none()
+            .then(|| caller.session.as_deref().map(session_digest))
+            .flatten();
+        let mut sessions = lock(&self.admin.sessions);
+        let before = sessions.len();
+        sessions.retain(|digest, _| keep.as_deref() == Some(digest.as_str()));
+        before - sessions.len()
+    }
+
+    /// `DELETE /api/v1/sessions` (admin): "log out everywhere": ends every console session but
+    /// the caller's own.
+    pub fn end_other_sessions(&self, caller: &Caller) -> Result<SessionsEnded, ApiError> {
+        let principal = self.authenticate(caller, Scope::Admin)?;
+        let ended = self.end_other_sessions_of(caller);
+        self.audit_best_effort(
+            &principal.actor(),
+            "sessions.end_others",
+            None,
+            Some(format!("{ended} other session(s) ended")),
+        );
+        Ok(SessionsEnded { ended })
+    }
+
+    /// `POST /api/v1/admin/password` (admin): with the current password, sets a new one and
+    /// ends every other session. The current password is judged like a login (counted before
+    /// its hash, the same lockout, a hash slot).
+    pub fn change_password(&self, caller: &Caller, body: &[u8]) -> Result<SessionsEnded, ApiError> {
+        let principal = self.authenticate(caller, Scope::Admin)?;
+        let request: PasswordChangeRequest = serde_json::from_slice(body).map_err(|_| {
+            ApiError::invalid(
+                "invalid_body",
+                "expected {\"current_password\", \"new_password\"}",
+                Vec::new(),
+            )
+        })?;
+        let Some(record) = self.admin_record()? else {
+            return Err(ApiError::new(
+                409,
+                "setup_required",
+                "no admin exists yet: complete setup with the setup token first",
+            ));
+        };
+        let mut problems: Vec<FieldError> = password_problem("new_password", &request.new_password)
+            .into_iter()
+            .collect();
+        if problems.is_empty() && same(&request.new_password, &request.current_password) {
+            problems.push(FieldError::new(
+                "new_password",
+                "must differ from the current password",
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(ApiError::invalid(
+                "invalid_password",
+                "the new password is not valid",
+                problems,
+            ));
+        }
+        let attempt = self.begin_login(caller)?;
+        let wrong = || {
+            ApiError::new(
+                403,
+                "wrong_password",
+                "the current password is wrong: nothing was changed",
+            )
+        };
+        if request.current_password.chars().count() > MAX_PASSWORD_CHARS {
+            self.attempt_failed(attempt, caller, "wrong current password");
+            return Err(wrong());
+        }
+        let current_ok = {
+            let _slot = self.hash_slot()?;
+            password_matches(&record, &request.current_password)
+        };
+        if !current_ok {
+            self.attempt_failed(attempt, caller, "wrong current password");
+            return Err(wrong());
+        }
+        attempt.succeeded();
+        let new = AdminRecord {
+            created_at: record.created_at,
+            ..self.new_admin_record(&record.username, &request.new_password)?
+        };
+        let bytes = serde_json::to_vec(&new).map_err(|_| ApiError::internal())?;
+        self.store.put_setting(ADMIN_SETTING, &bytes)?;
+        let ended = self.end_other_sessions_of(caller);
+        self.audit_best_effort(
+            &principal.actor(),
+            "admin.password_change",
+            Some(format!("admin:{}", record.username)),
+            Some(format!("password changed; {ended} other session(s) ended")),
+        );
+        Ok(SessionsEnded { ended })
     }
 
     /// The caller's unexpired session, its last use moved to now.

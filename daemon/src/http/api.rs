@@ -86,6 +86,8 @@ pub fn app(api: Arc<Api>) -> App {
         .get(session_info)
         .post(login)
         .delete(logout);
+    router.at("/api/v1/sessions").delete(end_other_sessions);
+    router.at("/api/v1/admin/password").post(change_password);
     router.at("/api/v1/update").get(update_status);
     router.at("/api/v1/update/check").post(update_check);
     router.at("/api/v1/update/apply").post(update_apply);
@@ -524,6 +526,26 @@ async fn logout(api: State, req: Request) -> Response {
         }
     }
     res
+}
+
+async fn end_other_sessions(api: State, req: Request) -> Response {
+    let caller = caller(&req);
+    json(
+        StatusCode::OK,
+        call(&api, move |api| api.end_other_sessions(&caller)).await,
+    )
+}
+
+async fn change_password(api: State, req: Request) -> Response {
+    let caller = caller(&req);
+    let body = match authenticated_body(&api, &req, &caller, Scope::Admin).await {
+        Ok(body) => body,
+        Err(e) => return error_response(&e),
+    };
+    json(
+        StatusCode::OK,
+        call(&api, move |api| api.change_password(&caller, &body)).await,
+    )
 }
 
 async fn update_status(api: State, req: Request) -> Response {
