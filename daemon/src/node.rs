@@ -399,7 +399,7 @@ fn prepare_http(
     }
     Ok(HttpService {
         listener,
-        app: crate::http::api::app(api),
+        app: crate::http::api::app(api, tls.is_some()),
         tls,
     })
 }

@@ -770,3 +770,63 @@ fn issue16_reset_admin_cli_returns_the_console_to_setup_mode() {
     assert_eq!(setup(&api, &token, PASSWORD).status, 201);
     assert_eq!(login(&api, PASSWORD).status, 201);
 }
+
+/// Issue 16: over HTTPS the session cookie carries the `__Host-` prefix (so browsers take it
+/// only with `Secure`, `Path=/` and no `Domain`, and nothing on a sibling host or plain HTTP can
+/// plant or overwrite it), and the node reads the session only from that name: the same id
+/// under the unprefixed name, as a planted cookie would be, is not a session.
+#[test]
+fn issue16_https_session_cookie_has_the_host_prefix_and_only_it_is_read() {
+    let (ca, node) = start();
+    let api = ApiClient::new(&node, &ca);
+    let token = node.setup_token().expect("setup mode");
+    assert_eq!(setup(&api, &token, PASSWORD).status, 201);
+    let answer = login(&api, PASSWORD);
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    let set_cookie = &answer.set_cookie;
+    assert!(
+        set_cookie.starts_with("__Host-mxnode_session="),
+        "{set_cookie}"
+    );
+    let attributes: Vec<&str> = set_cookie.split(';').skip(1).map(str::trim).collect();
+    for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(attributes.contains(&attribute), "{set_cookie}");
+    }
+    assert!(
+        !attributes
+            .iter()
+            .any(|a| a.to_ascii_lowercase().starts_with("domain")),
+        "{set_cookie}"
+    );
+    let cookie = cookie_of(&answer);
+    let id = cookie.split_once('=').map(|(_, v)| v).unwrap_or_default();
+    let get = |cookie: String| {
+        with_session(&api, "GET", "/api/v1/session", &cookie, None, None, None).status
+    };
+    assert_eq!(get(cookie.clone()), 200);
+    assert_eq!(
+        get(format!("mxnode_session={id}")),
+        401,
+        "the unprefixed name is not read"
+    );
+
+    let csrf = answer.json()["csrf_token"]
+        .as_str()
+        .expect("csrf")
+        .to_string();
+    let out = with_session(
+        &api,
+        "DELETE",
+        "/api/v1/session",
+        &cookie,
+        Some(&csrf),
+        None,
+        None,
+    );
+    assert_eq!(out.status, 204, "{}", out.body);
+    assert!(
+        out.set_cookie.starts_with("__Host-mxnode_session=;"),
+        "logout clears the prefixed cookie: {}",
+        out.set_cookie
+    );
+}

@@ -75,8 +75,13 @@ pub const MAX_CONCURRENT_HASHES: usize = 2;
 const HASH_BUSY_RETRY_SECONDS: u64 = 2;
 /// Clients whose failures are tracked at once; beyond it only the global count applies.
 const MAX_TRACKED_CLIENTS: usize = 10_000;
-/// Name of the session cookie.
-pub const SESSION_COOKIE: &str = "mxnode_session";
+/// Name of the session cookie over HTTPS: the `__Host-` prefix makes browsers accept it only
+/// with `Secure`, `Path=/` and no `Domain`, from a secure origin, so neither a sibling host
+/// nor a plain-HTTP response can plant or overwrite it.
+pub const SESSION_COOKIE: &str = "__Host-mxnode_session";
+/// Name of the session cookie on plain HTTP (`mxnode dev` and other loopback listeners only):
+/// without a prefix, as browsers refuse `__Host-` cookies from an origin that is not HTTPS.
+pub const PLAIN_SESSION_COOKIE: &str = "mxnode_session";
 /// The store setting that holds the admin account.
 const ADMIN_SETTING: &str = "admin";
 /// The setup token's file name under `node.runtime_dir`.

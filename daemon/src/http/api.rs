@@ -24,7 +24,7 @@ use smol::io::AsyncWriteExt as _;
 
 use super::Response;
 use super::router::{BodyError, Request, Routed, Router, read_body};
-use crate::api::admin::SESSION_COOKIE;
+use crate::api::admin::{PLAIN_SESSION_COOKIE, SESSION_COOKIE};
 use crate::api::emails::{AuditFilters, EmailFilters};
 use crate::api::{Api, ApiError, Caller, Scope};
 use crate::metrics::Format;
@@ -46,10 +46,12 @@ pub type State = Arc<Api>;
 pub struct App {
     api: State,
     router: Router<State>,
+    /// Whether the listener serves HTTPS.
+    https: bool,
 }
 
-/// The API application over `api`.
-pub fn app(api: Arc<Api>) -> App {
+/// The API application over `api`, for a listener that serves HTTPS (`https`) or plain HTTP.
+pub fn app(api: Arc<Api>, https: bool) -> App {
     let mut router = Router::default();
     router.at("/healthz").get(healthz);
     router.at("/metrics").get(metrics);
@@ -93,13 +95,14 @@ pub fn app(api: Arc<Api>) -> App {
     router.at("/api/v1/update/apply").post(update_apply);
     router.at(UPDATE_UPLOAD_PATH).post_streamed(update_upload);
     crate::http::ui::mount(&mut router);
-    App { api, router }
+    App { api, router, https }
 }
 
 impl super::server::App for App {
     async fn respond(&self, request: hyper::Request<Incoming>, peer: SocketAddr) -> Response {
         let (head, body) = request.into_parts();
         let mut request = Request::new(head, peer);
+        request.https = self.https;
         let routed = self.router.route(&request.method, &request.path);
         if matches!(routed, Routed::Found(endpoint, _) if endpoint.streamed) {
             request.stream = Some(body);
@@ -149,7 +152,7 @@ fn caller(req: &Request) -> Caller {
     Caller {
         authorization: req.header("Authorization"),
         remote: Some(req.peer.ip()),
-        session: cookie(req, SESSION_COOKIE),
+        session: cookie(req, session_cookie_name(req.https)),
         csrf: req.header(CSRF_HEADER),
         origin: req.header("Origin"),
         host: req.header("Host"),
@@ -479,15 +482,28 @@ async fn complete_setup(api: State, req: Request) -> Response {
     )
 }
 
-/// `Set-Cookie` for the session cookie: `value` for `max_age` seconds (0 deletes it).
-fn session_cookie(value: &str, max_age: u64) -> String {
-    format!(
-        "{SESSION_COOKIE}={value}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={max_age}"
-    )
+/// The session cookie's name: `__Host-mxnode_session` over HTTPS, `mxnode_session` on plain
+/// HTTP (loopback only), where browsers would refuse the prefix. Over HTTPS a cookie of the
+/// plain name is ignored: it may have been planted.
+fn session_cookie_name(https: bool) -> &'static str {
+    if https {
+        SESSION_COOKIE
+    } else {
+        PLAIN_SESSION_COOKIE
+    }
+}
+
+/// `Set-Cookie` for the session cookie: `value` for `max_age` seconds (0 deletes it). Always
+/// `Secure`, `Path=/` and no `Domain` (what `__Host-` demands; browsers accept `Secure` from
+/// a loopback `http://` origin too).
+fn session_cookie(https: bool, value: &str, max_age: u64) -> String {
+    let name = session_cookie_name(https);
+    format!("{name}={value}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={max_age}")
 }
 
 async fn login(api: State, req: Request) -> Response {
     let caller = caller(&req);
+    let https = req.https;
     let body = match json_body(&req) {
         Ok(body) => body,
         Err(e) => return error_response(&e),
@@ -495,7 +511,7 @@ async fn login(api: State, req: Request) -> Response {
     match call(&api, move |api| api.login(&caller, &body)).await {
         Ok(session) => {
             let mut res = json(StatusCode::CREATED, Ok(&session.view));
-            let cookie = session_cookie(&session.session_id, session.max_age.as_secs());
+            let cookie = session_cookie(https, &session.session_id, session.max_age.as_secs());
             match HeaderValue::try_from(cookie) {
                 Ok(cookie) => {
                     res.headers_mut().insert(SET_COOKIE, cookie);
@@ -518,9 +534,10 @@ async fn session_info(api: State, req: Request) -> Response {
 
 async fn logout(api: State, req: Request) -> Response {
     let caller = caller(&req);
+    let https = req.https;
     let mut res = no_content(call(&api, move |api| api.logout(&caller)).await);
     if res.status() == StatusCode::NO_CONTENT {
-        let expired = HeaderValue::try_from(session_cookie("", 0));
+        let expired = HeaderValue::try_from(session_cookie(https, "", 0));
         if let Ok(expired) = expired {
             res.headers_mut().insert(SET_COOKIE, expired);
         }
