@@ -63,6 +63,14 @@ enum Command {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
+    /// Forgotten admin password: remove the console's admin account offline (the node must be
+    /// stopped). Its next start enters setup mode and shows a fresh one-time setup token (the
+    /// journal, the console banner, <node.runtime_dir>/setup-token); mail and API keys are
+    /// untouched.
+    ResetAdmin {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Make releases for the update channel: keys, signed manifests, offline bundles.
     Release {
         #[command(subcommand)]
@@ -266,6 +274,10 @@ fn main() -> ExitCode {
             mxnode::logging::init(log::LevelFilter::Info);
             exit(create_api_key(&config, &name, &scopes))
         }
+        Command::ResetAdmin { config } => {
+            mxnode::logging::init(log::LevelFilter::Info);
+            exit(reset_admin(&config))
+        }
         Command::Release { command } => exit(release(command)),
         Command::Update { command } => {
             mxnode::logging::init(log::LevelFilter::Info);
@@ -339,6 +351,78 @@ fn create_api_key(config: &Path, name: &str, scopes: &[String]) -> anyhow::Resul
         created.view.scopes.join(", ")
     );
     println!("{}", created.key);
+    Ok(())
+}
+
+/// `mxnode reset-admin`: opens the store offline and removes the admin account, audited as
+/// `cli`. Run as root on the appliance, it hands the store files it touched back to the owner
+/// of `node.data_dir` (the node runs unprivileged and must be able to open them).
+fn reset_admin(config_path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(config_path).map_err(|errors| {
+        anyhow::anyhow!(
+            "{}: invalid configuration:\n{errors}",
+            config_path.display()
+        )
+    })?;
+    let removed = {
+        let store = mxnode::node::open_store(&config).map_err(|e| {
+            anyhow::anyhow!(
+                "{e} (is `mxnode serve` running? stop it first: the store is locked by it)"
+            )
+        })?;
+        let removed =
+            mxnode::api::admin::reset_admin(store.as_ref(), "cli", std::time::SystemTime::now())?;
+        store.quiesce();
+        removed
+    };
+    restore_ownership(&config.node.data_dir)?;
+    match removed {
+        Some(name) => eprintln!(
+            "removed the admin account \"{name}\"; start the node (`systemctl start mxnode`): it enters setup mode and shows a new one-time setup token in its journal, on the console banner and in {}",
+            config
+                .node
+                .runtime_dir
+                .join(mxnode::api::admin::SETUP_TOKEN_FILE)
+                .display()
+        ),
+        None => eprintln!(
+            "no admin account exists: the node is already in setup mode; its setup token is shown at every start"
+        ),
+    }
+    Ok(())
+}
+
+/// Gives files under `dir` (two levels) that this process owns back to `dir`'s owner, when
+/// they differ (a root CLI writing into the unprivileged node's store).
+fn restore_ownership(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let owner = std::fs::metadata(dir)?;
+    let me = nix::unistd::geteuid().as_raw();
+    if owner.uid() == me {
+        return Ok(());
+    }
+    let mut pending = vec![(dir.to_path_buf(), 0)];
+    while let Some((path, depth)) = pending.pop() {
+        for entry in std::fs::read_dir(&path)? {
+            let entry = entry?;
+            let meta = entry.path().symlink_metadata()?;
+            if meta.file_type().is_symlink() {
+                continue;
+            }
+            if meta.uid() == me {
+                std::os::unix::fs::chown(entry.path(), Some(owner.uid()), Some(owner.gid()))
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot hand {} back to the node: {e}",
+                            entry.path().display()
+                        )
+                    })?;
+            }
+            if meta.is_dir() && depth < 2 {
+                pending.push((entry.path(), depth + 1));
+            }
+        }
+    }
     Ok(())
 }
 

@@ -412,7 +412,8 @@ fn prepare_http(
     }
     Ok(HttpService {
         listener,
-        app: crate::http::api::app(api).allowing_only(config.http.allow_from.clone()),
+        app: crate::http::api::app(api, tls.is_some())
+            .allowing_only(config.http.allow_from.clone()),
         tls,
     })
 }

@@ -84,6 +84,8 @@ pub struct ApiAnswer {
     pub www_authenticate: String,
     /// `Set-Cookie`, empty when absent.
     pub set_cookie: String,
+    /// `Retry-After`, empty when absent.
+    pub retry_after: String,
     pub body: String,
 }
 
@@ -180,10 +182,11 @@ impl ApiClient {
                 .unwrap_or_default()
                 .to_string()
         };
-        let (content_type, www_authenticate, set_cookie) = (
+        let (content_type, www_authenticate, set_cookie, retry_after) = (
             header("content-type"),
             header("www-authenticate"),
             header("set-cookie"),
+            header("retry-after"),
         );
         let body = response
             .body_mut()
@@ -196,6 +199,7 @@ impl ApiClient {
             content_type,
             www_authenticate,
             set_cookie,
+            retry_after,
             body,
         }
     }

@@ -303,6 +303,63 @@ fn wrong_passwords_lock_the_client_out_with_a_clear_message() {
     assert!(!node.log().contains("not the password at all"));
 }
 
+/// Issue 16: a burst of parallel wrong logins from one address cannot outrun the lockout (an
+/// attempt counts from before its 600,000-iteration hash, not after it) nor run more than two
+/// hashes at once: at most five are judged (401); the rest are refused at once, 503 `busy`
+/// with `Retry-After` while both hash slots are taken, 429 once the address is locked out.
+/// Before, every one of them was hashed and answered 401.
+#[test]
+fn issue16_parallel_wrong_logins_are_counted_before_hashing_and_hashes_are_capped() {
+    const BURST: usize = 24;
+    let (ca, node) = start();
+    let api = ApiClient::new(&node, &ca);
+    let (_, _) = admin_session(&node, &api);
+    let barrier = std::sync::Barrier::new(BURST);
+    let answers: Vec<ApiAnswer> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..BURST)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    login(&api, "not the password at all")
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("a login thread"))
+            .collect()
+    });
+    let judged = answers.iter().filter(|a| a.status == 401).count();
+    assert!(
+        (1..=5).contains(&judged),
+        "{judged} of {BURST} parallel guesses were judged: {:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    for answer in &answers {
+        match answer.status {
+            401 => {}
+            503 => {
+                assert_eq!(answer.error_code(), "busy", "{}", answer.body);
+                assert!(answer.body.contains("passwords"), "{}", answer.body);
+                assert!(
+                    answer.retry_after.parse::<u64>().is_ok_and(|s| s > 0),
+                    "Retry-After: {:?}",
+                    answer.retry_after
+                );
+            }
+            429 => {
+                assert!(
+                    ["locked_out", "attempts_pending"].contains(&answer.error_code().as_str()),
+                    "{}",
+                    answer.body
+                );
+                assert!(!answer.retry_after.is_empty(), "{}", answer.body);
+            }
+            other => panic!("unexpected {other}: {}", answer.body),
+        }
+    }
+}
+
 /// A self-signed certificate for `localhost` that expired on 2021-01-01, and its key, as PEM.
 fn expired_certificate() -> (String, String) {
     let mut params =
@@ -555,4 +612,221 @@ fn the_recovery_key_is_shown_until_confirmed_then_deleted() {
     let audit = with_session(&api, "GET", "/api/v1/audit", &cookie, None, None, None);
     assert!(audit.body.contains("recovery_key.delete"), "{}", audit.body);
     assert!(!audit.body.contains(key));
+}
+
+/// Issue 16: the admin can change the password, only with the current one, and "log out
+/// everywhere" exists; both end every other session and keep the caller's, need the CSRF
+/// token, and are audited without either password.
+#[test]
+fn issue16_password_change_and_log_out_everywhere_end_every_other_session() {
+    const NEW_PASSWORD: &str = "a much longer new passphrase";
+    let (ca, node) = start();
+    let api = ApiClient::new(&node, &ca);
+    let (cookie, csrf) = admin_session(&node, &api);
+    let origin = api_origin(&node);
+    let second = cookie_of(&login(&api, PASSWORD));
+    let works = |cookie: &str| {
+        with_session(&api, "GET", "/api/v1/session", cookie, None, None, None).status
+    };
+    assert_eq!(works(&second), 200);
+    let change = |csrf: Option<&str>, current: &str, new: &str| {
+        with_session(
+            &api,
+            "POST",
+            "/api/v1/admin/password",
+            &cookie,
+            csrf,
+            Some(&origin),
+            Some(&json!({"current_password": current, "new_password": new})),
+        )
+    };
+
+    let no_token = change(None, PASSWORD, NEW_PASSWORD);
+    assert_eq!(
+        (no_token.status, no_token.error_code().as_str()),
+        (403, "csrf")
+    );
+    let wrong = change(Some(&csrf), "not the password at all", NEW_PASSWORD);
+    assert_eq!(
+        (wrong.status, wrong.error_code().as_str()),
+        (403, "wrong_password"),
+        "{}",
+        wrong.body
+    );
+    let short = change(Some(&csrf), PASSWORD, "short");
+    assert_eq!(short.status, 400, "{}", short.body);
+    assert_eq!(short.json()["error"]["fields"][0]["key"], "new_password");
+    assert_eq!(works(&second), 200, "refused changes end nothing");
+
+    let changed = change(Some(&csrf), PASSWORD, NEW_PASSWORD);
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    assert_eq!(changed.json(), json!({"ended": 1}));
+    assert_eq!(works(&second), 401, "the other session ended");
+    assert_eq!(works(&cookie), 200, "the caller's session goes on");
+    assert_eq!(
+        login(&api, PASSWORD).status,
+        401,
+        "the old password is gone"
+    );
+    let third = cookie_of(&login(&api, NEW_PASSWORD));
+    assert_eq!(works(&third), 200);
+
+    let everywhere = |csrf: Option<&str>| {
+        with_session(
+            &api,
+            "DELETE",
+            "/api/v1/sessions",
+            &cookie,
+            csrf,
+            Some(&origin),
+            None,
+        )
+    };
+    assert_eq!(everywhere(None).error_code(), "csrf");
+    assert_eq!(works(&third), 200);
+    let ended = everywhere(Some(&csrf));
+    assert_eq!(ended.status, 200, "{}", ended.body);
+    assert_eq!(ended.json(), json!({"ended": 1}));
+    assert_eq!(
+        works(&third),
+        401,
+        "log out everywhere ended the other session"
+    );
+    assert_eq!(works(&cookie), 200, "and kept the caller's");
+
+    let audit = with_session(
+        &api,
+        "GET",
+        "/api/v1/audit?limit=100",
+        &cookie,
+        None,
+        None,
+        None,
+    );
+    for action in ["admin.password_change", "sessions.end_others"] {
+        assert!(audit.body.contains(action), "{action}: {}", audit.body);
+    }
+    assert!(
+        audit.body.contains("1 other session(s) ended"),
+        "{}",
+        audit.body
+    );
+    for secret in [PASSWORD, NEW_PASSWORD, "not the password at all"] {
+        assert!(!audit.body.contains(secret), "{}", audit.body);
+        assert!(!node.log().contains(secret), "the log holds a password");
+    }
+}
+
+/// Issue 16: a forgotten admin password is reset offline: `mxnode reset-admin` refuses while
+/// the node runs (its store is locked), and with the node stopped removes the admin, so the
+/// next start is in setup mode with a fresh one-time token; API keys survive; audited as `cli`.
+#[test]
+fn issue16_reset_admin_cli_returns_the_console_to_setup_mode() {
+    let ca = TestCa::new();
+    let mut node = Node::start(&NodeConfig::new().http(&ca).api_key("ops", &["admin"]));
+    let api = ApiClient::new(&node, &ca);
+    let (_, _) = admin_session(&node, &api);
+    let config = node.config_path().to_path_buf();
+    let reset = || {
+        std::process::Command::new(mxnode_tests::mxnode_bin())
+            .args(["reset-admin", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run mxnode reset-admin")
+    };
+    let running = reset();
+    assert!(!running.status.success());
+    assert!(
+        String::from_utf8_lossy(&running.stderr).contains("stop it first"),
+        "{}",
+        String::from_utf8_lossy(&running.stderr)
+    );
+
+    assert!(node.terminate().success());
+    let done = reset();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("removed the admin account \"admin\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("setup token"), "{stderr}");
+    node.restart();
+    let api = ApiClient::new(&node, &ca);
+    assert_eq!(
+        api.get("/api/v1/setup", None).json(),
+        json!({"setup_required": true})
+    );
+    let early = login(&api, PASSWORD);
+    assert_eq!(
+        (early.status, early.error_code().as_str()),
+        (409, "setup_required")
+    );
+    let key = node.api_key("ops").to_string();
+    let audit = api.get("/api/v1/audit?action=admin.reset", Some(&key));
+    assert_eq!(audit.status, 200, "the API key still works: {}", audit.body);
+    assert_eq!(audit.json()["items"][0]["actor"], "cli", "{}", audit.body);
+    let token = node.setup_token().expect("a fresh setup token");
+    assert_eq!(setup(&api, &token, PASSWORD).status, 201);
+    assert_eq!(login(&api, PASSWORD).status, 201);
+}
+
+/// Issue 16: over HTTPS the session cookie carries the `__Host-` prefix (so browsers take it
+/// only with `Secure`, `Path=/` and no `Domain`, and nothing on a sibling host or plain HTTP can
+/// plant or overwrite it), and the node reads the session only from that name: the same id
+/// under the unprefixed name, as a planted cookie would be, is not a session.
+#[test]
+fn issue16_https_session_cookie_has_the_host_prefix_and_only_it_is_read() {
+    let (ca, node) = start();
+    let api = ApiClient::new(&node, &ca);
+    let token = node.setup_token().expect("setup mode");
+    assert_eq!(setup(&api, &token, PASSWORD).status, 201);
+    let answer = login(&api, PASSWORD);
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    let set_cookie = &answer.set_cookie;
+    assert!(
+        set_cookie.starts_with("__Host-mxnode_session="),
+        "{set_cookie}"
+    );
+    let attributes: Vec<&str> = set_cookie.split(';').skip(1).map(str::trim).collect();
+    for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(attributes.contains(&attribute), "{set_cookie}");
+    }
+    assert!(
+        !attributes
+            .iter()
+            .any(|a| a.to_ascii_lowercase().starts_with("domain")),
+        "{set_cookie}"
+    );
+    let cookie = cookie_of(&answer);
+    let id = cookie.split_once('=').map(|(_, v)| v).unwrap_or_default();
+    let get = |cookie: String| {
+        with_session(&api, "GET", "/api/v1/session", &cookie, None, None, None).status
+    };
+    assert_eq!(get(cookie.clone()), 200);
+    assert_eq!(
+        get(format!("mxnode_session={id}")),
+        401,
+        "the unprefixed name is not read"
+    );
+
+    let csrf = answer.json()["csrf_token"]
+        .as_str()
+        .expect("csrf")
+        .to_string();
+    let out = with_session(
+        &api,
+        "DELETE",
+        "/api/v1/session",
+        &cookie,
+        Some(&csrf),
+        None,
+        None,
+    );
+    assert_eq!(out.status, 204, "{}", out.body);
+    assert!(
+        out.set_cookie.starts_with("__Host-mxnode_session=;"),
+        "logout clears the prefixed cookie: {}",
+        out.set_cookie
+    );
 }

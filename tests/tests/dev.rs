@@ -155,7 +155,9 @@ fn dev_node_serves_the_setup_page_over_http_and_its_printed_token_completes_setu
         .next()
         .unwrap_or_default()
         .to_string();
-    assert!(!cookie.is_empty(), "a session cookie");
+    // Plain HTTP keeps the unprefixed name: browsers refuse `__Host-` from a non-HTTPS
+    // origin (issue 16).
+    assert!(cookie.starts_with("mxnode_session="), "{cookie}");
     let me = api.request_with_headers("GET", "/api/v1/session", &[("Cookie", cookie)], None);
     assert_eq!(me.status, 200, "{}", me.body);
     assert_eq!(

@@ -7,7 +7,8 @@
 //! with its own TLS clients that STARTTLS and HTTPS serve the new certificate, without a
 //! restart), a route to the receiver, an S3 connection with its probe (edited and deleted), a
 //! real email in the delivery log and its deletion, the audit log, an API key created and
-//! revoked, retention with a field error, the compliance report, the updates page (a check
+//! revoked, retention with a field error, the compliance report, the Account page (a password
+//! change and "log out everywhere else" ending a second session; issue 16), the updates page (a check
 //! against a real HTTPS channel serving a release signed by `mxnode release`, which stages
 //! it; Apply; a bundle with a forged signature refused) and logout, and saves a screenshot of
 //! each page under `$CARGO_TARGET_DIR/ui-artifacts/` (never the repo).

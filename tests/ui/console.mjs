@@ -13,9 +13,12 @@
 // after the S3 probe "PROBED", after applying the staged update "APPLIED", and waits likewise
 // for the test's own checks.
 //
+// The walk also changes the admin's password on the Account page and logs out everywhere else
+// (ending a second session it holds through its own API request context).
+//
 // Exit status 0 when every step passed; otherwise the failing step is printed on stderr.
 
-import { chromium } from "playwright-core";
+import { chromium, request } from "playwright-core";
 import { mkdtempSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -353,6 +356,46 @@ page.on("console", (msg) => {
     await snap(page, `narrow-${view}`);
   }
   await page.setViewportSize({ width: 1100, height: 800 });
+
+  // Issue 16: the admin's own account page. A second session (another "device", an API
+  // request context with its own cookie jar) is ended by the password change and again by
+  // "log out everywhere else", while this page's session goes on.
+  step = "account: a second session";
+  const NEW_PASSWORD = "a much longer new passphrase";
+  const other = await request.newContext({ baseURL: base, ignoreHTTPSErrors: true });
+  const otherLogin = async (password) => {
+    const res = await other.post("/api/v1/session", { data: { username: "admin", password } });
+    check(res.status() === 201, `the second login answered ${res.status()}`);
+  };
+  const otherStatus = async () => (await other.get("/api/v1/session")).status();
+  await otherLogin(PASSWORD);
+  check((await otherStatus()) === 200, "the second session works");
+
+  step = "account: wrong current password";
+  await page.click("nav a[href='#account']");
+  await page.waitForSelector("#password");
+  await page.fill("#password-current_password", "not the current password");
+  await page.fill("#password-new_password", NEW_PASSWORD);
+  await page.click("#password button[type=submit]");
+  await page.waitForSelector("#password-error:has-text('current password is wrong')");
+  check((await otherStatus()) === 200, "a refused change ends nothing");
+
+  step = "account: change the password";
+  await page.fill("#password-current_password", PASSWORD);
+  await page.fill("#password-new_password", NEW_PASSWORD);
+  await page.click("#password button[type=submit]");
+  await page.waitForSelector("#account-notice:has-text('Password changed. 1 other session ended.')");
+  check((await otherStatus()) === 401, "the password change ended the other session");
+  await snap(page, "account-password-changed");
+
+  step = "account: log out everywhere else";
+  await otherLogin(NEW_PASSWORD);
+  await page.click("#end-sessions");
+  await page.waitForSelector("#account-notice:has-text('1 other session ended.')");
+  check((await otherStatus()) === 401, "log out everywhere ended the other session");
+  await page.click("nav a[href='#status']");
+  await page.waitForSelector("#version");
+  await other.dispose();
 
   step = "logout";
   await page.click("#logout");

@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ring::digest::{SHA256, digest};
@@ -55,17 +55,33 @@ pub const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const SESSION_MAX_AGE: Duration = Duration::from_secs(12 * 60 * 60);
 /// Sessions held at once; the oldest is dropped beyond it (bounds memory).
 const MAX_SESSIONS: usize = 64;
-/// Failed logins (or setup tokens) from one client within [`LOCKOUT`] before it is locked out.
+/// Failed logins from one client within [`LOCKOUT`] before it is locked out of logins.
 pub const CLIENT_FAILURES_BEFORE_LOCKOUT: u32 = 5;
 /// Failed logins from all clients within [`LOCKOUT`] before every login is locked out (a
 /// guesser with many addresses).
 pub const GLOBAL_FAILURES_BEFORE_LOCKOUT: u32 = 50;
+/// Wrong setup tokens from one client within [`LOCKOUT`] before it is locked out of setup.
+/// Counted apart from logins: setup-token guesses never lock the admin out of logging in.
+pub const CLIENT_SETUP_FAILURES_BEFORE_LOCKOUT: u32 = 5;
+/// Wrong setup tokens from all clients within [`LOCKOUT`] before setup is locked out.
+pub const GLOBAL_SETUP_FAILURES_BEFORE_LOCKOUT: u32 = 50;
 /// How long a lockout lasts, and the window failures are counted in.
 pub const LOCKOUT: Duration = Duration::from_secs(15 * 60);
+/// PBKDF2 hashes (login, setup, password change) computed at once; past it the request is
+/// answered 503 `busy` with `Retry-After` at once. Each hash is ~0.3 s of one core's full
+/// attention: two at once leave the box's other core to mail.
+pub const MAX_CONCURRENT_HASHES: usize = 2;
+/// `Retry-After` (seconds) of the 503 when every hash slot is taken.
+const HASH_BUSY_RETRY_SECONDS: u64 = 2;
 /// Clients whose failures are tracked at once; beyond it only the global count applies.
 const MAX_TRACKED_CLIENTS: usize = 10_000;
-/// Name of the session cookie.
-pub const SESSION_COOKIE: &str = "mxnode_session";
+/// Name of the session cookie over HTTPS: the `__Host-` prefix makes browsers accept it only
+/// with `Secure`, `Path=/` and no `Domain`, from a secure origin, so neither a sibling host
+/// nor a plain-HTTP response can plant or overwrite it.
+pub const SESSION_COOKIE: &str = "__Host-mxnode_session";
+/// Name of the session cookie on plain HTTP (`mxnode dev` and other loopback listeners only):
+/// without a prefix, as browsers refuse `__Host-` cookies from an origin that is not HTTPS.
+pub const PLAIN_SESSION_COOKIE: &str = "mxnode_session";
 /// The store setting that holds the admin account.
 const ADMIN_SETTING: &str = "admin";
 /// The setup token's file name under `node.runtime_dir`.
@@ -164,21 +180,31 @@ impl Session {
     }
 }
 
-/// Failures of one client (or of all) in the current window.
+/// Failures of one client (or of all) in the current window, and the attempts under way.
 #[derive(Debug, Default, Clone, Copy)]
 struct Failures {
     count: u32,
     window_start_ms: u64,
     locked_until_ms: u64,
+    /// Attempts admitted and not yet judged: they count against the limit before their hash
+    /// runs, so parallel guesses cannot outrun the lockout.
+    pending: u32,
 }
 
 impl Failures {
+    /// Failures counted in the window still open at `now`.
+    fn counted(&self, now: u64) -> u32 {
+        if now.saturating_sub(self.window_start_ms) >= millis(LOCKOUT) {
+            0
+        } else {
+            self.count
+        }
+    }
+
     fn add(&mut self, now: u64, limit: u32) {
         if now.saturating_sub(self.window_start_ms) >= millis(LOCKOUT) {
-            *self = Failures {
-                window_start_ms: now,
-                ..Failures::default()
-            };
+            self.count = 0;
+            self.window_start_ms = now;
         }
         self.count += 1;
         if self.count >= limit {
@@ -187,12 +213,128 @@ impl Failures {
             self.window_start_ms = now;
         }
     }
+
+    /// Refuses while locked out, or while the failures so far and the attempts under way
+    /// reach `limit`.
+    fn admit(&self, now: u64, limit: u32) -> Result<(), ApiError> {
+        if self.locked_until_ms > now {
+            return Err(too_many_attempts(self.locked_until_ms, now));
+        }
+        if self.counted(now) + self.pending >= limit {
+            return Err(ApiError::new(
+                429,
+                "attempts_pending",
+                "too many attempts are under way: wait for their answers, then try again",
+            )
+            .retry_after(HASH_BUSY_RETRY_SECONDS));
+        }
+        Ok(())
+    }
 }
+
+/// The per-client and global limits of one kind of attempt.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    client: u32,
+    global: u32,
+}
+
+const LOGIN_LIMITS: Limits = Limits {
+    client: CLIENT_FAILURES_BEFORE_LOCKOUT,
+    global: GLOBAL_FAILURES_BEFORE_LOCKOUT,
+};
+
+const SETUP_LIMITS: Limits = Limits {
+    client: CLIENT_SETUP_FAILURES_BEFORE_LOCKOUT,
+    global: GLOBAL_SETUP_FAILURES_BEFORE_LOCKOUT,
+};
 
 #[derive(Debug, Default)]
 struct Limiter {
     clients: HashMap<Option<IpAddr>, Failures>,
     global: Failures,
+}
+
+/// One admitted attempt (a login, a setup token, a current password), counted as under way
+/// from before its check until it is judged; dropping it unjudged counts nothing.
+struct Attempt<'a> {
+    limiter: &'a Mutex<Limiter>,
+    limits: Limits,
+    remote: Option<IpAddr>,
+    /// Whether the client's own entry holds this attempt (beyond [`MAX_TRACKED_CLIENTS`] only
+    /// the global count does).
+    tracked: bool,
+}
+
+impl<'a> Attempt<'a> {
+    /// Admits an attempt of `remote`, or refuses it (429) before any work is done.
+    fn begin(
+        limiter: &'a Mutex<Limiter>,
+        limits: Limits,
+        remote: Option<IpAddr>,
+        now: u64,
+    ) -> Result<Attempt<'a>, ApiError> {
+        let mut l = lock(limiter);
+        if let Some(client) = l.clients.get(&remote) {
+            client.admit(now, limits.client)?;
+        }
+        l.global.admit(now, limits.global)?;
+        if l.clients.len() >= MAX_TRACKED_CLIENTS {
+            l.clients
+                .retain(|_, f| f.locked_until_ms > now || f.pending > 0 || f.counted(now) > 0);
+        }
+        let tracked = l.clients.len() < MAX_TRACKED_CLIENTS || l.clients.contains_key(&remote);
+        if tracked {
+            l.clients.entry(remote).or_default().pending += 1;
+        }
+        l.global.pending += 1;
+        Ok(Attempt {
+            limiter,
+            limits,
+            remote,
+            tracked,
+        })
+    }
+
+    /// The attempt failed: it counts towards the lockout.
+    fn failed(self, now: u64) {
+        let mut l = lock(self.limiter);
+        if self.tracked {
+            l.clients
+                .entry(self.remote)
+                .or_default()
+                .add(now, self.limits.client);
+        }
+        l.global.add(now, self.limits.global);
+    }
+
+    /// The attempt succeeded: the client's failures are forgiven.
+    fn succeeded(self) {
+        if let Some(f) = lock(self.limiter).clients.get_mut(&self.remote) {
+            f.count = 0;
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        let mut l = lock(self.limiter);
+        if self.tracked
+            && let Some(f) = l.clients.get_mut(&self.remote)
+        {
+            f.pending = f.pending.saturating_sub(1);
+        }
+        l.global.pending = l.global.pending.saturating_sub(1);
+    }
+}
+
+/// A slot of [`MAX_CONCURRENT_HASHES`], held while one hash runs.
+pub(crate) struct HashSlot<'a>(&'a AtomicUsize);
+
+impl Drop for HashSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Setup mode: the token and where it was written.
@@ -210,7 +352,12 @@ pub(crate) struct AdminState {
     setup: Mutex<Option<Setup>>,
     /// By the SHA-256 (hex) of the session id.
     sessions: Mutex<HashMap<String, Session>>,
+    /// Failed logins (and current passwords).
     limiter: Mutex<Limiter>,
+    /// Wrong setup tokens, apart from logins.
+    setup_limiter: Mutex<Limiter>,
+    /// PBKDF2 hashes running now.
+    hashing: AtomicUsize,
     /// When the controller was made (the node's start), for the status page's uptime.
     started: std::time::Instant,
     /// The HTTPS certificate file, for the status page (set by the node at start).
@@ -241,6 +388,8 @@ impl Default for AdminState {
             setup: Mutex::new(None),
             sessions: Mutex::new(HashMap::new()),
             limiter: Mutex::new(Limiter::default()),
+            setup_limiter: Mutex::new(Limiter::default()),
+            hashing: AtomicUsize::new(0),
         }
     }
 }
@@ -270,6 +419,20 @@ pub struct SetupRequest {
 pub struct LoginRequest {
     pub username: String,
     pub password: String,
+}
+
+/// `POST /api/v1/admin/password` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChangeRequest {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+/// How many other sessions a password change or "log out everywhere" ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionsEnded {
+    pub ended: usize,
 }
 
 /// The admin created by setup.
@@ -347,6 +510,51 @@ fn write_token_file(dir: &Path, text: &str) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
+/// The problem with a new password, if any.
+fn password_problem(key: &str, password: &str) -> Option<FieldError> {
+    let length = password.chars().count();
+    if length < MIN_PASSWORD_CHARS {
+        Some(FieldError::new(
+            key,
+            format!("at least {MIN_PASSWORD_CHARS} characters"),
+        ))
+    } else if length > MAX_PASSWORD_CHARS {
+        Some(FieldError::new(
+            key,
+            format!("at most {MAX_PASSWORD_CHARS} characters"),
+        ))
+    } else {
+        None
+    }
+}
+
+/// Offline (`mxnode reset-admin`, the node stopped): deletes the admin account, so the node's
+/// next start enters setup mode with a fresh one-time setup token (journal, console banner,
+/// `<node.runtime_dir>/setup-token`). Audited as `admin.reset` by `actor`. Returns the name of
+/// the admin removed, `None` when there was none (already in setup mode).
+pub fn reset_admin(
+    store: &dyn crate::store::Store,
+    actor: &str,
+    now: std::time::SystemTime,
+) -> Result<Option<String>, StoreError> {
+    let Some(bytes) = store.get_setting(ADMIN_SETTING)? else {
+        return Ok(None);
+    };
+    let username = serde_json::from_slice::<AdminRecord>(&bytes)
+        .map(|r| r.username)
+        .unwrap_or_else(|_| "unknown".into());
+    store.delete_setting(ADMIN_SETTING)?;
+    super::audit_event(
+        store,
+        now,
+        actor,
+        "admin.reset",
+        Some(format!("admin:{username}")),
+        Some("admin account removed; setup mode at the next start".into()),
+    )?;
+    Ok(Some(username))
+}
+
 fn too_many_attempts(until_ms: u64, now: u64) -> ApiError {
     let minutes = until_ms.saturating_sub(now).div_ceil(60_000).max(1);
     ApiError::new(
@@ -354,6 +562,7 @@ fn too_many_attempts(until_ms: u64, now: u64) -> ApiError {
         "locked_out",
         format!("too many failed attempts: locked out; try again in {minutes} minute(s)"),
     )
+    .retry_after(until_ms.saturating_sub(now).div_ceil(1000))
 }
 
 impl Api {
@@ -479,40 +688,40 @@ impl Api {
         })
     }
 
-    /// Refuses while the client (or everyone) is locked out.
-    fn check_lockout(&self, caller: &Caller) -> Result<(), ApiError> {
-        let now = unix_ms(self.now());
-        let limiter = lock(&self.admin.limiter);
-        let client = limiter
-            .clients
-            .get(&caller.remote)
-            .map_or(0, |f| f.locked_until_ms);
-        let until = client.max(limiter.global.locked_until_ms);
-        if until > now {
-            return Err(too_many_attempts(until, now));
-        }
-        Ok(())
+    /// Admits a login (or current-password) attempt of the caller before its hash, or
+    /// refuses it (429) while the caller or everyone is locked out.
+    fn begin_login(&self, caller: &Caller) -> Result<Attempt<'_>, ApiError> {
+        Attempt::begin(
+            &self.admin.limiter,
+            LOGIN_LIMITS,
+            caller.remote,
+            unix_ms(self.now()),
+        )
     }
 
-    /// Counts a failed login or setup attempt and records it.
-    fn login_failure(&self, caller: &Caller, detail: &str) {
-        let now = unix_ms(self.now());
-        {
-            let mut limiter = lock(&self.admin.limiter);
-            if limiter.clients.len() >= MAX_TRACKED_CLIENTS {
-                limiter.clients.retain(|_, f| f.locked_until_ms > now);
-            }
-            if limiter.clients.len() < MAX_TRACKED_CLIENTS
-                || limiter.clients.contains_key(&caller.remote)
-            {
-                limiter
-                    .clients
-                    .entry(caller.remote)
-                    .or_default()
-                    .add(now, CLIENT_FAILURES_BEFORE_LOCKOUT);
-            }
-            limiter.global.add(now, GLOBAL_FAILURES_BEFORE_LOCKOUT);
-        }
+    /// Takes one of the [`MAX_CONCURRENT_HASHES`] slots, or answers 503 `busy`.
+    pub(crate) fn hash_slot(&self) -> Result<HashSlot<'_>, ApiError> {
+        let hashing = &self.admin.hashing;
+        hashing
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_CONCURRENT_HASHES).then_some(n + 1)
+            })
+            .map_err(|_| {
+                ApiError::new(
+                    503,
+                    "busy",
+                    format!(
+                        "the node is already checking {MAX_CONCURRENT_HASHES} passwords: try again in a few seconds"
+                    ),
+                )
+                .retry_after(HASH_BUSY_RETRY_SECONDS)
+            })?;
+        Ok(HashSlot(hashing))
+    }
+
+    /// Counts a failed attempt and records it.
+    fn attempt_failed(&self, attempt: Attempt<'_>, caller: &Caller, detail: &str) {
+        attempt.failed(unix_ms(self.now()));
         self.record_failure(caller, "login.failed", None, None, detail.to_string());
     }
 
@@ -536,7 +745,12 @@ impl Api {
     /// `POST /api/v1/setup`: with the setup token, creates the admin and ends setup mode.
     pub fn complete_setup(&self, caller: &Caller, body: &[u8]) -> Result<AdminView, ApiError> {
         Self::check_origin(caller)?;
-        self.check_lockout(caller)?;
+        let attempt = Attempt::begin(
+            &self.admin.setup_limiter,
+            SETUP_LIMITS,
+            caller.remote,
+            unix_ms(self.now()),
+        )?;
         let request: SetupRequest = serde_json::from_slice(body).map_err(|_| {
             ApiError::invalid(
                 "invalid_body",
@@ -555,7 +769,7 @@ impl Api {
             .as_ref()
             .is_some_and(|s| same(&s.token, request.token.trim()));
         if !token_ok {
-            self.login_failure(caller, "wrong setup token");
+            self.attempt_failed(attempt, caller, "wrong setup token");
             return Err(ApiError::new(
                 403,
                 "wrong_setup_token",
@@ -576,18 +790,7 @@ impl Api {
                 format!("at most {MAX_USERNAME_CHARS} characters, no spaces or control characters"),
             ));
         }
-        let length = request.password.chars().count();
-        if length < MIN_PASSWORD_CHARS {
-            problems.push(FieldError::new(
-                "password",
-                format!("at least {MIN_PASSWORD_CHARS} characters"),
-            ));
-        } else if length > MAX_PASSWORD_CHARS {
-            problems.push(FieldError::new(
-                "password",
-                format!("at most {MAX_PASSWORD_CHARS} characters"),
-            ));
-        }
+        problems.extend(password_problem("password", &request.password));
         if !problems.is_empty() {
             return Err(ApiError::invalid(
                 "invalid_admin",
@@ -595,17 +798,8 @@ impl Api {
                 problems,
             ));
         }
-        let salt = random_hex(SALT_BYTES)?;
-        let salt_bytes = unhex(&salt).unwrap_or_default();
-        let iterations = self.admin.iterations.load(Ordering::Relaxed);
-        let record = AdminRecord {
-            username: username.to_string(),
-            algorithm: "pbkdf2-sha256".into(),
-            iterations,
-            hash_hex: hex(&hash_password(&request.password, &salt_bytes, iterations)),
-            salt_hex: salt,
-            created_at: unix_ms(self.now()),
-        };
+        drop(attempt);
+        let record = self.new_admin_record(username, &request.password)?;
         let bytes = serde_json::to_vec(&record).map_err(|_| ApiError::internal())?;
         {
             // Under the setup lock, so two racing setups cannot both create an admin.
@@ -635,10 +829,33 @@ impl Api {
         })
     }
 
+    /// A fresh record for `username` with `password` hashed (in a hash slot).
+    fn new_admin_record(&self, username: &str, password: &str) -> Result<AdminRecord, ApiError> {
+        let salt = random_hex(SALT_BYTES)?;
+        let salt_bytes = unhex(&salt).unwrap_or_default();
+        let iterations = self.admin.iterations.load(Ordering::Relaxed);
+        let hash = {
+            let _slot = self.hash_slot()?;
+            hash_password(password, &salt_bytes, iterations)
+        };
+        Ok(AdminRecord {
+            username: username.to_string(),
+            algorithm: "pbkdf2-sha256".into(),
+            iterations,
+            hash_hex: hex(&hash),
+            salt_hex: salt,
+            created_at: unix_ms(self.now()),
+        })
+    }
+
     /// `POST /api/v1/session`: checks the admin's password and opens a session.
+    ///
+    /// The attempt is counted as under way before the password is hashed, and at most
+    /// [`MAX_CONCURRENT_HASHES`] hashes run at once, so parallel guesses can neither outrun
+    /// the lockout nor take every core.
     pub fn login(&self, caller: &Caller, body: &[u8]) -> Result<NewSession, ApiError> {
         Self::check_origin(caller)?;
-        self.check_lockout(caller)?;
+        let attempt = self.begin_login(caller)?;
         let request: LoginRequest = serde_json::from_slice(body).map_err(|_| {
             ApiError::invalid(
                 "invalid_body",
@@ -654,16 +871,19 @@ impl Api {
             ));
         };
         if request.password.chars().count() > MAX_PASSWORD_CHARS {
-            self.login_failure(caller, "wrong user name or password");
+            self.attempt_failed(attempt, caller, "wrong user name or password");
             return Err(ApiError::unauthorized("wrong user name or password"));
         }
         // The hash runs whatever the name, so timing does not tell whether the name was right.
-        let password_ok = password_matches(&record, &request.password);
+        let password_ok = {
+            let _slot = self.hash_slot()?;
+            password_matches(&record, &request.password)
+        };
         if !(password_ok && same(&record.username, request.username.trim())) {
-            self.login_failure(caller, "wrong user name or password");
+            self.attempt_failed(attempt, caller, "wrong user name or password");
             return Err(ApiError::unauthorized("wrong user name or password"));
         }
-        lock(&self.admin.limiter).clients.remove(&caller.remote);
+        attempt.succeeded();
         let session_id = random_hex(TOKEN_BYTES)?;
         let now = unix_ms(self.now());
         let session = Session {
@@ -710,6 +930,106 @@ impl Api {
         }
         self.audit_best_effort(&principal.actor(), "logout", None, None);
         Ok(())
+    }
+
+    /// Ends every session but the caller's own (when the caller is a session); how many.
+    fn end_other_sessions_of(&self, caller: &Caller) -> usize {
+        // A request with `Authorization` is the key's, whatever cookie it carries.
+        let keep = caller
+            .authorization
+            .is_none()
+            .then(|| caller.session.as_deref().map(session_digest))
+            .flatten();
+        let mut sessions = lock(&self.admin.sessions);
+        let before = sessions.len();
+        sessions.retain(|digest, _| keep.as_deref() == Some(digest.as_str()));
+        before - sessions.len()
+    }
+
+    /// `DELETE /api/v1/sessions` (admin): "log out everywhere": ends every console session but
+    /// the caller's own.
+    pub fn end_other_sessions(&self, caller: &Caller) -> Result<SessionsEnded, ApiError> {
+        let principal = self.authenticate(caller, Scope::Admin)?;
+        let ended = self.end_other_sessions_of(caller);
+        self.audit_best_effort(
+            &principal.actor(),
+            "sessions.end_others",
+            None,
+            Some(format!("{ended} other session(s) ended")),
+        );
+        Ok(SessionsEnded { ended })
+    }
+
+    /// `POST /api/v1/admin/password` (admin): with the current password, sets a new one and
+    /// ends every other session. The current password is judged like a login (counted before
+    /// its hash, the same lockout, a hash slot).
+    pub fn change_password(&self, caller: &Caller, body: &[u8]) -> Result<SessionsEnded, ApiError> {
+        let principal = self.authenticate(caller, Scope::Admin)?;
+        let request: PasswordChangeRequest = serde_json::from_slice(body).map_err(|_| {
+            ApiError::invalid(
+                "invalid_body",
+                "expected {\"current_password\", \"new_password\"}",
+                Vec::new(),
+            )
+        })?;
+        let Some(record) = self.admin_record()? else {
+            return Err(ApiError::new(
+                409,
+                "setup_required",
+                "no admin exists yet: complete setup with the setup token first",
+            ));
+        };
+        let mut problems: Vec<FieldError> = password_problem("new_password", &request.new_password)
+            .into_iter()
+            .collect();
+        if problems.is_empty() && same(&request.new_password, &request.current_password) {
+            problems.push(FieldError::new(
+                "new_password",
+                "must differ from the current password",
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(ApiError::invalid(
+                "invalid_password",
+                "the new password is not valid",
+                problems,
+            ));
+        }
+        let attempt = self.begin_login(caller)?;
+        let wrong = || {
+            ApiError::new(
+                403,
+                "wrong_password",
+                "the current password is wrong: nothing was changed",
+            )
+        };
+        if request.current_password.chars().count() > MAX_PASSWORD_CHARS {
+            self.attempt_failed(attempt, caller, "wrong current password");
+            return Err(wrong());
+        }
+        let current_ok = {
+            let _slot = self.hash_slot()?;
+            password_matches(&record, &request.current_password)
+        };
+        if !current_ok {
+            self.attempt_failed(attempt, caller, "wrong current password");
+            return Err(wrong());
+        }
+        attempt.succeeded();
+        let new = AdminRecord {
+            created_at: record.created_at,
+            ..self.new_admin_record(&record.username, &request.new_password)?
+        };
+        let bytes = serde_json::to_vec(&new).map_err(|_| ApiError::internal())?;
+        self.store.put_setting(ADMIN_SETTING, &bytes)?;
+        let ended = self.end_other_sessions_of(caller);
+        self.audit_best_effort(
+            &principal.actor(),
+            "admin.password_change",
+            Some(format!("admin:{}", record.username)),
+            Some(format!("password changed; {ended} other session(s) ended")),
+        );
+        Ok(SessionsEnded { ended })
     }
 
     /// The caller's unexpired session, its last use moved to now.
@@ -817,6 +1137,37 @@ mod tests {
         }
         f.add(1_000, CLIENT_FAILURES_BEFORE_LOCKOUT);
         assert_eq!(f.locked_until_ms, 1_000 + millis(LOCKOUT));
+    }
+
+    /// Issue 16: an attempt counts from before its hash, so parallel guesses cannot outrun
+    /// the lockout: with five under way the sixth is refused before any hash runs, and an
+    /// attempt dropped unjudged counts nothing.
+    #[test]
+    fn issue16_attempts_under_way_count_against_the_limit_before_hashing() {
+        let limiter = Mutex::new(Limiter::default());
+        let remote: Option<IpAddr> = "198.51.100.1".parse().ok();
+        let under_way: Vec<_> = (0..CLIENT_FAILURES_BEFORE_LOCKOUT)
+            .map(|_| Attempt::begin(&limiter, LOGIN_LIMITS, remote, 1_000).expect("admitted"))
+            .collect();
+        let refused = Attempt::begin(&limiter, LOGIN_LIMITS, remote, 1_000)
+            .map(|_| ())
+            .expect_err("refused");
+        assert_eq!((refused.status, refused.code), (429, "attempts_pending"));
+        let other: Option<IpAddr> = "198.51.100.2".parse().ok();
+        assert!(Attempt::begin(&limiter, LOGIN_LIMITS, other, 1_000).is_ok());
+        for attempt in under_way {
+            attempt.failed(1_000);
+        }
+        let locked = Attempt::begin(&limiter, LOGIN_LIMITS, remote, 1_000)
+            .map(|_| ())
+            .expect_err("locked");
+        assert_eq!((locked.status, locked.code), (429, "locked_out"));
+        assert_eq!(locked.retry_after, Some(LOCKOUT.as_secs()));
+
+        let fresh: Option<IpAddr> = "198.51.100.3".parse().ok();
+        for _ in 0..2 * CLIENT_FAILURES_BEFORE_LOCKOUT {
+            drop(Attempt::begin(&limiter, LOGIN_LIMITS, fresh, 1_000).expect("uncounted"));
+        }
     }
 
     #[test]

@@ -895,8 +895,9 @@ fn error_bodies_have_the_contract_shape() {
 mod console {
     use super::*;
     use crate::api::admin::{
-        CLIENT_FAILURES_BEFORE_LOCKOUT, GLOBAL_FAILURES_BEFORE_LOCKOUT, LOCKOUT,
-        SESSION_IDLE_TIMEOUT, SESSION_MAX_AGE,
+        CLIENT_FAILURES_BEFORE_LOCKOUT, CLIENT_SETUP_FAILURES_BEFORE_LOCKOUT,
+        GLOBAL_FAILURES_BEFORE_LOCKOUT, LOCKOUT, MAX_CONCURRENT_HASHES, SESSION_IDLE_TIMEOUT,
+        SESSION_MAX_AGE,
     };
 
     const PASSWORD: &str = "correct horse battery staple";
@@ -1097,5 +1098,67 @@ mod console {
         }
         let global = f.api.login(&from("192.0.2.10"), &login_body(PASSWORD));
         assert_eq!(global.map(|_| ()).map_err(|e| e.code), Err("locked_out"));
+    }
+
+    /// Issue 16: wrong setup tokens are counted apart from logins, so guessing at the setup
+    /// token (which happens before the admin exists) never locks the admin out of logging in.
+    #[test]
+    fn issue16_setup_token_failures_do_not_lock_out_admin_logins() {
+        let f = fixture();
+        f.api.set_password_iterations(1000);
+        let token = f
+            .api
+            .begin_setup(None, None)
+            .expect("setup")
+            .expect("token");
+        let who = from("198.51.100.7");
+        for _ in 1..CLIENT_FAILURES_BEFORE_LOCKOUT {
+            let wrong = f.api.complete_setup(&who, &setup_body("0000", PASSWORD));
+            assert_eq!(wrong.map_err(|e| e.code), Err("wrong_setup_token"));
+        }
+        f.api
+            .complete_setup(&who, &setup_body(&token, PASSWORD))
+            .expect("setup completes");
+        // One typo at the first login: with the setup failures counted as login failures this
+        // was the fifth, and the admin was locked out for 15 minutes.
+        let typo = f
+            .api
+            .login(&who, &login_body("correct horse battery stapel"));
+        assert_eq!(typo.map(|_| ()).map_err(|e| e.code), Err("unauthorized"));
+        assert!(f.api.login(&who, &login_body(PASSWORD)).is_ok());
+
+        // The setup limiter still locks out a setup-token guesser on its own.
+        let f = fixture();
+        f.api.begin_setup(None, None).expect("setup");
+        for _ in 0..CLIENT_SETUP_FAILURES_BEFORE_LOCKOUT {
+            let _ = f.api.complete_setup(&who, &setup_body("0000", PASSWORD));
+        }
+        let locked = f.api.complete_setup(&who, &setup_body("0000", PASSWORD));
+        let error = locked.expect_err("locked out of setup");
+        assert_eq!((error.status, error.code), (429, "locked_out"));
+        assert!(error.retry_after.is_some(), "{error:?}");
+    }
+
+    /// Issue 16: when every hash slot is taken a login is answered 503 `busy` with
+    /// `Retry-After` at once, and is not counted as a failure (no password was judged).
+    #[test]
+    fn issue16_logins_beyond_the_concurrent_hash_cap_get_503_busy_uncounted() {
+        let f = with_admin();
+        let slots: Vec<_> = (0..MAX_CONCURRENT_HASHES)
+            .map(|_| f.api.hash_slot().expect("a free slot"))
+            .collect();
+        let guesser = from("198.51.100.8");
+        for _ in 0..2 * CLIENT_FAILURES_BEFORE_LOCKOUT {
+            let busy = f
+                .api
+                .login(&guesser, &login_body("not the password"))
+                .map(|_| ())
+                .expect_err("busy");
+            assert_eq!((busy.status, busy.code), (503, "busy"), "{busy:?}");
+            assert!(busy.message.contains("passwords"), "{}", busy.message);
+            assert_eq!(busy.retry_after, Some(2));
+        }
+        drop(slots);
+        assert!(f.api.login(&guesser, &login_body(PASSWORD)).is_ok());
     }
 }

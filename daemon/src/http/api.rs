@@ -15,8 +15,8 @@ use std::sync::Arc;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::{
-    CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue, SET_COOKIE, WWW_AUTHENTICATE,
-    X_CONTENT_TYPE_OPTIONS,
+    CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER, SET_COOKIE,
+    WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS,
 };
 use hyper::{Method, StatusCode};
 use serde::Serialize;
@@ -24,7 +24,7 @@ use smol::io::AsyncWriteExt as _;
 
 use super::Response;
 use super::router::{BodyError, Request, Routed, Router, read_body};
-use crate::api::admin::SESSION_COOKIE;
+use crate::api::admin::{PLAIN_SESSION_COOKIE, SESSION_COOKIE};
 use crate::api::emails::{AuditFilters, EmailFilters};
 use crate::api::{Api, ApiError, Caller, Scope};
 use crate::metrics::Format;
@@ -66,6 +66,8 @@ pub struct App {
     router: Router<State>,
     /// `http.allow_from`: the networks answered; empty for all (see [`App::admits`]).
     allow_from: Vec<ipnet::IpNet>,
+    /// Whether the listener serves HTTPS.
+    https: bool,
 }
 
 impl App {
@@ -87,8 +89,8 @@ impl App {
     }
 }
 
-/// The API application over `api`.
-pub fn app(api: Arc<Api>) -> App {
+/// The API application over `api`, for a listener that serves HTTPS (`https`) or plain HTTP.
+pub fn app(api: Arc<Api>, https: bool) -> App {
     let mut router = Router::default();
     router.at("/healthz").get(healthz);
     router.at("/metrics").get(metrics);
@@ -125,6 +127,8 @@ pub fn app(api: Arc<Api>) -> App {
         .get(session_info)
         .post(login)
         .delete(logout);
+    router.at("/api/v1/sessions").delete(end_other_sessions);
+    router.at("/api/v1/admin/password").post(change_password);
     router.at("/api/v1/update").get(update_status);
     router.at("/api/v1/update/check").post(update_check);
     router.at("/api/v1/update/apply").post(update_apply);
@@ -133,6 +137,7 @@ pub fn app(api: Arc<Api>) -> App {
     App {
         api,
         router,
+        https,
         allow_from: Vec::new(),
     }
 }
@@ -155,6 +160,7 @@ impl super::server::App for App {
         }
         let (head, body) = request.into_parts();
         let mut request = Request::new(head, peer);
+        request.https = self.https;
         let routed = self.router.route(&request.method, &request.path);
         if matches!(routed, Routed::Found(endpoint, _) if endpoint.streamed) {
             request.stream = Some(body);
@@ -204,7 +210,7 @@ fn caller(req: &Request) -> Caller {
     Caller {
         authorization: req.header("Authorization"),
         remote: Some(req.peer.ip()),
-        session: cookie(req, SESSION_COOKIE),
+        session: cookie(req, session_cookie_name(req.https)),
         csrf: req.header(CSRF_HEADER),
         origin: req.header("Origin"),
         host: req.header("Host"),
@@ -235,6 +241,10 @@ fn error_response(error: &ApiError) -> Response {
             WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"mxnode\""),
         );
+    }
+    if let Some(seconds) = error.retry_after {
+        res.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(seconds));
     }
     res
 }
@@ -530,15 +540,28 @@ async fn complete_setup(api: State, req: Request) -> Response {
     )
 }
 
-/// `Set-Cookie` for the session cookie: `value` for `max_age` seconds (0 deletes it).
-fn session_cookie(value: &str, max_age: u64) -> String {
-    format!(
-        "{SESSION_COOKIE}={value}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={max_age}"
-    )
+/// The session cookie's name: `__Host-mxnode_session` over HTTPS, `mxnode_session` on plain
+/// HTTP (loopback only), where browsers would refuse the prefix. Over HTTPS a cookie of the
+/// plain name is ignored: it may have been planted.
+fn session_cookie_name(https: bool) -> &'static str {
+    if https {
+        SESSION_COOKIE
+    } else {
+        PLAIN_SESSION_COOKIE
+    }
+}
+
+/// `Set-Cookie` for the session cookie: `value` for `max_age` seconds (0 deletes it). Always
+/// `Secure`, `Path=/` and no `Domain` (what `__Host-` demands; browsers accept `Secure` from
+/// a loopback `http://` origin too).
+fn session_cookie(https: bool, value: &str, max_age: u64) -> String {
+    let name = session_cookie_name(https);
+    format!("{name}={value}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={max_age}")
 }
 
 async fn login(api: State, req: Request) -> Response {
     let caller = caller(&req);
+    let https = req.https;
     let body = match json_body(&req) {
         Ok(body) => body,
         Err(e) => return error_response(&e),
@@ -546,7 +569,7 @@ async fn login(api: State, req: Request) -> Response {
     match call(&api, move |api| api.login(&caller, &body)).await {
         Ok(session) => {
             let mut res = json(StatusCode::CREATED, Ok(&session.view));
-            let cookie = session_cookie(&session.session_id, session.max_age.as_secs());
+            let cookie = session_cookie(https, &session.session_id, session.max_age.as_secs());
             match HeaderValue::try_from(cookie) {
                 Ok(cookie) => {
                     res.headers_mut().insert(SET_COOKIE, cookie);
@@ -569,14 +592,35 @@ async fn session_info(api: State, req: Request) -> Response {
 
 async fn logout(api: State, req: Request) -> Response {
     let caller = caller(&req);
+    let https = req.https;
     let mut res = no_content(call(&api, move |api| api.logout(&caller)).await);
     if res.status() == StatusCode::NO_CONTENT {
-        let expired = HeaderValue::try_from(session_cookie("", 0));
+        let expired = HeaderValue::try_from(session_cookie(https, "", 0));
         if let Ok(expired) = expired {
             res.headers_mut().insert(SET_COOKIE, expired);
         }
     }
     res
+}
+
+async fn end_other_sessions(api: State, req: Request) -> Response {
+    let caller = caller(&req);
+    json(
+        StatusCode::OK,
+        call(&api, move |api| api.end_other_sessions(&caller)).await,
+    )
+}
+
+async fn change_password(api: State, req: Request) -> Response {
+    let caller = caller(&req);
+    let body = match authenticated_body(&api, &req, &caller, Scope::Admin).await {
+        Ok(body) => body,
+        Err(e) => return error_response(&e),
+    };
+    json(
+        StatusCode::OK,
+        call(&api, move |api| api.change_password(&caller, &body)).await,
+    )
 }
 
 async fn update_status(api: State, req: Request) -> Response {

@@ -42,6 +42,8 @@ pub struct Request {
     pub body: Bytes,
     /// On a streamed route, the body still to be read (the handler reads it itself).
     pub stream: Option<Incoming>,
+    /// Whether the request came over HTTPS (the session cookie's name depends on it).
+    pub https: bool,
 }
 
 impl Request {
@@ -56,6 +58,7 @@ impl Request {
             params: Vec::new(),
             body: Bytes::new(),
             stream: None,
+            https: false,
         }
     }
 

@@ -67,7 +67,7 @@ impl Served {
             Arc::new(Metrics::new()),
             Arc::new(NoSettings),
         );
-        Served::start(super::api::app(Arc::new(api)))
+        Served::start(super::api::app(Arc::new(api), false))
     }
 
     fn connect(&self) -> TcpStream {

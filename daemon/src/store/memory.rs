@@ -195,6 +195,10 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn delete_setting(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.lock().settings.remove(name).is_some())
+    }
+
     fn sweep(&self, now: SystemTime, retention: Retention) -> Result<SweepReport, StoreError> {
         let now = unix_ms(now);
         let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);

@@ -216,6 +216,8 @@ pub trait Store: Send + Sync {
     /// A persisted setting document (encrypted at rest), e.g. `settings`.
     fn get_setting(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn put_setting(&self, name: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Deletes a setting; whether it existed.
+    fn delete_setting(&self, name: &str) -> Result<bool, StoreError>;
 
     /// Deletes what retention has ended at `now`, destroys expired bucket keys and compacts so
     /// the bytes leave the files.

@@ -905,6 +905,25 @@ impl Store for RocksStore {
         self.put_standing(CF_SETTINGS, name, value)
     }
 
+    fn delete_setting(&self, name: &str) -> Result<bool, StoreError> {
+        if !valid_id(name) {
+            return Ok(false);
+        }
+        let _writes = self.lock_writes();
+        let family = self.cf(CF_SETTINGS)?;
+        let existed = self
+            .db
+            .get_pinned_cf(family, name.as_bytes())
+            .map_err(engine("reading"))?
+            .is_some();
+        if existed {
+            let mut batch = WriteBatch::default();
+            batch.delete_cf(family, name.as_bytes());
+            self.write(batch)?;
+        }
+        Ok(existed)
+    }
+
     fn sweep(&self, now: SystemTime, retention: Retention) -> Result<SweepReport, StoreError> {
         let now_ms = unix_ms(now);
         let record_cutoff = now_ms.saturating_sub(duration_ms(retention.metadata));

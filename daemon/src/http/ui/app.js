@@ -748,9 +748,43 @@ function recoveryView(key) {
   );
 }
 
+// ---------------------------------------------------------------- account
+
+/** The admin's own account: change the password, end every other session. */
+async function accountView(notice) {
+  const session = await api("GET", "/api/v1/session");
+  const done = h("p", { class: "ok", id: "account-notice", role: "status" }, notice || "");
+  const ended = (n) => `${n} other session${n === 1 ? "" : "s"} ended.`;
+  show(
+    h("h1", {}, "Account"),
+    h("p", {}, "Logged in as ", h("span", { class: "mono", id: "account-user" }, session.username), "."),
+    done,
+    form("password", "Change the password", [
+      ["current_password", "Current password", { type: "password", autocomplete: "current-password" }],
+      ["new_password", "New password (at least 12 characters)", { type: "password", autocomplete: "new-password" }],
+    ], "Change password", async (v, el) => {
+      const answer = await api("POST", "/api/v1/admin/password", { current_password: v.current_password, new_password: v.new_password });
+      el.reset();
+      done.textContent = `Password changed. ${ended(answer.ended)}`;
+    }),
+    h("section", { class: "card" },
+      h("h2", {}, "Log out everywhere else"),
+      h("p", {}, "Ends every other console session (other browsers, other devices); this one stays."),
+      h("button", { type: "button", id: "end-sessions", class: "danger", onclick: async () => {
+        try {
+          const answer = await api("DELETE", "/api/v1/sessions");
+          done.textContent = ended(answer.ended);
+        } catch (err) {
+          done.textContent = "";
+          show(h("p", { class: "error" }, err.message));
+        }
+      } }, "Log out everywhere else")),
+  );
+}
+
 // ---------------------------------------------------------------- routing
 
-const VIEWS = { status: statusView, tls: tlsView, s3: s3View, routes: routesView, retention: retentionView, keys: keysView, log: logView, audit: auditView, compliance: complianceView, update: updateView };
+const VIEWS = { status: statusView, tls: tlsView, s3: s3View, routes: routesView, retention: retentionView, keys: keysView, log: logView, audit: auditView, compliance: complianceView, update: updateView, account: accountView };
 
 async function route() {
   const name = (location.hash || "#status").slice(1);
