@@ -547,3 +547,43 @@ fn sigterm_finishes_the_request_in_progress_closes_idle_connections_and_then_the
     assert!(!log.contains("still in use"), "{log}");
     drop(idle);
 }
+
+/// Issue 16 (outbound address policy): a settings-driven test delivery to an unspecified
+/// address (0.0.0.0 reaches the box's own services) is refused by the policy, never connected.
+#[test]
+fn a_route_test_to_an_address_the_outbound_policy_refuses_never_connects() {
+    let ca = TestCa::new();
+    let receiver = Receiver::start(&ca, &new_webhook_secret());
+    let node = Node::start(
+        &NodeConfig::new()
+            .http(&ca)
+            .api_key("admin", &["admin"])
+            .route(
+                RouteConfig::new(
+                    "*@in.example.test",
+                    &format!("https://0.0.0.0:{}/ok", receiver.port()),
+                    receiver.secret(),
+                )
+                .ca(receiver.ca_pem()),
+            ),
+    );
+    let api = ApiClient::new(&node, &ca);
+    let answer = api.post(
+        "/api/v1/settings/routes/0/test",
+        Some(node.api_key("admin")),
+        &json!({}),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let result = answer.json();
+    assert_eq!(result["outcome"], "failed", "{result}");
+    assert!(
+        result["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("outbound policy")),
+        "{result}"
+    );
+    assert!(
+        receiver.received().is_empty(),
+        "nothing reached the receiver"
+    );
+}

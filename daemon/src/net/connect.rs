@@ -72,7 +72,7 @@ pub(crate) async fn resolve(
 ) -> Result<Vec<SocketAddr>, NetError> {
     // An IP address needs no lookup (and no thread).
     if let Ok(ip) = origin.host.parse::<std::net::IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, origin.port)]);
+        return allowed(vec![SocketAddr::new(ip, origin.port)]);
     }
     let mut cached = cache.lock().await;
     if let Some((addresses, at)) = cached.as_ref()
@@ -86,8 +86,45 @@ pub(crate) async fn resolve(
     if addresses.is_empty() {
         return Err(NetError::HostNotFound);
     }
+    let addresses = allowed(addresses)?;
     *cached = Some((addresses.clone(), Instant::now()));
     Ok(addresses)
+}
+
+/// The addresses the outbound policy lets the node connect to; an error naming the policy when
+/// none is left. Checked after resolution, so a name cannot point past it (DNS rebinding).
+fn allowed(addresses: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, NetError> {
+    let addresses: Vec<SocketAddr> = addresses
+        .into_iter()
+        .filter(|a| outbound_allowed(a.ip()))
+        .collect();
+    if addresses.is_empty() {
+        return Err(NetError::Connect(
+            "address refused by the outbound policy (unspecified, link-local, multicast or \
+             broadcast)"
+                .into(),
+        ));
+    }
+    Ok(addresses)
+}
+
+/// The outbound address policy (issue 16): a webhook, S3 endpoint, update channel or a
+/// settings-driven probe never connects to an unspecified address (0.0.0.0 and :: reach the
+/// box's own services), a link-local one (169.254.0.0/16 holds cloud metadata services,
+/// fe80::/10), multicast or broadcast. Loopback and private networks stay allowed: receivers
+/// and stores inside the customer's network, and `mxnode dev`'s own, live there.
+pub fn outbound_allowed(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_unspecified() || v4.is_link_local() || v4.is_multicast() || v4.is_broadcast())
+        }
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_unicast_link_local() || v6.is_multicast()),
+    }
 }
 
 /// Opens a connection to `origin` at one of `addresses`, TLS when the origin says so, and
@@ -301,6 +338,47 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_close(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_close(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::outbound_allowed;
+
+    /// Issue 16 (outbound address policy): what a settings-driven target may and may not reach.
+    #[test]
+    fn outbound_policy_refuses_unspecified_link_local_multicast_and_broadcast() {
+        for refused in [
+            "0.0.0.0",
+            "169.254.169.254",
+            "169.254.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:169.254.169.254",
+            "::ffff:0.0.0.0",
+        ] {
+            assert!(
+                !outbound_allowed(refused.parse().expect("an address")),
+                "{refused} is refused"
+            );
+        }
+        for allowed in [
+            "127.0.0.1",
+            "::1",
+            "10.1.2.3",
+            "192.168.1.10",
+            "fd00::5",
+            "203.0.113.9",
+            "2001:db8::1",
+        ] {
+            assert!(
+                outbound_allowed(allowed.parse().expect("an address")),
+                "{allowed} is allowed"
+            );
         }
     }
 }
